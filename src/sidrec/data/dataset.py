@@ -1,0 +1,138 @@
+"""The prepared dataset every later stage reads: `runs/<name>/dataset/`.
+
+Layout (all written atomically by `sidrec.data.prepare`):
+
+- `items.parquet`    item (dense id 0..n_items-1), item_id (original id), text, cold (bool)
+- `users.parquet`    user (dense id), user_id (original id)
+- `split.parquet`    user, train (list of dense item ids, chronological), valid, test
+- `manifest.json`    counts, protocol settings, a hash of each split, format version
+
+Leave-one-out: a user's chronological sequence s_1..s_n gives train = s_1..s_{n-2},
+valid target s_{n-1} (history = train), test target s_n (history = train + [s_{n-1}]).
+Training examples are every prefix of `train`: history s_1..s_{i-1} -> target s_i.
+
+Histories handed to models are int64 arrays [B, max_history], left-padded with `PAD`
+(-1) so the most recent item is always in the last column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from sidrec.errors import SidrecError
+from sidrec.io import read_json
+
+PAD = -1
+FORMAT_VERSION = 1
+Split = Literal["valid", "test"]
+
+
+@dataclass
+class Dataset:
+    """In-memory view of a prepared dataset (dense ids everywhere)."""
+
+    name: str
+    item_ids: np.ndarray  # [n_items] original ids (str), index = dense id
+    item_text: list[str]  # [n_items]
+    cold: np.ndarray  # [n_items] bool: never in any training sequence
+    user_ids: np.ndarray  # [n_users] original ids (str)
+    train: list[np.ndarray]  # per user, chronological dense ids (int64)
+    valid: np.ndarray  # [n_users] valid target
+    test: np.ndarray  # [n_users] test target
+    max_history: int = 20
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def warm(self) -> np.ndarray:
+        return ~self.cold
+
+    def popularity(self) -> np.ndarray:
+        """[n_items] number of occurrences in training sequences (cold items: 0)."""
+        counts = np.zeros(self.n_items, dtype=np.int64)
+        if self.train:
+            np.add.at(counts, np.concatenate(self.train), 1)
+        return counts
+
+    def train_examples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every prefix of every user's training part.
+
+        Returns (histories [N, max_history] left-padded with PAD, targets [N], users [N]).
+        """
+        histories, targets, users = [], [], []
+        for u, seq in enumerate(self.train):
+            for i in range(1, len(seq)):
+                histories.append(seq[max(0, i - self.max_history) : i])
+                targets.append(seq[i])
+                users.append(u)
+        return pad_histories(histories, self.max_history), np.asarray(targets, np.int64), np.asarray(
+            users, np.int64
+        )
+
+    def eval_examples(self, split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One example per user: (histories [U, max_history], targets [U], users [U])."""
+        if split == "valid":
+            seqs = self.train
+            targets = self.valid
+        elif split == "test":
+            seqs = [np.append(t, v) for t, v in zip(self.train, self.valid, strict=True)]
+            targets = self.test
+        else:
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        histories = [s[-self.max_history :] for s in seqs]
+        users = np.arange(self.n_users, dtype=np.int64)
+        return pad_histories(histories, self.max_history), targets.astype(np.int64), users
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Dataset:
+        root = Path(run_dir) / "dataset"
+        manifest_path = root / "manifest.json"
+        if not manifest_path.is_file():
+            raise SidrecError(
+                f"{root}: no prepared dataset here; run `sidrec data prepare` for this run "
+                "directory first"
+            )
+        manifest = read_json(manifest_path)
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise SidrecError(
+                f"{manifest_path}: dataset format version {version!r} is not the supported "
+                f"{FORMAT_VERSION}; re-run `sidrec data prepare` into a fresh run directory"
+            )
+        items = pd.read_parquet(root / "items.parquet")
+        users = pd.read_parquet(root / "users.parquet")
+        split = pd.read_parquet(root / "split.parquet")
+        return cls(
+            name=manifest["name"],
+            item_ids=items["item_id"].to_numpy(dtype=object),
+            item_text=items["text"].tolist(),
+            cold=items["cold"].to_numpy(dtype=bool),
+            user_ids=users["user_id"].to_numpy(dtype=object),
+            train=[np.asarray(t, dtype=np.int64) for t in split["train"]],
+            valid=split["valid"].to_numpy(dtype=np.int64),
+            test=split["test"].to_numpy(dtype=np.int64),
+            max_history=int(manifest["protocol"]["max_history"]),
+            manifest=manifest,
+        )
+
+
+def pad_histories(histories: list[np.ndarray] | list[list[int]], max_history: int) -> np.ndarray:
+    """Left-pad (and left-truncate) variable-length histories into [B, max_history]."""
+    out = np.full((len(histories), max_history), PAD, dtype=np.int64)
+    for row, h in enumerate(histories):
+        h = np.asarray(h, dtype=np.int64)[-max_history:]
+        if len(h):
+            out[row, max_history - len(h) :] = h
+    return out
