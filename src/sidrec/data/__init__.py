@@ -1,0 +1,7 @@
+"""Data stage: readers for each input format, the shared protocol, the prepared Dataset."""
+
+from sidrec.data.dataset import PAD, Dataset, pad_histories
+from sidrec.data.prepare import PrepareConfig, load_dataset, prepare, summary
+
+__all__ = ["PAD", "Dataset", "PrepareConfig", "load_dataset", "pad_histories", "prepare",
+           "summary"]

@@ -77,9 +77,8 @@ class Dataset:
                 histories.append(seq[max(0, i - self.max_history) : i])
                 targets.append(seq[i])
                 users.append(u)
-        return pad_histories(histories, self.max_history), np.asarray(targets, np.int64), np.asarray(
-            users, np.int64
-        )
+        histories_array = pad_histories(histories, self.max_history)
+        return histories_array, np.asarray(targets, np.int64), np.asarray(users, np.int64)
 
     def eval_examples(self, split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One example per user: (histories [U, max_history], targets [U], users [U])."""

