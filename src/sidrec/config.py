@@ -8,6 +8,7 @@ that names the key and lists the valid ones.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -72,11 +73,20 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise SidrecError(f"override {pair!r}: expected key=value, e.g. lr=0.001")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            raise SidrecError(
+                f"override {pair!r}: the value is not valid YAML; quote it, e.g. {key}='...'"
+            ) from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SidrecError(f"override {pair!r}: {part!r} was already set to a value")
+        if isinstance(node.get(parts[-1]), dict):
+            raise SidrecError(f"override {pair!r}: {key!r} already has nested settings")
         node[parts[-1]] = value
     return out
 
@@ -140,6 +150,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            with contextlib.suppress(ValueError):
+                return float(value)
         raise SidrecError(f"{where}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):

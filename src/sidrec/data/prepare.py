@@ -102,7 +102,8 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
     """Run the data stage; returns the manifest. Reuses an identical earlier run."""
     run_dir = Path(run_dir)
     out = run_dir / "dataset"
-    config_hash = hash_obj(to_dict(cfg))
+    # The input files' stamps are part of the key: an edited input is never reused stale.
+    config_hash = hash_obj([to_dict(cfg), _input_stamp(cfg)])
     if not force and (out / "manifest.json").is_file():
         manifest = read_json(out / "manifest.json")
         if manifest.get("config_hash") == config_hash and manifest.get(
@@ -116,9 +117,11 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
     result = split(raw.interactions, cfg.kcore, cfg.cold_mode, cfg.cold_fraction, cfg.seed)
     missing = [i for i in result.item_ids if i not in texts.index]
     if missing:
+        where = next((raw.source[k] for k in ("items", "meta", "item") if k in raw.source),
+                     cfg.source)
         raise SidrecError(
-            f"the items table lacks {len(missing)} interacted item(s), e.g. {missing[0]!r}; "
-            "add a row for every item that appears in the interactions"
+            f"{where}: the items table lacks {len(missing)} interacted item(s), "
+            f"e.g. {missing[0]!r}; add a row for every item that appears in the interactions"
         )
     items = pd.DataFrame({
         "item": np.arange(len(result.item_ids)),
@@ -177,6 +180,14 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
         pq.write_table(sequences, tmp / "sequences.parquet")
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _input_stamp(cfg: PrepareConfig) -> list[list]:
+    """(path, size, mtime) of each input file (a folder source: the files directly in it)."""
+    paths = [Path(p) for p in (cfg.source, cfg.items) if p and Path(p).exists()]
+    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.iterdir())
+                    if f.is_file()})
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def summary(manifest: dict) -> str:

@@ -19,6 +19,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -273,7 +274,7 @@ def read_tables(
     for col in (user_col, item_col, time_col):
         _column(list(inter.columns), col, str(inter_path))
     ts = pd.to_numeric(inter[time_col], errors="coerce")
-    bad = ts.isna().to_numpy().nonzero()[0]
+    bad = (~ts.map(math.isfinite)).to_numpy().nonzero()[0]  # NaN from coerce, and inf
     if len(bad):
         row = int(bad[0])
         raise SidrecError(
@@ -332,8 +333,11 @@ def _column(names: list[str], name: str, where: str) -> int:
 
 def _number(value: Any, where: Any, lineno: int, name: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):  # "nan" parses, but would sort as the last interaction
         raise SidrecError(
             f"{where}:{lineno}: field {name!r} is not numeric ({value!r}); expected a number"
-        ) from None
+        )
+    return number

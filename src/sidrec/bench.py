@@ -1,0 +1,255 @@
+"""`sidrec bench`: the whole pipeline for every model on one dataset and split.
+
+prepare -> embed -> tokenize -> (train -> evaluate) per model and seed -> `results.md`,
+`metrics.json` (under `bench`), and plots. Every stage reuses what the run directory
+already holds when its settings and inputs are unchanged, so a re-run only does new work.
+
+Profiles (`BenchConfig` presets, see `PROFILES`):
+- `demo`: MovieLens-100k, holdout cold start (5 %), CPU presets, 1 seed (README's `make demo`);
+- `full`: the same with 3 seeds;
+- `paper`: TIGER-paper settings for Amazon 2014 Beauty / Sports / Toys on one GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidrec.config import to_dict
+from sidrec.errors import SidrecError
+from sidrec.io import atomic_path, write_json, write_text
+
+DEFAULT_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "tiger-t", "liger",
+                  "dense-sid", "cobra")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    source: str = "ml-100k"
+    run_dir: str = ""  # default runs/<source name>-<cold mode>
+    kcore: int = 0
+    cold_mode: str = "holdout"
+    cold_fraction: float = 0.05
+    split_seed: int = 0
+    encoder: str = "all-MiniLM-L6-v2"
+    tokenizer: str = "rqkmeans"  # rqkmeans | rqvae
+    tokenizer_preset: str = "small"
+    models: tuple[str, ...] = DEFAULT_MODELS
+    preset: str = "cpu"  # model / training presets (configs/<model>.yaml)
+    seeds: tuple[int, ...] = (0,)
+    ks: tuple[int, ...] = (5, 10, 20)
+    train: tuple[str, ...] = ()  # extra key=value training overrides for every model
+
+
+PROFILES: dict[str, BenchConfig] = {
+    "demo": BenchConfig(),
+    "full": BenchConfig(seeds=(0, 1, 2)),
+    "paper": BenchConfig(kcore=5, cold_mode="natural", tokenizer="rqvae",
+                         tokenizer_preset="paper", preset="paper", seeds=(0, 1, 2)),
+}
+
+
+def default_run_dir(cfg: BenchConfig) -> Path:
+    name = Path(cfg.source.rstrip("/")).name.split(".")[0] or "data"
+    return Path("runs") / f"{name}-{cfg.cold_mode}"
+
+
+def log(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg)
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    from sidrec.config import parse_overrides
+    from sidrec.data import PrepareConfig, prepare, summary
+    from sidrec.embed import EmbedConfig, embed
+    from sidrec.evaluate import aggregate, evaluate, format_table
+    from sidrec.models import get_model_class
+    from sidrec.tokenize import diagnostics_markdown, run_tokenize, tokenizer_config
+    from sidrec.train import load_model, resolve_device, train
+
+    for name in cfg.models:
+        get_model_class(name)  # an unknown name fails before any work
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def stage(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log(f"[{time.perf_counter() - started:6.0f}s] {name} done ({timings[name]:.1f}s)")
+
+    t0 = time.perf_counter()
+    manifest = prepare(run_dir, PrepareConfig(
+        source=cfg.source, kcore=cfg.kcore, cold_mode=cfg.cold_mode,  # type: ignore[arg-type]
+        cold_fraction=cfg.cold_fraction, seed=cfg.split_seed))
+    log(summary(manifest))
+    stage("prepare", t0)
+    t0 = time.perf_counter()
+    embed(run_dir, EmbedConfig(encoder=cfg.encoder), progress=progress)
+    stage("embed", t0)
+    if any(get_model_class(m).needs_sids for m in cfg.models):
+        t0 = time.perf_counter()
+        tok = run_tokenize(run_dir, tokenizer_config(cfg.tokenizer, cfg.tokenizer_preset),
+                           progress=progress)
+        log(diagnostics_markdown(tok["diagnostics"]))
+        stage("tokenize", t0)
+
+    from sidrec.data.dataset import Dataset
+
+    dataset = Dataset.load(run_dir)
+    train_overrides = parse_overrides(list(cfg.train))
+    results, per_model = [], {}
+    for name in cfg.models:
+        runs, train_s, decode = [], [], []
+        for seed in cfg.seeds:
+            model_dir_name = name if len(cfg.seeds) == 1 else f"{name}-seed{seed}"
+            t0 = time.perf_counter()
+            info = train(name, run_dir, None, {**train_overrides, "seed": seed},
+                         preset=cfg.preset, name=model_dir_name, dataset=dataset,
+                         progress=progress)
+            train_s.append(_train_seconds(run_dir / "models" / model_dir_name,
+                                          time.perf_counter() - t0))
+            model = load_model(run_dir / "models" / model_dir_name, run_dir, dataset=dataset)
+            model = model.to(resolve_device("auto"))
+            metrics = evaluate(model, dataset, "test", cfg.ks)
+            decode.append(metrics["users_per_s"])
+            runs.append(metrics)
+            stage(f"{model_dir_name} (best epoch {info.get('best_epoch')})", t0)
+        agg = aggregate(runs)
+        agg["train_seconds"] = float(np.mean(train_s))
+        agg["users_per_s"] = float(np.mean(decode))
+        results.append(agg)
+        per_model[name] = {"seeds": list(cfg.seeds), "runs": runs, "aggregate": agg}
+
+    total = time.perf_counter() - started
+    table = format_table(results)
+    report = render_report(cfg, manifest, results, table, timings, total)
+    write_json(run_dir / "bench.json", {"config": to_dict(cfg), "models": per_model,
+                                         "timings": timings, "total_seconds": total})
+    write_text(run_dir / "results.md", report)
+    plots = write_plots(run_dir, results)
+    return {"run_dir": str(run_dir), "table": table, "report": report, "plots": plots,
+            "total_seconds": total}
+
+
+def _train_seconds(model_dir: Path, fallback: float) -> float:
+    """Training wall time from the log (a reused model costs ~0 now but did not then)."""
+    log_path = model_dir / "train_log.jsonl"
+    if log_path.is_file():
+        import json
+
+        entries = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+        seconds = [e.get("seconds", 0.0) for e in entries]
+        if seconds and all(isinstance(s, int | float) for s in seconds):
+            return float(sum(seconds))
+    return fallback
+
+
+def render_report(cfg: BenchConfig, manifest: dict, results: list[dict[str, Any]], table: str,
+                  timings: dict[str, float], total: float) -> str:
+    c = manifest["counts"]
+    lines = [
+        f"# sidrec bench: {manifest['name']}",
+        "",
+        f"Dataset: {c['users']:,} users, {c['items']:,} items, {c['interactions']:,} "
+        f"interactions; leave-one-out, full ranking over all items; cold start "
+        f"`{cfg.cold_mode}` ({c['cold_items']:,} cold items, {c['cold_test_users']:,} cold "
+        f"test users). Encoder `{cfg.encoder}`, tokenizer `{cfg.tokenizer}` "
+        f"(`{cfg.tokenizer_preset}`), model presets `{cfg.preset}`, seeds "
+        f"{', '.join(map(str, cfg.seeds))} (mean ± sd when more than one).",
+        "",
+        "Rows: overall / in-set (test target seen in training) / cold (target never seen "
+        "in training). Generative models: items the beam does not return are misses.",
+        "",
+        table,
+        "",
+        "| model | train s | decode users/s |",
+        "|---|---|---|",
+    ]
+    for r in results:
+        ups = r["users_per_s"]
+        lines.append(f"| {r['display_name']} | {r['train_seconds']:.0f} | "
+                     f"{'∞' if math.isinf(ups) else f'{ups:,.0f}'} |")
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
+              f"Total wall time: {total / 60:.1f} min.", ""]
+    return "\n".join(lines)
+
+
+def write_plots(run_dir: Path, results: list[dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir = run_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+
+    def label(r: dict, row: dict) -> str:
+        return f"{r['display_name']} [{row['variant']}]" if row["variant"] else r["display_name"]
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results:
+        for row in r["rows"]:
+            if row["subset"] != "overall":
+                continue
+            ks = sorted(int(k.split("@")[1]) for k in row if k.startswith("recall@")
+                        and not k.endswith("_sd"))
+            ax.plot(ks, [row[f"recall@{k}"] for k in ks], marker="o", label=label(r, row))
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (overall)")
+    ax.set_title(f"{run_dir.name}: Recall@K")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    out.append(_save(fig, plots_dir / "recall_at_k.png"))
+
+    names, inset, cold = [], [], []
+    for r in results:
+        by = {(row["variant"], row["subset"]): row for row in r["rows"]}
+        for variant in dict.fromkeys(row["variant"] for row in r["rows"]):
+            names.append(label(r, {"variant": variant}))
+            inset.append(by[(variant, "in-set")].get("recall@10", math.nan))
+            cold.append(by[(variant, "cold")].get("recall@10", math.nan))
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(names)), 5))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, np.nan_to_num(inset), 0.4, label="in-set")
+    ax.bar(x + 0.2, np.nan_to_num(cold), 0.4, label="cold-start")
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("Recall@10")
+    ax.set_title(f"{run_dir.name}: in-set vs cold-start Recall@10")
+    ax.legend()
+    fig.tight_layout()
+    out.append(_save(fig, plots_dir / "inset_vs_cold.png"))
+    usage = plots_dir / "codebook_usage.png"
+    if usage.is_file():
+        out.append(str(usage))
+    return out
+
+
+def _save(fig: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def bench_config(profile: str, source: str | None, overrides: dict[str, Any]) -> BenchConfig:
+    from sidrec.config import replace as replace_cfg
+
+    if profile not in PROFILES:
+        raise SidrecError(f"unknown bench profile {profile!r}; available: "
+                          f"{', '.join(PROFILES)}")
+    cfg = PROFILES[profile]
+    if source:
+        cfg = replace(cfg, source=source)
+    return replace_cfg(cfg, overrides, "bench")
+

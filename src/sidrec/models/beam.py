@@ -1,0 +1,194 @@
+"""Batched beam search over semantic IDs, constrained or not, and the exact scorer beside it.
+
+TIGER (Rajput et al., NeurIPS 2023, Sec. 3.2) decodes the next item's SID with beam
+search; LIGER and COBRA reuse the same function. Everything is batched over users x beams
+(one decoder call per SID position for the whole batch) and KV-cached by the caller's
+`step_fn`.
+
+- Constrained mode: only prefixes of catalogue SIDs may be extended. The valid-prefix
+  structure (`SidIndex`) is built once as tensors: at level t, every valid prefix of
+  length t+1 is a node, numbered by its rank among the sorted keys
+  `parent_node * V_t + code_t`. A beam's allowed next codes are a membership test of
+  `node * V_t + arange(V_t)` in those sorted keys (`torch.searchsorted`), for all rows at
+  once; no Python loop per user or beam, and the keys stay below n_items * V_t, so no
+  overflow however many levels there are.
+- Unconstrained mode (paper-faithful): any code sequence may come out; those that are no
+  catalogue SID are returned as item -1 and counted in `n_invalid`.
+- SID -> item is exact: walking the same keys level by level (`SidIndex.lookup`).
+- `exact_scores`: log-likelihood of every catalogue SID by teacher forcing, chunked over
+  items. A beam at least as wide as the catalogue must return exactly its ranking
+  (tests/test_beam.py).
+
+Scores are sums of the model's log-probabilities; constrained decoding masks invalid codes
+but does not renormalise, so beam scores equal the exact scorer's log-likelihoods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from sidrec.errors import SidrecError
+
+# step_fn(prev [N] int64 codes chosen at the previous step (-1 at step 0), step t, state)
+#   -> (log-probs [N, V_t] over level t's codes, state)
+StepFn = Callable[[torch.Tensor, int, Any], tuple[torch.Tensor, Any]]
+
+
+class SidIndex:
+    """Valid SID prefixes of a set of items as sorted keys per level (a flat trie).
+
+    sids [n, L] int64 unique rows, code t in [0, sizes[t]); items [n] the item id of each
+    row (default 0..n-1). `keys[t]` [n_nodes_t] holds the sorted `parent * sizes[t] + code`
+    of the length-(t+1) prefixes, so a node id at level t is its position in `keys[t]`
+    (the root, level -1, is node 0). `leaf_items[j]` is the item whose full SID is node j.
+    """
+
+    def __init__(
+        self, sids: torch.Tensor, sizes: Sequence[int], items: torch.Tensor | None = None
+    ) -> None:
+        sids = torch.as_tensor(sids, dtype=torch.int64)
+        if sids.dim() != 2 or sids.shape[1] != len(sizes):
+            raise SidrecError(
+                f"SIDs have shape {tuple(sids.shape)} but the codebook sizes {tuple(sizes)} "
+                f"give {len(sizes)} positions; re-run `sidrec tokenize` for this run directory"
+            )
+        hi = torch.as_tensor(list(sizes), dtype=torch.int64)
+        if len(sids) and ((sids < 0).any() or (sids >= hi).any()):
+            raise SidrecError(
+                f"SID codes outside the codebook sizes {tuple(sizes)}; the SIDs and the "
+                "tokenizer disagree, re-run `sidrec tokenize`"
+            )
+        self.sizes = tuple(int(v) for v in sizes)
+        items = torch.arange(len(sids)) if items is None else torch.as_tensor(items).long()
+        self.keys: list[torch.Tensor] = []
+        node = torch.zeros(len(sids), dtype=torch.int64)  # (n,) the root
+        for t, size in enumerate(self.sizes):
+            uniq, node = torch.unique(node * size + sids[:, t], sorted=True, return_inverse=True)
+            self.keys.append(uniq)  # (n_nodes_t,)
+        if len(sids) and len(self.keys[-1]) != len(sids):
+            raise SidrecError(
+                f"{len(sids) - len(self.keys[-1])} items share a full SID; SIDs must be unique "
+                "(the tokenizer appends a collision token), re-run `sidrec tokenize`"
+            )
+        self.leaf_items = torch.full((len(sids),), -1, dtype=torch.int64)
+        self.leaf_items[node] = items  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.leaf_items)
+
+    def to(self, device: torch.device | str) -> SidIndex:
+        out = object.__new__(SidIndex)
+        out.sizes = self.sizes
+        out.keys = [k.to(device) for k in self.keys]
+        out.leaf_items = self.leaf_items.to(device)
+        return out
+
+    def _find(self, level: int, keys: torch.Tensor) -> torch.Tensor:
+        """Position of each key in keys[level], or -1 where absent (same shape as keys)."""
+        table = self.keys[level]
+        if len(table) == 0:
+            return torch.full_like(keys, -1)
+        pos = torch.searchsorted(table, keys).clamp_max(len(table) - 1)
+        return torch.where(table[pos] == keys, pos, -1)
+
+    def children_mask(self, level: int, node: torch.Tensor) -> torch.Tensor:
+        """Allowed codes at `level` after prefix nodes [N] (-1 = dead prefix): [N, V] bool."""
+        size = self.sizes[level]
+        codes = torch.arange(size, device=node.device)
+        cand = node.clamp_min(0)[:, None] * size + codes  # (N, V)
+        return (self._find(level, cand) >= 0) & (node >= 0)[:, None]
+
+    def child(self, level: int, node: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """Node reached from `node` by `code` (same shapes), -1 when not a valid prefix."""
+        found = self._find(level, node.clamp_min(0) * self.sizes[level] + code)
+        return torch.where(node >= 0, found, -1)
+
+    def lookup(self, sids: torch.Tensor) -> torch.Tensor:
+        """Item of each SID [..., L] -> [...] int64, -1 when it is no catalogue SID."""
+        node = torch.zeros(sids.shape[:-1], dtype=torch.int64, device=sids.device)
+        for t in range(len(self.sizes)):
+            node = self.child(t, node, sids[..., t])
+        return torch.where(node >= 0, self.leaf_items[node.clamp_min(0)], -1)
+
+
+class BeamResult(NamedTuple):
+    items: torch.Tensor  # [B, beam] int64 catalogue item, -1 where none (invalid or dead)
+    log_probs: torch.Tensor  # [B, beam] sequence log-probability, best first
+    n_invalid: int  # returned sequences with a finite score that are no catalogue SID
+    sids: torch.Tensor  # [B, beam, L] the decoded code sequences
+
+
+def _reorder(state: Any, index: torch.Tensor) -> Any:
+    return state.reorder(index)
+
+
+@torch.no_grad()
+def beam_search(
+    step_fn: StepFn,
+    state: Any,
+    n_users: int,
+    beam: int,
+    catalogue: SidIndex,
+    allowed: SidIndex | None = None,
+    reorder: Callable[[Any, torch.Tensor], Any] = _reorder,
+) -> BeamResult:
+    """Beam search of width `beam` for `n_users` users at once.
+
+    `state` starts with one row per user (e.g. a `KVCache` on the encoder memory); after the
+    first step it has n_users * beam rows, user-major (row = user * beam + b), kept in beam
+    order by `reorder(state, parent_rows)`. `catalogue` maps the final SIDs to items;
+    `allowed` (or None for unconstrained decoding) is the prefix index the beams must stay
+    in, e.g. the warm items only. Beams that run out of valid extensions (fewer valid
+    sequences than `beam`) come back as item -1 with log-prob -inf.
+    """
+    sizes = catalogue.sizes
+    device = catalogue.leaf_items.device
+    scores = torch.zeros(n_users, 1, device=device)  # (B, w) with w = 1 before step 0
+    seqs = torch.zeros(n_users, 1, 0, dtype=torch.int64, device=device)  # (B, w, t)
+    node = torch.zeros(n_users, 1, dtype=torch.int64, device=device)  # (B, w) prefix node
+    prev = torch.full((n_users,), -1, dtype=torch.int64, device=device)
+    users = torch.arange(n_users, device=device)[:, None]  # (B, 1)
+    for t, size in enumerate(sizes):
+        logp, state = step_fn(prev, t, state)  # (B*w, V)
+        w = scores.shape[1]
+        cand = scores[:, :, None] + logp.view(n_users, w, size).float()  # (B, w, V)
+        if allowed is not None:
+            ok = allowed.children_mask(t, node.view(-1)).view(n_users, w, size)
+            cand = cand.masked_fill(~ok, float("-inf"))
+        top, idx = cand.view(n_users, w * size).topk(min(beam, w * size), dim=1)  # (B, k)
+        if top.shape[1] < beam:  # fewer candidates than beams (tiny vocabularies)
+            short = beam - top.shape[1]
+            top = torch.cat([top, top.new_full((n_users, short), float("-inf"))], dim=1)
+            idx = torch.cat([idx, idx.new_zeros(n_users, short)], dim=1)
+        parent, code = idx // size, idx % size  # (B, beam)
+        seqs = torch.cat([seqs[users, parent], code[..., None]], dim=2)  # (B, beam, t+1)
+        if allowed is not None:
+            node = allowed.child(t, node[users, parent], code)  # (B, beam)
+        scores = top
+        prev = code.view(-1)
+        if t + 1 < len(sizes):  # the last step's cache is never read again
+            state = reorder(state, (users * w + parent).view(-1))
+    items = catalogue.lookup(seqs)  # (B, beam)
+    finite = torch.isfinite(scores)
+    n_invalid = int(((items < 0) & finite).sum())
+    items = torch.where(finite, items, -1)
+    return BeamResult(items, scores, n_invalid, seqs)
+
+
+@torch.no_grad()
+def exact_scores(
+    token_logp_fn: Callable[[torch.Tensor], torch.Tensor], sids: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
+    """Log-likelihood of every SID for a batch of users: [B, n_items].
+
+    `token_logp_fn(sids_chunk [C, L])` returns the teacher-forced log-probability of each
+    code [B, C, L] (the model closes over the users' encoder memory); items are scored
+    `chunk` at a time so memory stays bounded.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    parts = [token_logp_fn(sids[i : i + chunk]).sum(dim=-1) for i in range(0, len(sids), chunk)]
+    return torch.cat(parts, dim=1)  # (B, n_items)

@@ -1,0 +1,327 @@
+"""COBRA: cascaded sparse-dense generative retrieval with BeamFusion.
+
+Yang et al., "Sparse Meets Dense: Unified Generative Recommendations with Cascaded
+Sparse-Dense Representations" (Baidu, arXiv 2503.02453), Sec. 3.
+
+Each item is a cascade [e(ID_1) ... e(ID_L), v]: its sparse ID (the first L semantic-ID
+codes, without the collision token) and a dense vector v from a trainable item encoder.
+One decoder-only causal transformer reads the history's cascades and
+- sparse head: after item t's dense token, predicts the next item's codes level by level,
+  P(ID_{t+1} | S_{1:t}) (CE per level, Eq. 3);
+- dense head: after the next item's sparse tokens, predicts v̂_{t+1},
+  P(v_{t+1} | ID_{t+1}, S_{1:t}), trained with in-batch InfoNCE on cos(v̂, v) (Eq. 4);
+  negatives that are the same item or occur in the example's own history are masked.
+Loss = L_sparse + dense_weight * L_dense; the item encoder is trained with both.
+
+Item encoder (`item_encoder`): "transformer" = a light transformer over the item's text
+tokens (all-MiniLM-L6-v2's word-piece vocabulary) with a [CLS] output, as in the paper;
+"projection" = a trainable MLP over the frozen sentence embedding (the cheap preset).
+
+Inference is coarse-to-fine (Sec. 3.3): beam search the top-M sparse IDs, generate v̂_k
+for each, take the items under that sparse ID (or the global nearest neighbours) and fuse
+with BeamFusion (`beam_fusion`). Cold items have a sparse ID and a dense vector, so they
+can be retrieved. NOTE: the ablations are inference switches of one trained model
+(`variants`), not separately trained models as in the paper's Table 4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sidrec.models import register
+from sidrec.models.base import Batch, Catalogue, Recommender, item_padding
+from sidrec.models.beam import SidIndex, beam_search
+from sidrec.models.retrieval import GroupedItems, ItemIndex
+from sidrec.models.transformer import Decoder, Encoder, KVCache, StackConfig
+
+Mode = Literal["fusion", "no-dense", "no-sparse", "no-beamfusion"]
+
+
+@dataclass(frozen=True)
+class CobraConfig:
+    d_model: int = 128
+    n_layers: int = 2  # sequence decoder (paper: 2)
+    n_heads: int = 4
+    head_dim: int = 32
+    d_ff: int = 512
+    dropout: float = 0.1
+    max_len: int = 50  # item positions
+    item_encoder: Literal["transformer", "projection"] = "projection"
+    text_layers: int = 1  # item-text transformer layers (paper: 1)
+    text_tokens: int = 32  # item text truncated to this many word pieces
+    temperature: float = 0.07  # InfoNCE
+    dense_weight: float = 1.0
+    beam: int = 20  # M sparse IDs kept by the beam
+    neighbours: int = 10  # N items per sparse ID
+    tau: float = 0.9  # BeamFusion: sharpness over beams
+    psi: float = 16.0  # BeamFusion: sharpness over items within a beam
+    retrieval: Literal["group", "global"] = "group"  # items under the sparse ID, or all
+    constrained: bool = True  # beam only over sparse IDs that exist in the catalogue
+
+
+def beam_fusion(
+    beam_logp: torch.Tensor, cos: torch.Tensor, tau: float, psi: float
+) -> torch.Tensor:
+    """BeamFusion (COBRA Eq. 6): Score(a) = Softmax(τ·φ(ID_k))_k · Softmax(ψ·cos(v̂_k, v_a))_a.
+
+    beam_logp [B, M]: beam score φ of the M sparse IDs; cos [B, M, N]: cosine between each
+    beam's generated v̂_k and its N candidate items v_a (-inf where there is no candidate).
+    Returns [B, M, N]. ψ = 0 spreads a beam's mass evenly over its items (sparse only);
+    τ → ∞ keeps only the best beam; ψ → ∞ keeps only each beam's nearest item.
+    """
+    w = torch.softmax(tau * beam_logp, dim=1).nan_to_num(0.0)  # (B, M)
+    logits = torch.where(torch.isfinite(cos), psi * cos, torch.full_like(cos, float("-inf")))
+    p = torch.softmax(logits, dim=2).nan_to_num(0.0)  # (B, M, N); empty beams -> 0
+    return w[:, :, None] * p
+
+
+class ItemEncoder(nn.Module):
+    """Item text -> dense vector v [n_items, d_model] (the trainable half of the cascade)."""
+
+    def __init__(self, cfg: CobraConfig, catalogue: Catalogue) -> None:
+        super().__init__()
+        self.kind = cfg.item_encoder
+        self.text_tokens = cfg.text_tokens
+        if self.kind == "projection":
+            if catalogue.text_emb is None:
+                raise ValueError("item_encoder=projection needs embeddings.npy (sidrec embed)")
+            dim = catalogue.text_emb.shape[1]
+            self.proj = nn.Sequential(nn.Linear(dim, 2 * cfg.d_model), nn.GELU(),
+                                      nn.Linear(2 * cfg.d_model, cfg.d_model))
+        else:
+            self.tokenizer = _wordpiece_tokenizer()
+            self.tok = nn.Embedding(self.tokenizer.vocab_size, cfg.d_model, padding_idx=0)
+            self.pos = nn.Embedding(cfg.text_tokens, cfg.d_model)
+            self.encoder = Encoder(StackConfig(cfg.text_layers, cfg.d_model, cfg.n_heads,
+                                               cfg.head_dim, cfg.d_ff, cfg.dropout))
+            self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.set_catalogue(catalogue)
+
+    def set_catalogue(self, catalogue: Catalogue) -> None:
+        if self.kind == "projection":
+            self.register_buffer("text_emb", catalogue.text_emb.float(), persistent=False)
+        else:
+            enc = self.tokenizer(catalogue.item_text, max_length=self.text_tokens,
+                                 truncation=True, padding="max_length", return_tensors="pt")
+            self.register_buffer("token_ids", enc["input_ids"], persistent=False)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items [...] dense ids -> v [..., d_model]."""
+        if self.kind == "projection":
+            return self.proj(self.text_emb[items])
+        ids = self.token_ids[items.reshape(-1)]  # (n, T) word pieces, [CLS] first
+        x = self.tok(ids) + self.pos.weight[: ids.shape[1]]
+        h = self.encoder(x, ids == 0)  # (n, T, d)
+        return self.out(h[:, 0]).view(*items.shape, -1)  # [CLS] output
+
+
+def _wordpiece_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    from sidrec.embed import DEFAULT_ENCODER, resolve_encoder
+
+    return AutoTokenizer.from_pretrained(resolve_encoder(DEFAULT_ENCODER))
+
+
+@register
+class Cobra(Recommender):
+    name = "cobra"
+    Config = CobraConfig
+    needs_sids = True
+    supports_new_items = True
+
+    def __init__(self, cfg: CobraConfig, catalogue: Catalogue) -> None:
+        super().__init__(cfg, catalogue)
+        self.levels = len(catalogue.codebook_sizes) - 1  # sparse ID = codes w/o collision
+        self.sizes = tuple(catalogue.codebook_sizes[: self.levels])
+        offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)  # (L,)
+        d = cfg.d_model
+        self.code_emb = nn.Embedding(sum(self.sizes), d)
+        self.type_emb = nn.Embedding(self.levels + 1, d)  # L sparse slots + the dense slot
+        self.pos_emb = nn.Embedding(cfg.max_len + 1, d)
+        self.dense_in = nn.Linear(d, d)
+        self.item_encoder = ItemEncoder(cfg, catalogue)
+        self.decoder = Decoder(StackConfig(cfg.n_layers, d, cfg.n_heads, cfg.head_dim,
+                                           cfg.d_ff, cfg.dropout), cross_attention=False)
+        self.sparse_heads = nn.ModuleList(nn.Linear(d, v) for v in self.sizes)
+        self.dense_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.drop = nn.Dropout(cfg.dropout)
+        self._set_tables(catalogue)
+
+    # ----------------------------------------------------------------- catalogue tables
+
+    def _set_tables(self, catalogue: Catalogue) -> None:
+        sparse = catalogue.sids[:, : self.levels].long()
+        self.register_buffer("sparse", sparse, persistent=False)  # (n_items, L)
+        self._tables: tuple[GroupedItems, SidIndex] | None = None
+        self._item_vectors: torch.Tensor | None = None
+
+    def tables(self) -> tuple[GroupedItems, SidIndex]:
+        """Items per sparse ID and the valid sparse-ID prefixes, on the model's device."""
+        if self._tables is None or self._tables[0].members.device != self.sparse.device:
+            groups = GroupedItems(self._key(self.sparse))
+            self._tables = (groups, SidIndex(torch.unique(self.sparse, dim=0), self.sizes))
+        return self._tables
+
+    def set_catalogue(self, catalogue: Catalogue) -> None:
+        super().set_catalogue(catalogue)
+        self.item_encoder.set_catalogue(catalogue)
+        device = self.offsets.device
+        self._set_tables(catalogue)
+        self.to(device)
+
+    def train(self, mode: bool = True) -> Cobra:
+        self._item_vectors = None  # item vectors change with the weights
+        return super().train(mode)
+
+    def _key(self, codes: torch.Tensor) -> torch.Tensor:
+        key = torch.zeros(codes.shape[:-1], dtype=torch.long, device=codes.device)
+        for t, size in enumerate(self.sizes):
+            key = key * size + codes[..., t]
+        return key
+
+    # ----------------------------------------------------------------- embedding
+
+    def _cascade(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """history [B, n] -> (tokens [B, n*(L+1), d], padding [B, n*(L+1)])."""
+        b, n = history.shape
+        ids, pad = item_padding(history)
+        items = (ids - 1).clamp_min(0)  # (B, n)
+        pos = self.pos_emb(torch.arange(n, device=history.device))  # (n, d)
+        sparse = self.code_emb(self.sparse[items] + self.offsets)  # (B, n, L, d)
+        sparse = sparse + self.type_emb.weight[: self.levels]
+        dense = self.dense_in(self.item_encoder(items)) + self.type_emb.weight[self.levels]
+        x = torch.cat([sparse, dense[:, :, None]], dim=2) + pos[:, None]  # (B, n, L+1, d)
+        x = x.view(b, n * (self.levels + 1), -1)
+        return self.drop(x), pad.repeat_interleave(self.levels + 1, dim=1)
+
+    def _sparse_tokens(self, codes: torch.Tensor, position: int) -> torch.Tensor:
+        """codes [N, t] of the next item (levels 0..t-1) -> tokens [N, t, d]."""
+        t = codes.shape[1]
+        x = self.code_emb(codes + self.offsets[:t]) + self.type_emb.weight[:t]
+        return x + self.pos_emb.weight[position]
+
+    # ----------------------------------------------------------------- training
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        history, target = batch["history"], batch["target"]  # (B, n), (B,)
+        n = history.shape[1]
+        hist_x, hist_pad = self._cascade(history)
+        codes = self.sparse[target]  # (B, L)
+        x = torch.cat([hist_x, self._sparse_tokens(codes, n)], dim=1)  # (B, n(L+1)+L, d)
+        pad = F.pad(hist_pad, (0, self.levels), value=False)
+        h = self.decoder(x, pad)  # (B, T, d)
+        start = hist_x.shape[1] - 1  # the last dense token predicts the first code
+        sparse_loss = sum(
+            F.cross_entropy(head(h[:, start + t]), codes[:, t])
+            for t, head in enumerate(self.sparse_heads)
+        ) / self.levels
+        v_hat = F.normalize(self.dense_head(h[:, -1]), dim=-1)  # (B, d)
+        v = F.normalize(self.item_encoder(target), dim=-1)  # (B, d)
+        logits = v_hat @ v.T / self.cfg.temperature  # (B, B)
+        same = (target[None, :] == target[:, None]) | (history[:, :, None] == target).any(1)
+        same.fill_diagonal_(False)  # the positive stays
+        dense_loss = F.cross_entropy(logits.masked_fill(same, float("-inf")),
+                                     torch.arange(len(target), device=target.device))
+        total = sparse_loss + self.cfg.dense_weight * dense_loss
+        return {"loss": total, "loss_sparse": sparse_loss, "loss_dense": dense_loss}
+
+    # ----------------------------------------------------------------- inference
+
+    def item_vectors(self) -> torch.Tensor:
+        """v of every catalogue item [n_items, d], cached until the weights may change."""
+        if self._item_vectors is None or len(self._item_vectors) != self.catalogue.n_items:
+            items = torch.arange(self.catalogue.n_items, device=self.offsets.device)
+            self._item_vectors = torch.cat(
+                [self.item_encoder(chunk) for chunk in items.split(4096)])
+        return self._item_vectors
+
+    def variants(self) -> dict[str, dict[str, Any]]:
+        return {"": {}, "no-dense": {"mode": "no-dense"}, "no-sparse": {"mode": "no-sparse"},
+                "no-beamfusion": {"mode": "no-beamfusion"}}
+
+    @torch.no_grad()
+    def recommend(
+        self, history: torch.Tensor, users: torch.Tensor, k: int, mode: Mode = "fusion",
+        beam: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        n_nb = cfg.neighbours
+        width = beam or max(cfg.beam, math.ceil(k / n_nb))  # M grows with K
+        b, n = history.shape
+        x, pad = self._cascade(history)
+        hidden, cache = self.decoder.prefill(x, pad)
+        first = torch.log_softmax(self.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
+
+        def step(prev: torch.Tensor, t: int, state: KVCache):
+            if t == 0:
+                return first, state
+            h = self.decoder.step(self._code_token(prev, t - 1, n), state)  # (N, 1, d)
+            return torch.log_softmax(self.sparse_heads[t](h[:, -1]), dim=-1), state
+
+        groups, sparse_index = self.tables()
+        allowed = sparse_index if cfg.constrained else None
+        result = beam_search(step, cache, b, width, sparse_index, allowed)
+        m = result.sids.shape[1]
+        # v̂_k: the history prefix (shared, cached) + the beam's L sparse tokens.
+        fresh = KVCache(own_k=[None] * len(self.decoder.blocks),
+                        own_v=[None] * len(self.decoder.blocks), prefix_k=cache.prefix_k,
+                        prefix_v=cache.prefix_v, prefix_pad=cache.prefix_pad)
+        codes = result.sids.reshape(b * m, self.levels)
+        h = self.decoder.step(self._sparse_tokens(codes, n), fresh)  # (B*M, L, d)
+        v_hat = self.dense_head(h[:, -1])  # (B*M, d)
+        vectors = self.item_vectors()
+        valid = torch.isfinite(result.log_probs).view(-1)
+        if mode == "no-sparse":
+            # Dense only: the best beam's v̂ against the whole catalogue.
+            ids, cos = ItemIndex(vectors).search(v_hat.view(b, m, -1)[:, 0], k)
+            return ids, cos
+        if cfg.retrieval == "global":
+            cand, cos = ItemIndex(vectors).search(v_hat, n_nb)  # (B*M, N)
+        else:
+            cand, cos = groups.neighbours(v_hat, self._key(codes), vectors)
+            if cand.shape[1] > n_nb:
+                cos, top = cos.topk(n_nb, dim=1)
+                cand = cand.gather(1, top)
+        cos = cos.masked_fill(~valid[:, None] | (cand < 0), float("-inf"))
+        cand, cos = cand.view(b, m, -1), cos.view(b, m, -1)
+        if mode == "no-beamfusion":
+            scores = cos  # rank the beams' candidates by cosine alone
+        else:
+            psi = 0.0 if mode == "no-dense" else cfg.psi
+            scores = beam_fusion(result.log_probs, cos, cfg.tau, psi)
+            scores = torch.where(torch.isfinite(cos), scores, torch.full_like(scores, -1.0))
+        return _merge_candidates(cand.view(b, -1), scores.view(b, -1), k)
+
+    def _code_token(self, prev: torch.Tensor, level: int, position: int) -> torch.Tensor:
+        x = self.code_emb(prev + self.offsets[level]) + self.type_emb.weight[level]
+        return (x + self.pos_emb.weight[position])[:, None]  # (N, 1, d)
+
+
+def _merge_candidates(
+    items: torch.Tensor, scores: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k distinct items from candidates [B, C] (-1 = none); an item's best score counts."""
+    scores = scores.masked_fill(items < 0, float("-inf"))
+    order = scores.argsort(dim=1, descending=True)
+    items, scores = items.gather(1, order), scores.gather(1, order)
+    # After sorting, keep the first occurrence of each item in a row.
+    srt, idx = items.sort(dim=1, stable=True)
+    dup_sorted = torch.zeros_like(srt, dtype=torch.bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    dup = torch.zeros_like(dup_sorted).scatter(1, idx, dup_sorted)
+    scores = scores.masked_fill(dup | (items < 0), float("-inf"))
+    top, pos = scores.topk(min(k, scores.shape[1]), dim=1)
+    out = items.gather(1, pos).masked_fill(~torch.isfinite(top), -1)
+    if out.shape[1] < k:
+        pad = k - out.shape[1]
+        out = F.pad(out, (0, pad), value=-1)
+        top = F.pad(top, (0, pad), value=float("-inf"))
+    return out, top

@@ -1,0 +1,133 @@
+"""Dense retrieval baseline, UniSRec-style (the LIGER paper's "Dense" row).
+
+Hou et al., "Towards Universal Sequence Representation Learning for Recommender
+Systems" (UniSRec, KDD 2022) and Yang et al., LIGER (arXiv 2411.18814) §4, "Dense".
+An item's vector is the MLP projection of its frozen text embedding
+(`Catalogue.text_emb`, from `sidrec embed`) plus, for `dense`, a learned item-ID
+embedding. The history's item vectors + positions go through the same causal
+transformer as SASRec (`sasrec.CausalEncoder`); the hidden state at a position is the
+user vector, and an item's score is cos(user, item) / tau. Loss: softmax cross-entropy
+over all catalogue items at every history position (as SASRec; see `sidrec.train`).
+
+Two registered names, so that the method is explicit in configs and tables:
+- `dense`: ID embedding + projected text (UniSRec's transductive setting). Cold items
+  have an untrained ID embedding, and items added after training have none, so it
+  cannot rank new items.
+- `dense-text`: projected text only (UniSRec's inductive setting). Every item, including
+  cold and newly added ones, is scored from its text (`supports_new_items = True`).
+
+NOTE deviations: a 2-layer MLP replaces UniSRec's mixture-of-experts whitening adaptor,
+and there is no pre-training stage (trained from scratch on the target data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sidrec.errors import SidrecError
+from sidrec.models import register
+from sidrec.models.base import Batch, Catalogue, Recommender, item_padding
+from sidrec.models.sasrec import CausalEncoder, init_weights, next_items
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    d_model: int = 64  # hidden size of the item vectors and the transformer
+    n_layers: int = 2  # transformer blocks (UniSRec: 2)
+    n_heads: int = 2  # attention heads (UniSRec: 2)
+    d_ff: int = 256  # feed-forward width
+    dropout: float = 0.2
+    max_len: int = 50  # position table size; a longer history keeps its last max_len items
+    text_hidden: int = 256  # hidden width of the text-projection MLP (0: a single linear map)
+    temperature: float = 0.07  # tau of the cosine logits (UniSRec, LIGER: 0.07)
+
+
+@register
+class Dense(Recommender):
+    name = "dense"
+    Config = DenseConfig
+    use_id: ClassVar[bool] = True
+    needs_text: ClassVar[bool] = True
+    trains_every_position = True
+
+    def __init__(self, cfg: DenseConfig, catalogue: Catalogue) -> None:
+        super().__init__(cfg, catalogue)
+        if catalogue.text_emb is None:
+            raise SidrecError(
+                f"model {self.name!r} needs item text embeddings (embeddings.npy); "
+                "run `sidrec embed RUN_DIR` first"
+            )
+        if cfg.temperature <= 0:
+            raise SidrecError(f"temperature={cfg.temperature}: must be > 0, e.g. 0.07")
+        d_text = catalogue.text_emb.shape[1]
+        if cfg.text_hidden > 0:
+            self.text_proj = nn.Sequential(
+                nn.Linear(d_text, cfg.text_hidden), nn.GELU(), nn.Linear(cfg.text_hidden, cfg.d_model)
+            )
+        else:
+            self.text_proj = nn.Linear(d_text, cfg.d_model)
+        self.item_emb = nn.Embedding(catalogue.n_items, cfg.d_model) if self.use_id else None
+        self.in_norm = nn.LayerNorm(cfg.d_model)
+        self.encoder = CausalEncoder(
+            cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.max_len
+        )
+        self.apply(init_weights)
+        # Frozen input, not a weight: follows .to(device) but is not saved with the model.
+        self.register_buffer("text_emb", catalogue.text_emb.float().clone(), persistent=False)
+
+    def item_vectors(self) -> torch.Tensor:
+        """[n_items, d]: projected text (+ ID embedding for `dense`)."""
+        v = self.text_proj(self.text_emb)  # [n_items, d]
+        if self.item_emb is not None:
+            v = v + self.item_emb.weight
+        return v
+
+    def hidden(
+        self, history: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user vectors at every position [B, L', d], padding mask [B, L'])."""
+        ids, pad = item_padding(history[:, -self.cfg.max_len :])  # [B, L'] (0 = padding)
+        table = torch.cat([items.new_zeros(1, items.shape[1]), items])  # [n_items + 1, d]
+        x = self.in_norm(table[ids])  # [B, L', d]
+        return self.encoder(x, pad), pad
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        history = batch["history"][:, -self.cfg.max_len :]  # [B, L]
+        items = self.item_vectors()  # [n_items, d]
+        h, pad = self.hidden(history, items)  # [B, L, d]
+        real = ~pad
+        user = F.normalize(h[real], dim=-1)  # [N, d]
+        y = next_items(history, batch["target"])[real]  # [N]
+        logits = user @ F.normalize(items, dim=-1).T / self.cfg.temperature  # [N, n_items]
+        loss = F.cross_entropy(logits, y)
+        return {"loss": loss, "dense": loss.detach()}
+
+    @torch.no_grad()
+    def score(self, history: torch.Tensor, users: torch.Tensor, **options: Any) -> torch.Tensor:
+        items = self.item_vectors()  # [n_items, d]
+        h, _ = self.hidden(history, items)  # [B, L, d]
+        user = F.normalize(h[:, -1], dim=-1)  # [B, d]
+        return user @ F.normalize(items, dim=-1).T / self.cfg.temperature  # [B, n_items]
+
+    def set_catalogue(self, catalogue: Catalogue) -> None:
+        super().set_catalogue(catalogue)  # refuses a grown catalogue unless supports_new_items
+        if catalogue.text_emb is None or catalogue.text_emb.shape[1] != self.text_emb.shape[1]:
+            raise SidrecError(
+                f"model {self.name!r}: the new catalogue's text embeddings are missing or of "
+                "another dimension; embed new items with the encoder used for training"
+            )
+        self.text_emb = catalogue.text_emb.float().to(self.text_emb.device)
+
+
+@register
+class DenseText(Dense):
+    """`dense` without item-ID embeddings: every item is scored from its text alone."""
+
+    name = "dense-text"
+    use_id = False
+    supports_new_items = True

@@ -1,0 +1,61 @@
+"""Pop: recommend the most popular training items to everyone.
+
+Score of item i = its number of occurrences in the training sequences
+(`Catalogue.popularity`), the same for every user; cold items score 0. Nothing is
+learned, so the trainer saves it without a training loop. It is the floor every model
+must clear and a check on the evaluator (a leak of the target into the history or a
+tie-breaking bug shows up as a Pop score that is too good).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sidrec.models import register
+from sidrec.models.base import Catalogue, Recommender
+
+
+@dataclass(frozen=True)
+class PopConfig:
+    """Pop has no settings; the dataclass keeps the config contract uniform."""
+
+
+@register
+class Pop(Recommender):
+    name = "pop"
+    Config = PopConfig
+    trainable = False
+    supports_new_items = True  # a new item simply has popularity 0
+
+    def __init__(self, cfg: PopConfig, catalogue: Catalogue) -> None:
+        super().__init__(cfg, catalogue)
+        # Non-persistent buffers: they follow .to(device) but come from the catalogue,
+        # not from the weights file.
+        self.register_buffer("popularity", catalogue.popularity.float().clone(), persistent=False)
+        self.register_buffer("order", self._order(catalogue.popularity), persistent=False)
+
+    @staticmethod
+    def _order(popularity: torch.Tensor) -> torch.Tensor:
+        # Stable descending sort: equal counts are listed by item id, the same every run.
+        return torch.sort(popularity.float(), descending=True, stable=True).indices  # [n_items]
+
+    @torch.no_grad()
+    def score(self, history: torch.Tensor, users: torch.Tensor, **options: Any) -> torch.Tensor:
+        return self.popularity.expand(history.shape[0], -1)  # [B, n_items]
+
+    @torch.no_grad()
+    def recommend(
+        self, history: torch.Tensor, users: torch.Tensor, k: int, **options: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        top = self.order[: min(k, self.order.numel())]  # [k]
+        items = top.expand(history.shape[0], -1)  # [B, k]
+        return items, self.popularity[items]
+
+    def set_catalogue(self, catalogue: Catalogue) -> None:
+        # New items have no training occurrences (popularity 0), so Pop can always list them.
+        self.catalogue = catalogue
+        self.popularity = catalogue.popularity.float().to(self.order.device)
+        self.order = self._order(self.popularity)

@@ -1,0 +1,128 @@
+"""Tokenizer configs and named presets (plain frozen dataclasses).
+
+A tokenizer is chosen by name (`method`), never inferred from its settings:
+`tokenizer_config("rqvae", "small", {"epochs": 500})`.
+
+Why the `small` preset is 3 levels x 32 codes. Two pressures pull against each other:
+
+- codes per level must be well *below* the number of items, so that each code is shared
+  by many items and the first token means something (a coarse semantic cluster the
+  generative model can learn from). With ~1.7k items (MovieLens-100k), 32 first-level
+  codes give ~50 items per code; 256 codes would give ~6, and most codes would be used by
+  one or two items (or never), i.e. an atomic ID in disguise.
+- the product of codebook sizes must be far *above* the number of items, so that few
+  items collide on the full L-code prefix: 32^3 = 32,768 >> 1.7k (or 12k for Amazon
+  Beauty). The collision token absorbs the rest.
+
+3 x 32 is also COBRA's setting on the public Amazon data (SPEC.md, "Models").
+The `paper` presets use TIGER's 3 x 256 (Rajput et al. 2023, Sec. 4.1 / App.), sized
+for ~10k+ item catalogues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from sidrec.config import replace
+from sidrec.errors import SidrecError
+
+Method = Literal["rqvae", "rqkmeans"]
+
+
+@dataclass(frozen=True)
+class RQVAEConfig:
+    """RQ-VAE (TIGER, Rajput et al. 2023, Sec. 3.1 and App. "RQ-VAE")."""
+
+    method: ClassVar[str] = "rqvae"
+
+    levels: int = 3  # L: codes per item before the collision token
+    codebook_size: int = 32  # K: codes per level (see the module docstring)
+    latent_dim: int = 32  # TIGER: 32
+    hidden: tuple[int, ...] = (512, 256, 128)  # encoder MLP widths; decoder mirrors them
+    beta: float = 0.25  # commitment weight (TIGER: 0.25)
+    epochs: int = 1500  # passes over the warm items
+    batch_size: int = 1024  # TIGER: 1024
+    # NOTE: TIGER trains with Adagrad, lr 0.4, for 20k epochs; Adam at 1e-3 reaches a
+    # comparable reconstruction in far fewer steps on a small catalogue (small preset).
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    kmeans_init: bool = True  # k-means of the first batch's latents initialises each level
+    kmeans_iters: int = 25
+    dead_code_reset: bool = True  # codes unused for a whole epoch jump to a live residual
+    # Resets stop after this fraction of the epochs so the last assignments can settle.
+    reset_until: float = 0.8
+    standardize: bool = True  # per-dimension z-score fitted on warm items
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RQKMeansConfig:
+    """Residual k-means (faiss): level l clusters the residuals left by levels < l.
+
+    `balanced=True` fits each level's centroids with capacity-constrained Lloyd steps
+    (each code takes at most ceil(n/K) items), which spreads codes evenly over the data.
+    Encoding is always nearest-centroid, so warm and cold items are encoded the same way.
+    """
+
+    method: ClassVar[str] = "rqkmeans"
+
+    levels: int = 3
+    codebook_size: int = 32
+    kmeans_iters: int = 25
+    balanced: bool = False
+    balanced_iters: int = 10  # capacity-constrained Lloyd steps after plain k-means
+    # Sentence embeddings are already comparable across dimensions; residual k-means is
+    # usually run on them directly (OneRec-style). Set True to match RQ-VAE's input.
+    standardize: bool = False
+    seed: int = 0
+
+
+TokenizerConfig = RQVAEConfig | RQKMeansConfig
+
+PRESETS: dict[str, dict[str, TokenizerConfig]] = {
+    "rqvae": {
+        "small": RQVAEConfig(),
+        "paper": RQVAEConfig(
+            codebook_size=256, epochs=20000, batch_size=1024, optimizer="adagrad", lr=0.4
+        ),
+    },
+    "rqkmeans": {
+        "small": RQKMeansConfig(),
+        "paper": RQKMeansConfig(codebook_size=256),  # TIGER-sized SID space, 3 x 256
+    },
+}
+
+
+def tokenizer_config(
+    method: str, preset: str = "small", overrides: dict[str, Any] | None = None
+) -> TokenizerConfig:
+    """The named preset of `method` with `key=value` overrides applied and type-checked."""
+    if method not in PRESETS:
+        raise SidrecError(f"unknown tokenizer method {method!r}; choose one of: rqvae, rqkmeans")
+    if preset not in PRESETS[method]:
+        names = ", ".join(PRESETS[method])
+        raise SidrecError(f"unknown {method} preset {preset!r}; choose one of: {names}")
+    cfg = PRESETS[method][preset]
+    if overrides:
+        cfg = replace(cfg, overrides, where=f"tokenize.{method}")
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TokenizerConfig) -> None:
+    if cfg.levels < 1:
+        raise SidrecError(f"tokenize: levels must be >= 1, got {cfg.levels}")
+    if cfg.codebook_size < 2:
+        raise SidrecError(f"tokenize: codebook_size must be >= 2, got {cfg.codebook_size}")
+    if isinstance(cfg, RQVAEConfig):
+        if cfg.epochs < 1 or cfg.batch_size < 1:
+            raise SidrecError("tokenize: epochs and batch_size must be >= 1")
+        if cfg.latent_dim < 1 or any(h < 1 for h in cfg.hidden):
+            raise SidrecError("tokenize: latent_dim and hidden widths must be >= 1")
+        if cfg.batch_size < cfg.codebook_size and cfg.kmeans_init:
+            raise SidrecError(
+                f"tokenize: batch_size {cfg.batch_size} < codebook_size {cfg.codebook_size}; "
+                "k-means initialisation needs a batch with at least one item per code"
+            )

@@ -1,0 +1,185 @@
+"""The tokenize stage: `embeddings.npy` -> `sids.npy`, `tokenizer/`, `tokenizer.json`.
+
+Reads `run_dir/embeddings.npy` [n_items, d] and the cold mask of the prepared dataset,
+fits the tokenizer on warm items only (SPEC.md, "Semantic IDs"), encodes every item with
+it (cold items included, without refitting), numbers collisions (warm first, then cold
+items as additions; see `sids.py`) and writes, each atomically:
+
+- `sids.npy`       int64 [n_items, L+1], unique rows, last column = collision token
+- `tokenizer/`     `config.json` + `model.safetensors` (reload with `load_tokenizer`)
+- `tokenizer.json` diagnostics, `codebook_sizes`, config, config hash, input hashes
+- `plots/codebook_usage.png`
+
+`tokenizer.json` is written last and records the hash of the config and of the inputs
+(embeddings file, cold mask); a re-run with the same hashes returns it without refitting.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sidrec.config import to_dict
+from sidrec.data.dataset import Dataset
+from sidrec.errors import SidrecError
+from sidrec.io import atomic_dir, hash_array, hash_file, hash_obj, read_json, save_npy, write_json
+from sidrec.tokenize.base import FORMAT_VERSION, Tokenizer, _read_meta, check_vectors
+from sidrec.tokenize.config import TokenizerConfig, check_config
+from sidrec.tokenize.diagnostics import plot_codebook_usage, reconstruction_error, sid_diagnostics
+from sidrec.tokenize.rqkmeans import RQKMeansTokenizer
+from sidrec.tokenize.rqvae import RQVAETokenizer
+from sidrec.tokenize.sids import assign_sids, codebook_sizes, extend_sids
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {
+    RQVAETokenizer.method: RQVAETokenizer,
+    RQKMeansTokenizer.method: RQKMeansTokenizer,
+}
+
+
+def build_tokenizer(cfg: TokenizerConfig, device: str | torch.device | None = None) -> Tokenizer:
+    """An unfitted tokenizer for `cfg` (the method is the config's `method`)."""
+    check_config(cfg)
+    return TOKENIZERS[cfg.method](cfg, device)
+
+
+def load_tokenizer(path: str | Path, device: str | torch.device | None = None) -> Tokenizer:
+    """Any saved tokenizer directory (e.g. `run_dir/tokenizer`)."""
+    method = _read_meta(path)["method"]
+    if method not in TOKENIZERS:
+        raise SidrecError(f"{path}/config.json: unknown tokenizer method {method!r}")
+    return TOKENIZERS[method].load(path, device)
+
+
+def sids_for_new_items(
+    tokenizer: Tokenizer, existing_sids: np.ndarray, vectors: np.ndarray
+) -> np.ndarray:
+    """Full SIDs [m, L+1] for new items' vectors [m, d], appended after `existing_sids`.
+
+    The fitted tokenizer encodes them (no refitting); each takes the next free collision
+    number of its prefix. Existing SIDs are unchanged. The collision token of a new item
+    can exceed the last entry of the old `codebook_sizes`; a model must check for that.
+    """
+    return extend_sids(existing_sids, tokenizer.encode(vectors))
+
+
+def load_sids(run_dir: str | Path) -> tuple[np.ndarray, list[int]]:
+    """(SIDs [n_items, L+1] int64, codebook_sizes) of a tokenized run directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "sids.npy").is_file() or not (run_dir / "tokenizer.json").is_file():
+        raise SidrecError(
+            f"{run_dir}: no semantic IDs (sids.npy + tokenizer.json); "
+            f"run `sidrec tokenize {run_dir}` first"
+        )
+    sids = np.load(run_dir / "sids.npy", allow_pickle=False)
+    return sids.astype(np.int64, copy=False), list(
+        read_json(run_dir / "tokenizer.json")["codebook_sizes"]
+    )
+
+
+def run_tokenize(
+    run_dir: str | Path,
+    cfg: TokenizerConfig,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Fit the tokenizer on warm items and write the SIDs; returns `tokenizer.json`'s content
+    plus `"cached": bool` (True when an up-to-date result was reused)."""
+    run_dir = Path(run_dir)
+    check_config(cfg)
+    emb_path = run_dir / "embeddings.npy"
+    if not emb_path.is_file():
+        raise SidrecError(f"{emb_path}: no item embeddings; run `sidrec embed {run_dir}` first")
+    dataset = Dataset.load(run_dir)
+    cold = np.asarray(dataset.cold, dtype=bool)
+
+    config_hash = hash_obj({"format": FORMAT_VERSION, "method": cfg.method, "config": to_dict(cfg)})
+    inputs = {"embeddings": hash_file(emb_path), "cold": hash_array(cold)}
+    cached = _cached(run_dir, config_hash, inputs)
+    if cached is not None and not force:
+        return {**cached, "cached": True}
+
+    try:
+        emb = np.load(emb_path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise SidrecError(
+            f"{emb_path}: not a readable .npy array ({e}); re-run `sidrec embed`"
+        ) from None
+    if emb.ndim != 2 or len(emb) != len(cold):
+        raise SidrecError(
+            f"{emb_path}: shape {emb.shape} but the dataset has {len(cold)} items; "
+            f"re-run `sidrec embed {run_dir}` after `sidrec data prepare`"
+        )
+    emb = check_vectors(emb, what=emb_path.name, row_names=dataset.item_ids)
+    warm = emb[~cold]  # [n_warm, d]: the only rows the tokenizer ever sees while fitting
+
+    device = torch.device(device) if device else None
+    tokenizer = build_tokenizer(cfg, device)
+    start = time.perf_counter()
+    tokenizer.fit(warm, progress=progress)
+    fit_seconds = time.perf_counter() - start
+
+    codes = tokenizer.encode(emb)  # [n_items, L]
+    sids = assign_sids(codes, cold)  # [n_items, L+1]
+    diag = sid_diagnostics(codes, cfg.codebook_size)
+    warm_var = float(warm.var(axis=0).mean())
+    recon = tokenizer.reconstruct(emb)
+    diag["reconstruction"] = {
+        "warm": reconstruction_error(emb[~cold], recon[~cold], warm_var),
+        "cold": reconstruction_error(emb[cold], recon[cold], warm_var),
+    }
+    diag["warm_levels"] = sid_diagnostics(codes[~cold], cfg.codebook_size)["levels"]
+
+    emb_meta_path = run_dir / "embeddings.json"
+    record = {
+        "format_version": FORMAT_VERSION,
+        "method": cfg.method,
+        "config": to_dict(cfg),
+        "config_hash": config_hash,
+        "inputs": inputs,
+        "embeddings_meta": read_json(emb_meta_path) if emb_meta_path.is_file() else None,
+        "n_items": int(len(emb)),
+        "n_warm": int((~cold).sum()),
+        "n_cold": int(cold.sum()),
+        "dim": int(emb.shape[1]),
+        "levels": cfg.levels,
+        "codebook_size": cfg.codebook_size,
+        "codebook_sizes": codebook_sizes(sids, cfg.codebook_size),
+        "diagnostics": diag,
+        "fit": {
+            "seconds": round(fit_seconds, 3),
+            "device": str(tokenizer.device),
+            **{k: v for k, v in tokenizer.fit_log.items() if k != "curve"},
+        },
+    }
+
+    with atomic_dir(run_dir / "tokenizer") as tmp:
+        tokenizer.save(tmp)
+    save_npy(run_dir / "sids.npy", sids)
+    plot_codebook_usage(
+        codes,
+        cfg.codebook_size,
+        run_dir / "plots" / "codebook_usage.png",
+        title=f"{dataset.name}: {cfg.method} {cfg.levels}x{cfg.codebook_size}",
+    )
+    write_json(run_dir / "tokenizer.json", record)  # last: marks the stage complete
+    return {**record, "cached": False}
+
+
+def _cached(run_dir: Path, config_hash: str, inputs: dict[str, str]) -> dict[str, Any] | None:
+    path = run_dir / "tokenizer.json"
+    if not path.is_file() or not (run_dir / "sids.npy").is_file():
+        return None
+    if not (run_dir / "tokenizer" / "model.safetensors").is_file():
+        return None
+    try:
+        record = read_json(path)
+    except ValueError:
+        return None
+    if record.get("config_hash") != config_hash or record.get("inputs") != inputs:
+        return None
+    return record

@@ -1,0 +1,129 @@
+"""COBRA: cascade layout, BeamFusion, grouped neighbour search, training and inference."""
+
+import math
+
+import pytest
+import torch
+
+from sidrec.models.base import Catalogue
+from sidrec.models.cobra import Cobra, CobraConfig, _merge_candidates, beam_fusion
+from sidrec.models.retrieval import GroupedItems
+
+SIZES = (4, 4, 3)  # 2 sparse levels x 4 codes + collision token
+
+
+def catalogue(n_items: int = 24, seed: int = 0) -> Catalogue:
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.stack([torch.arange(n_items) % 4, (torch.arange(n_items) // 4) % 4], dim=1)
+    collision = torch.zeros(n_items, dtype=torch.long)
+    for i in range(n_items):  # number the items sharing both codes
+        collision[i] = int(((codes[:i] == codes[i]).all(1)).sum())
+    sids = torch.cat([codes, collision[:, None]], dim=1)
+    cold = torch.zeros(n_items, dtype=torch.bool)
+    cold[-2:] = True
+    return Catalogue(
+        n_users=5, item_text=[f"item {i}" for i in range(n_items)], cold=cold,
+        popularity=torch.ones(n_items), text_emb=torch.randn(n_items, 16, generator=g),
+        sids=sids, codebook_sizes=(4, 4, int(collision.max()) + 1),
+    )
+
+
+def small_model(**kw) -> Cobra:
+    torch.manual_seed(0)
+    cfg = CobraConfig(d_model=32, n_layers=2, n_heads=2, head_dim=16, d_ff=64, dropout=0.0,
+                      max_len=8, **kw)
+    return Cobra(cfg, catalogue())
+
+
+def test_beam_fusion_hand_computed():
+    beam = torch.tensor([[math.log(0.75), math.log(0.25)]])  # (1, 2)
+    cos = torch.tensor([[[1.0, 0.0], [1.0, float("-inf")]]])  # (1, 2, 2)
+    out = beam_fusion(beam, cos, tau=1.0, psi=1.0)
+    e = math.e
+    expected = torch.tensor([[[0.75 * e / (e + 1), 0.75 / (e + 1)], [0.25, 0.0]]])
+    torch.testing.assert_close(out, expected)
+    # psi = 0: uniform within a beam's items (sparse only); tau large: best beam only.
+    torch.testing.assert_close(beam_fusion(beam, cos, 1.0, 0.0)[0, 0], torch.tensor([.375, .375]))
+    assert beam_fusion(beam, cos, 1e4, 1.0)[0, 1].sum() < 1e-6
+    # psi large: each beam keeps only its nearest item.
+    assert beam_fusion(beam, cos, 1.0, 1e4)[0, 0, 1] < 1e-6
+
+
+def test_grouped_neighbours_equal_brute_force():
+    g = torch.Generator().manual_seed(1)
+    keys = torch.randint(0, 5, (40,), generator=g)
+    vecs = torch.randn(40, 8, generator=g)
+    groups = GroupedItems(keys)
+    queries = torch.randn(7, 8, generator=g)
+    qkeys = torch.tensor([0, 1, 2, 3, 4, 4, 9])  # 9: no such group
+    members, cos = groups.neighbours(queries, qkeys, vecs)
+    for q in range(7):
+        got = {int(m): float(c) for m, c in zip(members[q], cos[q], strict=True) if m >= 0}
+        want = {int(i): float(torch.cosine_similarity(queries[q], vecs[i], dim=0))
+                for i in torch.nonzero(keys == qkeys[q]).flatten()}
+        assert got.keys() == want.keys()
+        for i in want:
+            assert got[i] == pytest.approx(want[i], abs=1e-5)
+
+
+def test_dense_prediction_sees_next_sparse_codes_but_not_its_dense_vector():
+    model = small_model().eval()
+    history = torch.tensor([[-1, 3, 5, 7]])
+    x, pad = model._cascade(history)
+    n = history.shape[1]
+
+    def v_hat(codes: torch.Tensor, target_text: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = torch.cat([x, model._sparse_tokens(codes[None], n)], dim=1)
+        h = model.decoder(tokens, torch.nn.functional.pad(pad, (0, 2)))
+        return model.dense_head(h[:, -1])
+
+    codes = model.sparse[9]
+    base = v_hat(codes)
+    # The target's own dense vector is never an input: changing its text changes nothing.
+    model.item_encoder.text_emb[9] += 5.0
+    torch.testing.assert_close(v_hat(codes), base)
+    # Its sparse codes are inputs: changing them changes the prediction.
+    assert not torch.allclose(v_hat((codes + 1) % 4), base)
+
+
+def test_training_lowers_both_losses():
+    model = small_model()
+    batch = {"history": torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6], [-1, -1, 8, 9]]),
+             "target": torch.tensor([3, 7, 10]), "user": torch.tensor([0, 1, 2])}
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = model.loss(batch)
+    for _ in range(60):
+        opt.zero_grad()
+        model.loss(batch)["loss"].backward()
+        opt.step()
+    last = model.loss(batch)
+    assert last["loss_sparse"] < 0.3 * first["loss_sparse"]
+    assert last["loss_dense"] < first["loss_dense"]
+
+
+@pytest.mark.parametrize("mode", ["fusion", "no-dense", "no-sparse", "no-beamfusion"])
+def test_recommend_returns_distinct_catalogue_items(mode):
+    model = small_model().eval()
+    history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    items, scores = model.recommend(history, torch.tensor([0, 1]), k=10, mode=mode)
+    assert items.shape == (2, 10)
+    for row in items:
+        real = row[row >= 0]
+        assert len(set(real.tolist())) == len(real)
+        assert ((real >= 0) & (real < 24)).all()
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+def test_group_retrieval_can_return_cold_items():
+    # A wide beam covers every sparse ID, so every item -- cold ones too -- is a candidate.
+    model = small_model(neighbours=8).eval()
+    items, _ = model.recommend(torch.tensor([[-1, 0, 1, 2]]), torch.tensor([0]), k=24, beam=16)
+    assert {22, 23} <= set(items[0].tolist())
+
+
+def test_merge_keeps_best_score_of_duplicates():
+    items = torch.tensor([[5, 3, 5, -1]])
+    scores = torch.tensor([[0.2, 0.5, 0.9, 1.0]])
+    out, top = _merge_candidates(items, scores, 3)
+    assert out.tolist() == [[5, 3, -1]]
+    torch.testing.assert_close(top[0, :2], torch.tensor([0.9, 0.5]))

@@ -1,0 +1,264 @@
+"""The evaluator: metric values by hand, a brute-force reference, and the split protocol."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidrec.data.dataset import Dataset
+from sidrec.errors import SidrecError
+from sidrec.evaluate import (
+    aggregate,
+    coverage_at,
+    evaluate,
+    format_table,
+    ndcg_at,
+    recall_at,
+    save_metrics,
+    subset_metrics,
+    target_ranks,
+)
+from sidrec.io import read_json
+from sidrec.models.base import Catalogue, Recommender
+
+
+def make_dataset(
+    train: list[list[int]], valid: list[int], test: list[int], n_items: int, max_history: int = 5
+) -> Dataset:
+    seen = np.zeros(n_items, dtype=bool)
+    for seq in train:
+        seen[seq] = True
+    return Dataset(
+        name="hand",
+        item_ids=np.asarray([f"i{i}" for i in range(n_items)], dtype=object),
+        item_text=[f"item {i}" for i in range(n_items)],
+        cold=~seen,
+        user_ids=np.asarray([f"u{u}" for u in range(len(train))], dtype=object),
+        train=[np.asarray(s, dtype=np.int64) for s in train],
+        valid=np.asarray(valid, dtype=np.int64),
+        test=np.asarray(test, dtype=np.int64),
+        max_history=max_history,
+    )
+
+
+def catalogue(ds: Dataset) -> Catalogue:
+    return Catalogue(
+        n_users=ds.n_users,
+        item_text=ds.item_text,
+        cold=torch.as_tensor(ds.cold),
+        popularity=torch.as_tensor(ds.popularity(), dtype=torch.float32),
+    )
+
+
+class FixedScores(Recommender):
+    """Scores given per user: row `users[b]` of a fixed [n_users, n_items] matrix."""
+
+    name = "fixed"
+    Config = dict
+
+    def __init__(self, scores: torch.Tensor, ds: Dataset, variants: dict | None = None) -> None:
+        super().__init__({}, catalogue(ds))
+        self.table = scores
+        self._variants = variants or {"": {}}
+
+    def score(self, history: torch.Tensor, users: torch.Tensor, **options: Any) -> torch.Tensor:
+        return self.table[users] * options.get("sign", 1.0)
+
+    def variants(self) -> dict[str, dict[str, Any]]:
+        return self._variants
+
+
+class Recorder(Recommender):
+    """Recommends the split's true target (an oracle for `oracle`) and records histories."""
+
+    name = "recorder"
+    Config = dict
+
+    def __init__(self, ds: Dataset, oracle: np.ndarray) -> None:
+        super().__init__({}, catalogue(ds))
+        self.oracle = torch.as_tensor(oracle)
+        self.seen: list[torch.Tensor] = []
+
+    def recommend(self, history, users, k, **options):
+        self.seen.append(history.clone())
+        items = torch.full((len(users), k), -1, dtype=torch.int64)
+        items[:, 0] = self.oracle[users]
+        scores = torch.full((len(users), k), -math.inf)
+        scores[:, 0] = 1.0
+        return items, scores
+
+
+# ---------------------------------------------------------------- metric functions by hand
+
+
+def test_ranks_hand_computed():
+    items = torch.tensor([[3, 1, 2], [5, 6, 7], [1, 2, 3], [4, -1, -1]])
+    scores = torch.tensor([[3.0, 2, 1], [3.0, 2, 1], [3.0, 2, 1], [1.0, -math.inf, -math.inf]])
+    targets = torch.tensor([3, 6, 9, 8])
+    assert target_ranks(items, scores, targets).tolist() == [1, 2, 0, 0]
+
+
+def test_ties_rank_after_every_tied_item():
+    items = torch.tensor([[10, 11, 12, 13, 14]] * 4)
+    scores = torch.tensor([[0.9, 0.5, 0.5, 0.5, 0.1]] * 4)
+    targets = torch.tensor([11, 13, 10, 14])
+    assert target_ranks(items, scores, targets).tolist() == [4, 4, 1, 5]
+    # a constant scorer cannot collect hits from the list order
+    flat = torch.zeros(1, 5)
+    assert target_ranks(items[:1], flat, torch.tensor([10])).tolist() == [5]
+
+
+def test_recall_ndcg_values():
+    ranks = torch.tensor([1, 3, 0, 7, 5])
+    assert recall_at(ranks, 5).tolist() == [1, 1, 0, 0, 1]
+    expected = [1.0, 0.5, 0.0, 0.0, 1 / math.log2(6)]
+    assert ndcg_at(ranks, 5).tolist() == pytest.approx(expected)
+    assert ndcg_at(ranks, 10)[3].item() == pytest.approx(1 / math.log2(8))
+
+
+def test_subset_metrics_empty_and_coverage():
+    empty = subset_metrics(
+        torch.zeros(0, 5, dtype=torch.long), torch.zeros(0, 5), torch.zeros(0, dtype=torch.long),
+        (5,), n_items=10,
+    )
+    assert empty["n"] == 0 and math.isnan(empty["recall@5"]) and math.isnan(empty["ndcg@5"])
+    items = torch.tensor([[0, 1, -1], [1, 2, -1]])
+    assert coverage_at(items, 2, 10) == pytest.approx(0.3)
+    assert coverage_at(items, 1, 10) == pytest.approx(0.2)
+
+
+# ---------------------------------------------------------------- against brute force
+
+
+def brute_force(scores: np.ndarray, targets: np.ndarray, k: int) -> tuple[float, float]:
+    recalls, ndcgs = [], []
+    for row, target in zip(scores, targets, strict=True):
+        order = sorted(range(len(row)), key=lambda i: -row[i])
+        rank = order.index(target) + 1
+        recalls.append(1.0 if rank <= k else 0.0)
+        ndcgs.append(1.0 / math.log2(rank + 1) if rank <= k else 0.0)
+    return float(np.mean(recalls)), float(np.mean(ndcgs))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_users=st.integers(1, 12),
+    n_items=st.integers(2, 30),
+    k=st.sampled_from([1, 3, 5, 10, 50]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_brute_force(n_users, n_items, k, seed):
+    rng = np.random.default_rng(seed)
+    train = [list(rng.integers(0, n_items, size=rng.integers(1, 4))) for _ in range(n_users)]
+    valid = rng.integers(0, n_items, size=n_users)
+    test = rng.integers(0, n_items, size=n_users)
+    ds = make_dataset(train, list(valid), list(test), n_items)
+    # distinct scores: a random permutation per user
+    scores = np.stack([rng.permutation(n_items) for _ in range(n_users)]).astype(np.float32)
+    model = FixedScores(torch.as_tensor(scores), ds)
+    result = evaluate(model, ds, "test", ks=(k,), batch_size=5)
+    for subset, mask in [("overall", np.ones(n_users, bool)), ("cold", ds.cold[test]),
+                         ("in-set", ~ds.cold[test])]:
+        row = next(r for r in result["rows"] if r["subset"] == subset)
+        assert row["n"] == mask.sum()
+        if mask.sum() == 0:
+            assert math.isnan(row[f"recall@{k}"])
+            continue
+        recall, ndcg = brute_force(scores[mask], test[mask], k)
+        assert row[f"recall@{k}"] == pytest.approx(recall, abs=1e-6)
+        assert row[f"ndcg@{k}"] == pytest.approx(ndcg, abs=1e-6)
+
+
+def test_large_k_beyond_catalogue_and_variants():
+    ds = make_dataset([[0, 1], [2, 3]], [4, 5], [6, 7], n_items=30)
+    scores = torch.arange(30, dtype=torch.float32).repeat(2, 1)  # item 29 best
+    model = FixedScores(scores, ds, variants={"up": {}, "down": {"sign": -1.0}})
+    result = evaluate(model, ds, "test", ks=(5, 50, 500))
+    up = {r["subset"]: r for r in result["rows"] if r["variant"] == "up"}
+    down = {r["subset"]: r for r in result["rows"] if r["variant"] == "down"}
+    # every item is returned at k=500 > n_items, the rest of the slots are empty
+    assert up["overall"]["recall@500"] == 1.0 and up["overall"]["recall@5"] == 0.0
+    assert up["overall"]["filled@500"] == pytest.approx(30 / 500)
+    # reversed order: targets 6, 7 at ranks 7, 8
+    expected = (1 / math.log2(8) + 1 / math.log2(9)) / 2
+    assert down["overall"]["ndcg@50"] == pytest.approx(expected)
+    assert up["cold"]["n"] == 2 and up["in-set"]["n"] == 0 and math.isnan(up["in-set"]["ndcg@5"])
+    assert up["overall"]["coverage@10"] == pytest.approx(10 / 30)
+    table = format_table(result)
+    assert "fixed [down]" in table and "–" in table
+
+
+# ---------------------------------------------------------------- the split protocol
+
+
+def test_test_target_never_in_history_and_splits_not_mixed():
+    train = [[0, 1, 2], [5, 6]]
+    ds = make_dataset(train, valid=[3, 7], test=[4, 8], n_items=10, max_history=5)
+
+    oracle_test = Recorder(ds, ds.test)
+    result = evaluate(oracle_test, ds, "test", ks=(1,))
+    histories = torch.cat(oracle_test.seen)
+    assert histories.tolist() == [[-1, 0, 1, 2, 3], [-1, -1, 5, 6, 7]]  # valid item last
+    for h, target in zip(histories, ds.test, strict=True):
+        assert target not in h.tolist()
+    assert result["rows"][0]["recall@1"] == 1.0
+
+    oracle_valid = Recorder(ds, ds.valid)
+    result = evaluate(oracle_valid, ds, "valid", ks=(1,))
+    histories = torch.cat(oracle_valid.seen)
+    assert histories.tolist() == [[-1, -1, 0, 1, 2], [-1, -1, -1, 5, 6]]
+    assert result["rows"][0]["recall@1"] == 1.0
+    # predicting the valid item on the test split (or vice versa) scores nothing
+    assert evaluate(Recorder(ds, ds.valid), ds, "test", ks=(1,))["rows"][0]["recall@1"] == 0.0
+    assert evaluate(Recorder(ds, ds.test), ds, "valid", ks=(1,))["rows"][0]["recall@1"] == 0.0
+
+
+def test_bad_arguments():
+    ds = make_dataset([[0, 1]], [2], [3], n_items=4)
+    model = FixedScores(torch.zeros(1, 4), ds)
+    with pytest.raises(SidrecError, match="cut-offs"):
+        evaluate(model, ds, ks=(0,))
+    with pytest.raises(SidrecError, match="split"):
+        evaluate(model, ds, split="train")
+    with pytest.raises(SidrecError, match="variant"):
+        evaluate(model, ds, variants=["nope"])
+
+
+# ---------------------------------------------------------------- seeds, tables and files
+
+
+def _run(value: float, name: str = "m") -> dict:
+    row = {"variant": "", "subset": "overall", "n": 3, "recall@10": value, "ndcg@10": value / 2}
+    return {"model": name, "display_name": name, "split": "test", "ks": [10], "rows": [row],
+            "users_per_s": 1.0}
+
+
+def test_aggregate_mean_sd_and_table():
+    agg = aggregate([_run(0.1), _run(0.3)])
+    row = agg["rows"][0]
+    assert row["recall@10"] == pytest.approx(0.2)
+    assert row["recall@10_sd"] == pytest.approx(math.sqrt(0.02))
+    assert agg["n_seeds"] == 2
+    table = format_table(agg)
+    assert "0.2000 ± 0.1414" in table and "×2 seeds" in table
+    assert math.isnan(aggregate([_run(0.1)])["rows"][0]["recall@10_sd"])
+    with pytest.raises(SidrecError):
+        aggregate([])
+
+
+def test_save_metrics_keeps_every_model(tmp_path):
+    save_metrics(tmp_path, _run(0.1, "a"), "a")
+    save_metrics(tmp_path, _run(0.2, "b"), "b")
+    save_metrics(tmp_path, _run(0.3, "a"), "a")  # replaces a's test entry
+    store = read_json(tmp_path / "metrics.json")
+    assert sorted(store["models"]) == ["a", "b"]
+    assert store["models"]["a"]["test"]["rows"][0]["recall@10"] == 0.3
+    results = (tmp_path / "results.md").read_text()
+    assert "| a | test | overall | 3 | 0.3000 | 0.1500 |" in results
+    assert "| b |" in results

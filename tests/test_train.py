@@ -1,0 +1,221 @@
+"""The trainer: config resolution, examples, schedule, checkpoints, resume, loading."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sidrec.data.dataset import Dataset
+from sidrec.errors import SidrecError
+from sidrec.evaluate import evaluate
+from sidrec.io import save_npy
+from sidrec.train import (
+    TrainConfig,
+    load_model,
+    lr_at,
+    resolve_config,
+    split_overrides,
+    train,
+    window_examples,
+)
+
+TINY = {"d_model": 16, "n_layers": 1, "n_heads": 1, "d_ff": 16, "max_len": 8}
+FAST = {"batch_size": 16, "warmup_steps": 2, "device": "cpu", "num_threads": 1}
+
+
+def toy_dataset(n_users: int = 24, n_items: int = 15, seed: int = 0, max_history: int = 4):
+    """Sequences that mostly follow item -> item + 1, so a model can learn something."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n_users):
+        n = int(rng.integers(4, 12))
+        seq = [int(rng.integers(0, n_items))]
+        for _ in range(n - 1):
+            nxt = (seq[-1] + 1) % n_items if rng.random() < 0.8 else int(rng.integers(0, n_items))
+            seq.append(nxt)
+        seqs.append(np.asarray(seq, dtype=np.int64))
+    train = [s[:-2] for s in seqs]
+    seen = np.zeros(n_items, dtype=bool)
+    seen[np.concatenate(train)] = True
+    return Dataset(
+        name="toy",
+        item_ids=np.asarray([str(i) for i in range(n_items)], dtype=object),
+        item_text=[f"item {i}" for i in range(n_items)],
+        cold=~seen,
+        user_ids=np.asarray([str(u) for u in range(n_users)], dtype=object),
+        train=train,
+        valid=np.asarray([s[-2] for s in seqs]),
+        test=np.asarray([s[-1] for s in seqs]),
+        max_history=max_history,
+    )
+
+
+def read_log(model_dir) -> list[dict]:
+    return [json.loads(line) for line in (model_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_precedence_and_errors(tmp_path):
+    (tmp_path / "train.yaml").write_text("cpu:\n  train:\n    lr: 0.01\n    batch_size: 8\n")
+    (tmp_path / "sasrec.yaml").write_text(
+        "cpu:\n  model:\n    d_model: 32\n  train:\n    batch_size: 4\n"
+    )
+    cls, model_cfg, cfg = resolve_config(
+        "sasrec", "cpu", {"n_layers": 3}, {"seed": 7}, directory=tmp_path
+    )
+    assert (model_cfg.d_model, model_cfg.n_layers, model_cfg.loss) == (32, 3, "ce")
+    assert (cfg.lr, cfg.batch_size, cfg.seed) == (0.01, 4, 7)
+    with pytest.raises(SidrecError, match="unknown setting 'n_layer'"):
+        resolve_config("sasrec", "cpu", {"n_layer": 3}, directory=tmp_path)
+    with pytest.raises(SidrecError, match="no preset 'gpu'"):
+        resolve_config("sasrec", "gpu", directory=tmp_path)
+    with pytest.raises(SidrecError, match="must be > 0"):
+        resolve_config("sasrec", None, train_overrides={"lr": 0.0})
+    with pytest.raises(SidrecError, match="metric"):
+        resolve_config("sasrec", None, train_overrides={"metric": "mrr"})
+
+
+def test_shipped_presets_resolve():
+    for model in ("pop", "sasrec", "dense", "dense-text"):
+        for preset in ("cpu", "paper"):
+            resolve_config(model, preset)
+
+
+def test_split_overrides():
+    model, train_ = split_overrides("sasrec", ["d_model=32", "lr=0.01", "train.seed=3",
+                                               "model.loss=bce"])
+    assert model == {"d_model": 32, "loss": "bce"}
+    assert train_ == {"lr": 0.01, "seed": 3}
+    with pytest.raises(SidrecError, match="not a setting"):
+        split_overrides("sasrec", ["colour=red"])
+
+
+# ---------------------------------------------------------------- examples and schedule
+
+
+def test_windows_predict_every_training_target_once():
+    ds = toy_dataset(max_history=3)
+    histories, targets, users = window_examples(ds)
+    covered = Counter()
+    for h, t, u in zip(histories, targets, users, strict=True):
+        seq = [int(x) for x in h if x >= 0] + [int(t)]
+        for nxt in seq[1:]:  # per-position targets
+            covered[(int(u), nxt)] += 1
+    expected = Counter((u, int(x)) for u, s in enumerate(ds.train) for x in s[1:])
+    assert covered == expected
+    assert len(targets) < len(ds.train_examples()[1])
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10)
+    assert lr_at(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.5)
+    assert lr_at(109, cfg, 110) < 0.01
+    const = TrainConfig(lr=1.0, warmup_steps=0, schedule="constant")
+    assert lr_at(500, const, 110) == 1.0
+
+
+# ---------------------------------------------------------------- training and resuming
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    ds = toy_dataset()
+    cfg = {**FAST, "max_epochs": 4, "patience": 100}
+
+    straight = train("sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds,
+                     progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(entry):
+        if entry["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train("sasrec", tmp_path, TINY, cfg, None, name="killed", dataset=ds, progress=False,
+              on_epoch_end=kill_after_two)
+    assert json.loads((tmp_path / "models/killed/state.json").read_text())["epoch"] == 2
+    resumed = train("sasrec", tmp_path, TINY, cfg, None, name="killed", dataset=ds,
+                    progress=False)
+    assert resumed["resumed"] and resumed["epochs"] == 4
+    assert resumed["best_valid"] == straight["best_valid"]
+    assert resumed["best_epoch"] == straight["best_epoch"]
+
+    a = load_file(tmp_path / "models/straight/model.safetensors")
+    b = load_file(tmp_path / "models/killed/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last_a = load_file(tmp_path / "models/straight/last.safetensors")
+    last_b = load_file(tmp_path / "models/killed/last.safetensors")
+    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+
+    def strip(log):
+        return [{k: v for k, v in e.items() if k != "train_seconds"} for e in log]
+
+    log = strip(read_log(tmp_path / "models/straight"))
+    assert log == strip(read_log(tmp_path / "models/killed"))
+    assert [e["epoch"] for e in log] == [1, 2, 3, 4]
+    assert {"train_loss", "train_ce", "valid_ndcg@10", "valid_recall@10"} <= set(log[0])
+
+    # a finished run is not retrained; a changed setting starts over
+    again = train("sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds,
+                  progress=False)
+    assert again["resumed"] and again["best_valid"] == straight["best_valid"]
+    changed = train("sasrec", tmp_path, TINY, {**cfg, "max_epochs": 1}, None, name="straight",
+                    dataset=ds, progress=False)
+    assert not changed["resumed"] and len(read_log(tmp_path / "models/straight")) == 1
+
+
+def test_training_learns_and_early_stops(tmp_path):
+    ds = toy_dataset(n_users=40)
+    summary = train("sasrec", tmp_path, TINY, {**FAST, "lr": 0.01, "max_epochs": 60,
+                                                "patience": 3}, None, dataset=ds, progress=False)
+    log = read_log(tmp_path / "models/sasrec")
+    assert log[-1]["train_loss"] < 0.8 * log[0]["train_loss"]
+    assert summary["stopped_early"] and summary["epochs"] < 60
+    assert summary["best_epoch"] == summary["epochs"] - 3
+
+    model = load_model(tmp_path / "models/sasrec", tmp_path, dataset=ds)
+    assert not model.training
+    valid = evaluate(model, ds, "valid", ks=(10,))["rows"][0]["ndcg@10"]
+    assert valid == pytest.approx(summary["best_valid"], abs=1e-6)
+    config = json.loads((tmp_path / "models/sasrec/config.json").read_text())
+    assert config["model_config"]["d_model"] == 16 and config["train_config"]["lr"] == 0.01
+
+
+def test_pop_is_saved_without_training_and_reloads(tmp_path):
+    ds = toy_dataset()
+    summary = train("pop", tmp_path, dataset=ds, progress=False)
+    assert summary["epochs"] == 0
+    model = load_model(summary["model_dir"], tmp_path, dataset=ds)
+    items, _ = model.recommend(torch.full((1, 4), -1), torch.zeros(1, dtype=torch.long), 3)
+    assert items[0, 0].item() == int(np.argmax(ds.popularity()))
+
+
+def test_load_model_refuses_changed_inputs(tmp_path):
+    ds = toy_dataset()
+    emb = np.random.default_rng(0).normal(size=(ds.n_items, 8)).astype(np.float32)
+    save_npy(tmp_path / "embeddings.npy", emb)
+    train("dense-text", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds,
+          progress=False)
+    load_model(tmp_path / "models/dense-text", tmp_path, dataset=ds)
+    save_npy(tmp_path / "embeddings.npy", emb + 1.0)
+    with pytest.raises(SidrecError, match="embeddings changed"):
+        load_model(tmp_path / "models/dense-text", tmp_path, dataset=ds)
+    with pytest.raises(SidrecError, match="no trained model"):
+        load_model(tmp_path / "models/nothing", tmp_path, dataset=ds)
+
+
+def test_nan_loss_is_reported(tmp_path):
+    ds = toy_dataset()
+    with pytest.raises(SidrecError, match="lower lr"):
+        train("sasrec", tmp_path, TINY, {**FAST, "lr": 1e30, "grad_clip": 0.0, "warmup_steps": 0,
+                                         "max_epochs": 3}, None, dataset=ds, progress=False)
