@@ -73,9 +73,11 @@ def main() -> None:
     n_train = sum(len(t) - 1 for t in ds.train)
     n_windows = len(window_examples(ds)[1])
     device = resolve_device(args.device)
-    print(f"synthetic ML-100k: {ds.n_users} users, {ds.n_items} items, "
-          f"{n_train} training targets ({n_windows} windows), device {device}, "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"synthetic ML-100k: {ds.n_users} users, {ds.n_items} items, "
+        f"{n_train} training targets ({n_windows} windows), device {device}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
@@ -88,19 +90,38 @@ def main() -> None:
             summary = train(name, run_dir, train_overrides=overrides, dataset=ds, progress=False)
             seconds = time.perf_counter() - t0
             model = load_model(summary["model_dir"], run_dir, dataset=ds).to(device)
-            log = [line for line in (Path(summary["model_dir"]) / "train_log.jsonl")
-                   .read_text().splitlines() if line]
+            log = [
+                line
+                for line in (Path(summary["model_dir"]) / "train_log.jsonl")
+                .read_text()
+                .splitlines()
+                if line
+            ]
             per_position = getattr(type(model), "trains_every_position", False)
             n_seq = n_windows if per_position else n_train
-            train_s = (sum(json.loads(e).get("train_seconds", 0.0) for e in log)
-                       if model.trainable else float("nan"))
+            train_s = (
+                sum(json.loads(e).get("train_seconds", 0.0) for e in log)
+                if model.trainable
+                else float("nan")
+            )
             evaluate(model, ds, "test", batch_size=512, device=device)  # warm-up
             metrics = evaluate(model, ds, "test", batch_size=512, device=device)
-            rows.append((name, model.trainable, n_seq, train_s, args.epochs, seconds,
-                         metrics["users_per_s"]))
+            rows.append(
+                (
+                    name,
+                    model.trainable,
+                    n_seq,
+                    train_s,
+                    args.epochs,
+                    seconds,
+                    metrics["users_per_s"],
+                )
+            )
     pop_eval = next((r[6] for r in rows if r[0] == "pop"), float("nan"))
-    print(f"\n| model | train seq/s | train targets/s | eval users/s | eval vs pop |"
-          f" wall s ({args.epochs} ep + val) |")
+    print(
+        f"\n| model | train seq/s | train targets/s | eval users/s | eval vs pop |"
+        f" wall s ({args.epochs} ep + val) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, trainable, n_seq, train_s, epochs, wall, users_s in rows:
         if trainable:
@@ -108,8 +129,10 @@ def main() -> None:
             tgt_s = f"{n_train * epochs / train_s:,.0f}"
         else:
             seq_s = tgt_s = "–"
-        print(f"| {name} | {seq_s} | {tgt_s} | {users_s:,.0f} | {users_s / pop_eval:.3f} |"
-              f" {wall:.1f} |")
+        print(
+            f"| {name} | {seq_s} | {tgt_s} | {users_s:,.0f} | {users_s / pop_eval:.3f} |"
+            f" {wall:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from sidrec.models.dense import DenseConfig
 from sidrec.models.sasrec import SASRecConfig
 
 TINY_SAS = SASRecConfig(d_model=32, n_layers=2, n_heads=2, d_ff=32, dropout=0.0, max_len=12)
-TINY_DENSE = DenseConfig(d_model=32, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_len=12,
-                         text_hidden=16)
+TINY_DENSE = DenseConfig(
+    d_model=32, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_len=12, text_hidden=16
+)
 
 
 def catalogue(n_items: int = 20, text_dim: int = 8, seed: int = 0) -> Catalogue:
@@ -34,8 +35,11 @@ def tiny_batch(n_items: int = 20, B: int = 8, L: int = 10, seed: int = 0) -> dic
     g = torch.Generator().manual_seed(seed)
     history = torch.randint(0, n_items, (B, L), generator=g)
     history[: B // 2, : L // 2] = -1  # some left padding
-    return {"history": history, "target": torch.randint(0, n_items, (B,), generator=g),
-            "user": torch.arange(B)}
+    return {
+        "history": history,
+        "target": torch.randint(0, n_items, (B,), generator=g),
+        "user": torch.arange(B),
+    }
 
 
 def build(name: str, cfg=None, cat: Catalogue | None = None, seed: int = 0):
@@ -73,8 +77,11 @@ def test_pop_ranks_by_popularity_with_stable_ties():
     assert items.tolist() == [[1, 2, 5, 0, 4]] * 2  # ties listed by item id
     assert scores[0].tolist() == [5.0, 5.0, 5.0, 3.0, 1.0]
     assert pop.score(torch.full((2, 3), -1), torch.arange(2)).shape == (2, 20)
-    grown = dataclasses.replace(cat, item_text=cat.item_text + ["new"],
-                                popularity=torch.cat([cat.popularity, torch.zeros(1)]))
+    grown = dataclasses.replace(
+        cat,
+        item_text=cat.item_text + ["new"],
+        popularity=torch.cat([cat.popularity, torch.zeros(1)]),
+    )
     pop.set_catalogue(grown)
     assert pop.recommend(torch.full((1, 3), -1), torch.arange(1), k=30)[0].shape == (1, 21)
 
@@ -100,8 +107,9 @@ def test_sasrec_is_causal_and_ignores_padding_width():
     torch.testing.assert_close(h[:, :-1], h2[:, :-1])  # earlier positions cannot see it
     assert not torch.allclose(h[:, -1], h2[:, -1])
     wider = torch.cat([torch.full((8, 2), -1), batch["history"]], dim=1)  # 2 more pad columns
-    torch.testing.assert_close(model.score(wider, batch["user"]),
-                               model.score(batch["history"], batch["user"]))
+    torch.testing.assert_close(
+        model.score(wider, batch["user"]), model.score(batch["history"], batch["user"])
+    )
     # padded queries do not produce NaN (each attends to itself)
     assert torch.isfinite(h).all()
 

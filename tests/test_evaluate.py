@@ -124,8 +124,11 @@ def test_recall_ndcg_values():
 
 def test_subset_metrics_empty_and_coverage():
     empty = subset_metrics(
-        torch.zeros(0, 5, dtype=torch.long), torch.zeros(0, 5), torch.zeros(0, dtype=torch.long),
-        (5,), n_items=10,
+        torch.zeros(0, 5, dtype=torch.long),
+        torch.zeros(0, 5),
+        torch.zeros(0, dtype=torch.long),
+        (5,),
+        n_items=10,
     )
     assert empty["n"] == 0 and math.isnan(empty["recall@5"]) and math.isnan(empty["ndcg@5"])
     items = torch.tensor([[0, 1, -1], [1, 2, -1]])
@@ -163,8 +166,11 @@ def test_matches_brute_force(n_users, n_items, k, seed):
     scores = np.stack([rng.permutation(n_items) for _ in range(n_users)]).astype(np.float32)
     model = FixedScores(torch.as_tensor(scores), ds)
     result = evaluate(model, ds, "test", ks=(k,), batch_size=5)
-    for subset, mask in [("overall", np.ones(n_users, bool)), ("cold", ds.cold[test]),
-                         ("in-set", ~ds.cold[test])]:
+    for subset, mask in [
+        ("overall", np.ones(n_users, bool)),
+        ("cold", ds.cold[test]),
+        ("in-set", ~ds.cold[test]),
+    ]:
         row = next(r for r in result["rows"] if r["subset"] == subset)
         assert row["n"] == mask.sum()
         if mask.sum() == 0:
@@ -235,8 +241,14 @@ def test_bad_arguments():
 
 def _run(value: float, name: str = "m") -> dict:
     row = {"variant": "", "subset": "overall", "n": 3, "recall@10": value, "ndcg@10": value / 2}
-    return {"model": name, "display_name": name, "split": "test", "ks": [10], "rows": [row],
-            "users_per_s": 1.0}
+    return {
+        "model": name,
+        "display_name": name,
+        "split": "test",
+        "ks": [10],
+        "rows": [row],
+        "users_per_s": 1.0,
+    }
 
 
 def test_aggregate_mean_sd_and_table():

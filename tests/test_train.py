@@ -89,8 +89,9 @@ def test_shipped_presets_resolve():
 
 
 def test_split_overrides():
-    model, train_ = split_overrides("sasrec", ["d_model=32", "lr=0.01", "train.seed=3",
-                                               "model.loss=bce"])
+    model, train_ = split_overrides(
+        "sasrec", ["d_model=32", "lr=0.01", "train.seed=3", "model.loss=bce"]
+    )
     assert model == {"d_model": 32, "loss": "bce"}
     assert train_ == {"lr": 0.01, "seed": 3}
     with pytest.raises(SidrecError, match="not a setting"):
@@ -130,8 +131,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     ds = toy_dataset()
     cfg = {**FAST, "max_epochs": 4, "patience": 100}
 
-    straight = train("sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds,
-                     progress=False)
+    straight = train(
+        "sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds, progress=False
+    )
 
     class Killed(Exception):
         pass
@@ -141,11 +143,19 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        train("sasrec", tmp_path, TINY, cfg, None, name="killed", dataset=ds, progress=False,
-              on_epoch_end=kill_after_two)
+        train(
+            "sasrec",
+            tmp_path,
+            TINY,
+            cfg,
+            None,
+            name="killed",
+            dataset=ds,
+            progress=False,
+            on_epoch_end=kill_after_two,
+        )
     assert json.loads((tmp_path / "models/killed/state.json").read_text())["epoch"] == 2
-    resumed = train("sasrec", tmp_path, TINY, cfg, None, name="killed", dataset=ds,
-                    progress=False)
+    resumed = train("sasrec", tmp_path, TINY, cfg, None, name="killed", dataset=ds, progress=False)
     assert resumed["resumed"] and resumed["epochs"] == 4
     assert resumed["best_valid"] == straight["best_valid"]
     assert resumed["best_epoch"] == straight["best_epoch"]
@@ -166,18 +176,32 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert {"train_loss", "train_ce", "valid_ndcg@10", "valid_recall@10"} <= set(log[0])
 
     # a finished run is not retrained; a changed setting starts over
-    again = train("sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds,
-                  progress=False)
+    again = train("sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds, progress=False)
     assert again["resumed"] and again["best_valid"] == straight["best_valid"]
-    changed = train("sasrec", tmp_path, TINY, {**cfg, "max_epochs": 1}, None, name="straight",
-                    dataset=ds, progress=False)
+    changed = train(
+        "sasrec",
+        tmp_path,
+        TINY,
+        {**cfg, "max_epochs": 1},
+        None,
+        name="straight",
+        dataset=ds,
+        progress=False,
+    )
     assert not changed["resumed"] and len(read_log(tmp_path / "models/straight")) == 1
 
 
 def test_training_learns_and_early_stops(tmp_path):
     ds = toy_dataset(n_users=40)
-    summary = train("sasrec", tmp_path, TINY, {**FAST, "lr": 0.01, "max_epochs": 60,
-                                                "patience": 3}, None, dataset=ds, progress=False)
+    summary = train(
+        "sasrec",
+        tmp_path,
+        TINY,
+        {**FAST, "lr": 0.01, "max_epochs": 60, "patience": 3},
+        None,
+        dataset=ds,
+        progress=False,
+    )
     log = read_log(tmp_path / "models/sasrec")
     assert log[-1]["train_loss"] < 0.8 * log[0]["train_loss"]
     assert summary["stopped_early"] and summary["epochs"] < 60
@@ -204,8 +228,7 @@ def test_load_model_refuses_changed_inputs(tmp_path):
     ds = toy_dataset()
     emb = np.random.default_rng(0).normal(size=(ds.n_items, 8)).astype(np.float32)
     save_npy(tmp_path / "embeddings.npy", emb)
-    train("dense-text", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds,
-          progress=False)
+    train("dense-text", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)
     load_model(tmp_path / "models/dense-text", tmp_path, dataset=ds)
     save_npy(tmp_path / "embeddings.npy", emb + 1.0)
     with pytest.raises(SidrecError, match="embeddings changed"):
@@ -217,5 +240,12 @@ def test_load_model_refuses_changed_inputs(tmp_path):
 def test_nan_loss_is_reported(tmp_path):
     ds = toy_dataset()
     with pytest.raises(SidrecError, match="lower lr"):
-        train("sasrec", tmp_path, TINY, {**FAST, "lr": 1e30, "grad_clip": 0.0, "warmup_steps": 0,
-                                         "max_epochs": 3}, None, dataset=ds, progress=False)
+        train(
+            "sasrec",
+            tmp_path,
+            TINY,
+            {**FAST, "lr": 1e30, "grad_clip": 0.0, "warmup_steps": 0, "max_epochs": 3},
+            None,
+            dataset=ds,
+            progress=False,
+        )

@@ -140,12 +140,19 @@ class Service:
         if cat.text_emb is not None:
             grown["text_emb"] = torch.cat([cat.text_emb, vectors.to(cat.text_emb)])
         if cat.sids is not None:
-            from sidrec.tokenize import assign_new_sids, load_tokenizer
+            from sidrec.tokenize import load_tokenizer, sids_for_new_items
 
-            tokenizer = load_tokenizer(self.run_dir)
-            new_codes = tokenizer.encode(vectors.numpy())
-            sids = assign_new_sids(cat.sids.cpu().numpy(), new_codes)
-            grown["sids"] = torch.as_tensor(np.asarray(sids)).to(cat.sids.device)
+            tokenizer = load_tokenizer(self.run_dir / "tokenizer")
+            new = sids_for_new_items(tokenizer, cat.sids.cpu().numpy(), vectors.numpy())
+            sids = np.concatenate([cat.sids.cpu().numpy(), new])
+            too_big = np.flatnonzero(sids[:, -1] >= cat.codebook_sizes[-1])
+            if len(too_big):
+                raise SidrecError(
+                    f"items[{too_big[0] - cat.n_items}]: its semantic-ID prefix is already "
+                    f"shared by {cat.codebook_sizes[-1]} items, the most the trained model "
+                    "can tell apart; retrain with the grown catalogue"
+                )
+            grown["sids"] = torch.as_tensor(sids).to(cat.sids.device)
         self.model.set_catalogue(replace(cat, **grown))
         self.item_ids.extend(ids)
         self.index.update({item: len(self.index) + n for n, item in enumerate(ids)})
@@ -154,7 +161,7 @@ class Service:
 def load(model_dir: str | Path, on_unknown: str = "error", device: str = "auto") -> Service:
     """Load a trained model from `runs/<name>/models/<model>` for serving."""
     from sidrec.data.dataset import Dataset
-    from sidrec.train import load_model
+    from sidrec.train import load_model, resolve_device
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -162,5 +169,5 @@ def load(model_dir: str | Path, on_unknown: str = "error", device: str = "auto")
                           "train one with `sidrec train`")
     run_dir = model_dir.parent.parent
     dataset = Dataset.load(run_dir)
-    model = load_model(model_dir, run_dir, device=device)
+    model = load_model(model_dir, run_dir, dataset=dataset).to(resolve_device(device))
     return Service(model, list(dataset.item_ids), run_dir, dataset.max_history, on_unknown)

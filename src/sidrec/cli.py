@@ -47,6 +47,73 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"embeddings: {info['items']:,} x {info['dim']} from {info['encoder']} ({origin})")
 
 
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from sidrec.tokenize import diagnostics_markdown, run_tokenize, tokenizer_config
+
+    cfg = tokenizer_config(args.method, args.preset, parse_overrides(args.overrides))
+    info = run_tokenize(args.run_dir, cfg, device=None if args.device == "auto" else args.device,
+                        force=args.force)
+    print(diagnostics_markdown(info["diagnostics"]))
+    origin = "reused" if info["cached"] else f"fitted in {info['fit']['seconds']:.1f}s"
+    print(f"sids: {info['n_items']:,} items x {len(info['codebook_sizes'])} tokens "
+          f"({info['method']}, {origin}) -> {args.run_dir}/sids.npy")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from sidrec.train import split_overrides, train
+
+    model_over, train_over = split_overrides(args.model, args.overrides)
+    summary = train(args.model, args.run_dir, model_over, train_over, preset=args.preset,
+                    name=args.name, resume=not args.restart)
+    print(f"{summary['model_dir']}: best valid {summary['metric']} = "
+          f"{summary['best_valid']:.4f} at epoch {summary['best_epoch']} "
+          f"({summary['epochs']} epochs{', resumed' if summary['resumed'] else ''})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from sidrec.evaluate import evaluate_run, format_table
+
+    ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else (5, 10, 20)
+    metrics = evaluate_run(args.run_dir, args.name or args.model, args.split, ks,
+                           device=args.device)
+    print(format_table(metrics))
+    print(f"decode: {metrics['users_per_s']:,.0f} users/s; recorded in "
+          f"{args.run_dir}/metrics.json and results.md")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from sidrec.bench import bench_config, run_bench
+
+    source, pairs = args.source, list(args.overrides)
+    if source and "=" in source:  # `sidrec bench seeds=[0,1]`: no source given
+        source, pairs = None, [source, *pairs]
+    cfg = bench_config(args.profile, source, parse_overrides(pairs))
+    out = run_bench(cfg)
+    print(out["report"])
+    print(f"wrote {out['run_dir']}/results.md and {', '.join(out['plots'])}")
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    import sidrec
+
+    rec = sidrec.load(args.model_dir, on_unknown="skip" if args.skip_unknown else "error")
+    for item, score in rec.recommend(args.history, k=args.k):
+        print(f"{item}\t{score:.4f}")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from sidrec.analyze import analyze_cold_start
+
+    summary = analyze_cold_start(args.run_dir, args.model, max_users=args.max_users)
+    print(f"{args.model}: generative log P(SID), in-set vs cold-start (test users)")
+    print("| quantity | n | mean | median | p10 | p90 |")
+    print("|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        print(f"| {name} | {s['n']} | {s['mean']:.2f} | {s['median']:.2f} | {s['p10']:.2f} | "
+              f"{s['p90']:.2f} |")
+    print(f"wrote {args.run_dir}/plots/cold_start_{args.model}.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidrec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -74,6 +141,55 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default all-MiniLM-L6-v2, shipped offline)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("tokenize", help="embeddings -> semantic IDs (RUN_DIR/sids.npy)")
+    p.add_argument("run_dir")
+    p.add_argument("--method", default="rqkmeans", choices=["rqkmeans", "rqvae"])
+    p.add_argument("--preset", default="small", help="small (default) or paper (3 x 256)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="refit even if up to date")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_tokenize)
+
+    from sidrec.models import available_models
+
+    p = sub.add_parser("train", help="train a model into RUN_DIR/models/NAME/")
+    p.add_argument("run_dir")
+    p.add_argument("--model", required=True, choices=available_models())
+    p.add_argument("--preset", default="cpu", help="cpu (default) or paper")
+    p.add_argument("--name", help="model directory name (default: the model name)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="full-ranking metrics of a trained model")
+    p.add_argument("run_dir")
+    p.add_argument("--model", required=True, help="model name (or its directory name)")
+    p.add_argument("--name", help="model directory name if not the model name")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--ks", help="cut-offs, e.g. 5,10,20 or 50,100,200,500")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="the whole pipeline for every model, with a report")
+    p.add_argument("source", nargs="?", help="dataset (default: the profile's, ml-100k)")
+    p.add_argument("--profile", default="demo", help="demo (1 seed), full (3 seeds), paper")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("recommend", help="top-k for one history of original item ids")
+    p.add_argument("model_dir", help="runs/<name>/models/<model>")
+    p.add_argument("history", nargs="+", help="original item ids, oldest first")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--skip-unknown", action="store_true", help="skip unknown ids (warn)")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("analyze", help="diagnostics (cold-start: generative overfitting)")
+    p.add_argument("analysis", choices=["cold-start"])
+    p.add_argument("run_dir")
+    p.add_argument("--model", default="tiger", help="a trained generative model (tiger, liger)")
+    p.add_argument("--max-users", type=int, default=2000)
+    p.set_defaults(func=cmd_analyze)
     return parser
 
 

@@ -26,6 +26,7 @@ cold-start item). An empty subset is reported with n = 0 and NaN metrics.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -158,9 +159,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate `model` on `split` of `dataset` for every variant in `model.variants()`.
 
-    `device` defaults to the device of the model's parameters (CPU for a parameter-free
-    model). `variants` restricts the evaluation to the named variant labels (the trainer
-    uses the first one). Returns a JSON-ready dict:
+    `device` defaults to the device of the model's parameters or buffers (else CPU).
+    `variants` restricts the evaluation to the named variant labels (the trainer uses the
+    first one). Returns a JSON-ready dict:
     `{"model", "display_name", "split", "ks", "rows": [{"variant", "subset", "n",
     "recall@K", "ndcg@K", ..., "coverage@C", "filled@Kmax"}], "users_per_s"}`.
     """
@@ -170,7 +171,8 @@ def evaluate(
     if split not in ("valid", "test"):
         raise SidrecError(f"split {split!r}: must be 'valid' or 'test'")
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        device = next((t.device for t in tensors), torch.device("cpu"))
     histories, targets, users = dataset.eval_examples(split)
     targets_t = torch.as_tensor(targets)
     cold_target = torch.from_numpy(np.array(dataset.cold, dtype=bool))[targets_t]  # [U]
@@ -317,7 +319,9 @@ def save_metrics(run_dir: str | Path, metrics: dict[str, Any], name: str) -> Non
     store.setdefault("models", {}).setdefault(name, {})[metrics["split"]] = metrics
     write_json(path, store)
     runs = [m for splits in store["models"].values() for m in splits.values()]
-    title = f"# Results: {run_dir.name}\n\nFull ranking over the whole catalogue, leave-one-out.\n\n"
+    title = (
+        f"# Results: {run_dir.name}\n\nFull ranking over the whole catalogue, leave-one-out.\n\n"
+    )
     write_text(run_dir / RESULTS_FILE, title + format_table(runs))
 
 

@@ -50,7 +50,7 @@ import sidrec
 from sidrec.config import from_dict, load_yaml, merge, parse_overrides, to_dict
 from sidrec.data.dataset import Dataset, pad_histories
 from sidrec.errors import SidrecError
-from sidrec.evaluate import evaluate, headline
+from sidrec.evaluate import evaluate
 from sidrec.io import atomic_path, hash_obj, read_json, write_json, write_text
 from sidrec.models import get_model_class
 from sidrec.models.base import Recommender
@@ -127,7 +127,9 @@ def resolve_config(
         train_section = merge(base.get("train") or {}, own.get("train") or {})
     where = f"{model_name} preset {preset!r}" if preset else model_name
     model_cfg = from_dict(cls.Config, merge(model_section, model_overrides or {}), f"{where}.model")
-    train_cfg = from_dict(TrainConfig, merge(train_section, train_overrides or {}), f"{where}.train")
+    train_cfg = from_dict(
+        TrainConfig, merge(train_section, train_overrides or {}), f"{where}.train"
+    )
     _check_train_config(train_cfg)
     return cls, model_cfg, train_cfg
 
@@ -176,7 +178,7 @@ def _check_train_config(cfg: TrainConfig) -> None:
 
 
 def resolve_device(device: str, num_threads: int = 0) -> torch.device:
-    """"auto" -> CUDA if available, else CPU with min(4, cores) threads (or `num_threads`)."""
+    """ "auto" -> CUDA if available, else CPU with min(4, cores) threads (or `num_threads`)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -305,8 +307,16 @@ def train(
     optimizer = make_optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
-    state = {"config_hash": config_hash, "epoch": 0, "step": 0, "best": -math.inf,
-             "best_epoch": 0, "bad_evals": 0, "done": False, "stopped_early": False}
+    state = {
+        "config_hash": config_hash,
+        "epoch": 0,
+        "step": 0,
+        "best": -math.inf,
+        "best_epoch": 0,
+        "bad_evals": 0,
+        "done": False,
+        "stopped_early": False,
+    }
     log: list[dict[str, Any]] = []
     resumed = ck is not None
     if ck is not None:
@@ -314,33 +324,25 @@ def train(
         _restore(model, optimizer, shuffle, tensors, state, device)
         log = [e for e in _read_log(out) if e["epoch"] <= state["epoch"]]
 
-    bar = tqdm(total=cfg.max_epochs, initial=state["epoch"], disable=not progress,
-               desc=name or model_name, unit="epoch", dynamic_ncols=True)
-    eval_k = int(cfg.metric.split("@")[1])
+    bar = tqdm(
+        total=cfg.max_epochs,
+        initial=state["epoch"],
+        disable=not progress,
+        desc=name or model_name,
+        unit="epoch",
+        dynamic_ncols=True,
+    )
+    examples = {"history": histories, "target": targets, "user": users}
     while state["epoch"] < cfg.max_epochs and state["bad_evals"] < cfg.patience:
         t0 = time.perf_counter()
-        model.train()
         perm = torch.randperm(n, generator=shuffle).to(device)  # [N]
-        sums: dict[str, torch.Tensor] = {}
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]  # [b]
-            batch = {"history": histories[idx], "target": targets[idx], "user": users[idx]}
-            lr = lr_at(state["step"], cfg, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            terms = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            state["step"] += 1
-            for key, value in terms.items():  # summed on device: no sync per step
-                sums[key] = sums.get(key, 0.0) + value.detach().float() * len(idx)
+        means, state["step"], lr = train_epoch(
+            model, optimizer, examples, perm, cfg, state["step"], total_steps
+        )
         state["epoch"] += 1
         epoch = state["epoch"]
         entry: dict[str, Any] = {"epoch": epoch, "step": state["step"], "lr": lr}
-        entry.update({f"train_{k}": v.item() / n for k, v in sums.items()})
+        entry.update({f"train_{k}": v for k, v in means.items()})
         if not math.isfinite(entry["train_loss"]):
             raise SidrecError(
                 f"{model_name}: training loss became {entry['train_loss']} in epoch {epoch}; "
@@ -349,14 +351,10 @@ def train(
         entry["train_seconds"] = time.perf_counter() - t0
 
         if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
-            first_variant = next(iter(model.variants()))
-            metrics = evaluate(model, ds, "valid", ks=(eval_k,), batch_size=cfg.eval_batch_size,
-                               device=device, variants=[first_variant])
-            overall = next(r for r in metrics["rows"] if r["subset"] == "overall")
-            entry.update({f"valid_{k}": v for k, v in overall.items() if "@" in k})
-            value = headline(metrics, cfg.metric)
-            if value > state["best"]:
-                state.update(best=value, best_epoch=epoch, bad_evals=0)
+            valid = validate(model, ds, cfg, device)
+            entry.update({f"valid_{k}": v for k, v in valid.items()})
+            if valid[cfg.metric] > state["best"]:
+                state.update(best=valid[cfg.metric], best_epoch=epoch, bad_evals=0)
                 _save_weights(model, out / "model.safetensors", config_hash, epoch)
             else:
                 state["bad_evals"] += 1
@@ -368,9 +366,13 @@ def train(
         _write_checkpoint(ckpt_path, model, optimizer, shuffle, state)
         write_json(out / "state.json", state)
         bar.update(1)
-        bar.set_postfix(loss=f"{entry['train_loss']:.4f}",
-                        **{cfg.metric: f"{entry.get('valid_' + cfg.metric, math.nan):.4f}",
-                           "best": f"{state['best']:.4f}"})
+        bar.set_postfix(
+            loss=f"{entry['train_loss']:.4f}",
+            **{
+                cfg.metric: f"{entry.get('valid_' + cfg.metric, math.nan):.4f}",
+                "best": f"{state['best']:.4f}",
+            },
+        )
         if on_epoch_end is not None:
             on_epoch_end(entry)
     bar.close()
@@ -379,22 +381,82 @@ def train(
     return _summary(out, state, cfg, resumed=resumed)
 
 
+def train_epoch(
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    examples: dict[str, torch.Tensor],
+    perm: torch.Tensor,
+    cfg: TrainConfig,
+    step: int,
+    total_steps: int,
+) -> tuple[dict[str, float], int, float]:
+    """One pass over `examples` in the order `perm` [N]: (mean of each loss term over the
+    examples, the step count after it, the last learning rate)."""
+    model.train()
+    n = len(perm)
+    sums: dict[str, torch.Tensor] = {}
+    lr = lr_at(step, cfg, total_steps)
+    for start in range(0, n, cfg.batch_size):
+        idx = perm[start : start + cfg.batch_size]  # [b]
+        batch = {key: value[idx] for key, value in examples.items()}
+        lr = lr_at(step, cfg, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        terms = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        for key, value in terms.items():  # summed on the device: no sync per step
+            sums[key] = sums.get(key, 0.0) + value.detach().float() * len(idx)
+    return {key: value.item() / n for key, value in sums.items()}, step, lr
+
+
+def validate(
+    model: Recommender, ds: Dataset, cfg: TrainConfig, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Validation metrics at cfg.metric's cut-off (overall row of the first variant)."""
+    first_variant = next(iter(model.variants()))
+    metrics = evaluate(
+        model,
+        ds,
+        "valid",
+        ks=(int(cfg.metric.split("@")[1]),),
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        variants=[first_variant],
+    )
+    overall = next(r for r in metrics["rows"] if r["subset"] == "overall")
+    return {k: v for k, v in overall.items() if "@" in k}
+
+
 def _fit_untrainable(
-    model: Recommender, ds: Dataset, cfg: TrainConfig, out: Path, config_hash: str,
+    model: Recommender,
+    ds: Dataset,
+    cfg: TrainConfig,
+    out: Path,
+    config_hash: str,
     progress: bool,
 ) -> dict[str, Any]:
     """Models with nothing to fit (Pop): save as is, log their validation metric once."""
     t0 = time.perf_counter()
-    eval_k = int(cfg.metric.split("@")[1])
-    metrics = evaluate(model, ds, "valid", ks=(eval_k,), batch_size=cfg.eval_batch_size)
-    overall = next(r for r in metrics["rows"] if r["subset"] == "overall")
-    entry = {"epoch": 0, "step": 0, **{f"valid_{k}": v for k, v in overall.items() if "@" in k}}
+    valid = validate(model, ds, cfg)
+    entry = {"epoch": 0, "step": 0, **{f"valid_{k}": v for k, v in valid.items()}}
     entry["train_seconds"] = time.perf_counter() - t0
     _save_weights(model, out / "model.safetensors", config_hash, 0)
     write_text(out / "train_log.jsonl", json.dumps(entry) + "\n")
-    state = {"config_hash": config_hash, "epoch": 0, "step": 0,
-             "best": headline(metrics, cfg.metric), "best_epoch": 0, "bad_evals": 0,
-             "done": True, "stopped_early": False}
+    state = {
+        "config_hash": config_hash,
+        "epoch": 0,
+        "step": 0,
+        "best": valid[cfg.metric],
+        "best_epoch": 0,
+        "bad_evals": 0,
+        "done": True,
+        "stopped_early": False,
+    }
     _write_checkpoint(out / "last.safetensors", model, None, None, state)
     write_json(out / "state.json", state)
     if progress:
@@ -425,8 +487,9 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _save_weights(model: torch.nn.Module, path: Path, config_hash: str, epoch: int) -> None:
     with atomic_path(path) as tmp:
-        save_file(_cpu_state(model), str(tmp),
-                  metadata={"config_hash": config_hash, "epoch": str(epoch)})
+        save_file(
+            _cpu_state(model), str(tmp), metadata={"config_hash": config_hash, "epoch": str(epoch)}
+        )
 
 
 def _write_checkpoint(
@@ -493,8 +556,11 @@ def _restore(
     optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     shuffle.set_state(tensors["rng/shuffle"])
     torch.set_rng_state(tensors["rng/torch"])
-    cuda_states = [tensors[f"rng/cuda/{i}"] for i in range(torch.cuda.device_count())
-                   if f"rng/cuda/{i}" in tensors]
+    cuda_states = [
+        tensors[f"rng/cuda/{i}"]
+        for i in range(torch.cuda.device_count())
+        if f"rng/cuda/{i}" in tensors
+    ]
     if device.type == "cuda" and cuda_states:
         torch.cuda.set_rng_state_all(cuda_states)
 

@@ -43,10 +43,11 @@ def build_catalogue(
     ds = dataset if dataset is not None else Dataset.load(run_dir)
     text_emb = _load_embeddings(run_dir, ds.n_items, need_text)
     sids, codebook_sizes = _load_sids(run_dir, ds.n_items, need_sids)
+    cold = np.array(ds.cold, dtype=bool)  # a copy: arrays read from parquet are read-only
     return Catalogue(
         n_users=ds.n_users,
         item_text=list(ds.item_text),
-        cold=torch.from_numpy(np.array(ds.cold, dtype=bool)),  # a copy: parquet arrays are read-only
+        cold=torch.from_numpy(cold),
         popularity=torch.as_tensor(ds.popularity(), dtype=torch.float32),
         text_emb=text_emb,
         sids=sids,
@@ -120,9 +121,7 @@ def _load_sids(
     path = run_dir / SIDS
     if not path.is_file():
         if required:
-            raise SidrecError(
-                f"{path}: no semantic IDs; run `sidrec tokenize {run_dir}` first"
-            )
+            raise SidrecError(f"{path}: no semantic IDs; run `sidrec tokenize {run_dir}` first")
         return None, ()
     sids = np.load(path)
     if sids.ndim != 2 or sids.shape[0] != n_items or not np.issubdtype(sids.dtype, np.integer):

@@ -67,7 +67,9 @@ class Dense(Recommender):
         d_text = catalogue.text_emb.shape[1]
         if cfg.text_hidden > 0:
             self.text_proj = nn.Sequential(
-                nn.Linear(d_text, cfg.text_hidden), nn.GELU(), nn.Linear(cfg.text_hidden, cfg.d_model)
+                nn.Linear(d_text, cfg.text_hidden),
+                nn.GELU(),
+                nn.Linear(cfg.text_hidden, cfg.d_model),
             )
         else:
             self.text_proj = nn.Linear(d_text, cfg.d_model)

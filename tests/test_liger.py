@@ -1,0 +1,120 @@
+"""LIGER and Dense (SID): the inference rule, the cold-free dense softmax, training."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from sidrec.models.base import Catalogue
+from sidrec.models.liger import LIGER, DenseSID, DenseSIDConfig, LIGERConfig, liger_rerank
+
+TINY = LIGERConfig(
+    d_model=32, n_heads=2, head_dim=16, d_ff=64, n_encoder_layers=1, n_decoder_layers=1,
+    dropout=0.0, user_buckets=16, max_history=5, text_hidden=32, hybrid_k=5, beam=5,
+)
+
+
+def catalogue(n: int = 30, n_cold: int = 6, seed: int = 0) -> Catalogue:
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.stack([torch.randint(0, 4, (n,), generator=g) for _ in range(2)], dim=1)
+    collision = torch.zeros(n, dtype=torch.int64)
+    seen: dict[tuple, int] = {}
+    for i, row in enumerate(prefix.tolist()):
+        collision[i] = seen.get(tuple(row), 0)
+        seen[tuple(row)] = int(collision[i]) + 1
+    cold = torch.zeros(n, dtype=torch.bool)
+    cold[:n_cold] = True
+    return Catalogue(
+        n_users=10, item_text=[f"item {i}" for i in range(n)], cold=cold,
+        popularity=(~cold).float(), text_emb=torch.randn(n, 12, generator=g),
+        sids=torch.cat([prefix, collision[:, None]], dim=1),
+        codebook_sizes=(4, 4, int(collision.max()) + 1),
+    )
+
+
+def batch(cat: Catalogue, b: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    warm = (~cat.cold).nonzero()[:, 0]
+    history = warm[torch.randint(0, len(warm), (b, 5), generator=g)]
+    history[: b // 2, :2] = -1
+    target = warm[torch.randint(0, len(warm), (b,), generator=g)]
+    return {"history": history, "target": target, "user": torch.arange(b)}
+
+
+def test_hybrid_retrieves_cold_targets_the_beam_cannot():
+    # A perfect dense head: the target (a cold item) has the highest dense score.
+    cold = torch.tensor([False, False, False, True, True])
+    beam_items = torch.tensor([[0, 1, -1], [2, 0, 1]])  # beams never hold cold items
+    dense = torch.tensor([[0.1, 0.2, 0.3, 0.9, 0.0], [0.5, 0.1, 0.2, 0.0, 0.8]])
+    items, scores = liger_rerank(beam_items, cold, dense, k=2)
+    assert items.tolist() == [[3, 1], [4, 0]]
+    torch.testing.assert_close(scores, torch.tensor([[0.9, 0.2], [0.8, 0.5]]))
+    # Item 2 is in no beam of user 0 and not cold: never returned for that user.
+    items, _ = liger_rerank(beam_items, cold, dense, k=5)
+    assert 2 not in items[0].tolist() and items[0, -1] == -1
+
+
+def test_hybrid_with_full_beam_is_dense_ranking_on_beam_union_cold():
+    cat = catalogue()
+    model = LIGER(TINY, cat).eval()
+    b = batch(cat)
+    n = cat.n_items
+    beam_items, _ = model.recommend(b["history"], b["user"], n, mode="generative", beam=n)
+    dense, _ = model.recommend(b["history"], b["user"], n, mode="dense")
+    hybrid, _ = model.recommend(b["history"], b["user"], n, mode="hybrid", hybrid_k=n, beam=n)
+    for row in range(len(dense)):
+        allowed = set(beam_items[row][beam_items[row] >= 0].tolist()) | set(
+            torch.nonzero(cat.cold).flatten().tolist())
+        expected = [i for i in dense[row].tolist() if i in allowed]
+        got = [i for i in hybrid[row].tolist() if i >= 0]
+        assert got == expected
+
+
+def test_cold_items_never_enter_the_dense_softmax():
+    cat = catalogue()
+    torch.manual_seed(0)
+    model = LIGER(TINY, cat)
+    b = batch(cat)
+    before = model.loss(b)["loss_dense"]
+    model.text_emb[cat.cold] = torch.randn(int(cat.cold.sum()), 12) * 100  # only cold rows
+    torch.testing.assert_close(model.loss(b)["loss_dense"], before)
+    model.text_emb[7] += 5.0  # a warm item: the softmax does see it
+    assert not torch.allclose(model.loss(b)["loss_dense"], before)
+
+
+def test_both_losses_fall_on_a_tiny_batch():
+    cat = catalogue()
+    torch.manual_seed(0)
+    model = LIGER(TINY, cat)
+    b = batch(cat)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = model.loss(b)
+    assert set(first) == {"loss", "loss_gen", "loss_dense"}
+    for _ in range(80):
+        opt.zero_grad()
+        model.loss(b)["loss"].backward()
+        opt.step()
+    last = model.loss(b)
+    assert last["loss_gen"] < 0.5 * first["loss_gen"]
+    assert last["loss_dense"] < 0.5 * first["loss_dense"]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "generative", "dense"])
+def test_modes_return_k_items(mode):
+    cat = catalogue()
+    model = LIGER(TINY, cat).eval()
+    b = batch(cat)
+    items, scores = model.recommend(b["history"], b["user"], 5, mode=mode)
+    assert items.shape == scores.shape == (8, 5)
+    assert ((items >= -1) & (items < cat.n_items)).all()
+
+
+def test_dense_sid_trains_the_dense_head_only():
+    cat = catalogue()
+    model = DenseSID(DenseSIDConfig(**{**TINY.__dict__, "gen_weight": 0.0, "mode": "dense",
+                                       "n_decoder_layers": 0}), cat)
+    out = model.loss(batch(cat))
+    assert set(out) == {"loss", "loss_dense"}
+    assert model.variants() == {"": {"mode": "dense"}}
+    with pytest.raises(Exception, match="dense head only"):
+        DenseSID(replace(DenseSIDConfig(), gen_weight=1.0), cat)
