@@ -1,6 +1,6 @@
 """Training and evaluation throughput of the baselines on a synthetic ML-100k-sized run.
 
-    .venv/bin/python benchmarks/bench_train_eval.py [--epochs 2] [--device auto]
+    .venv/bin/python benchmarks/bench_train_eval.py [--epochs 2] [--device auto] [--threads 0]
 
 Synthetic data of MovieLens-100k's size (943 users, 1,682 items, 100,000 interactions,
 384-d random "text" embeddings) so that the numbers need no download. Prints, per model:
@@ -62,77 +62,72 @@ def synthetic_dataset(
     )
 
 
+def bench_model(name: str, ds: Dataset, run_dir: Path, args: argparse.Namespace) -> dict:
+    """Train `name` for args.epochs epochs (each with one validation), then time test eval."""
+    overrides = {
+        "max_epochs": args.epochs,
+        "patience": 10**6,  # never stop early: time exactly args.epochs epochs
+        "device": args.device,
+        "num_threads": args.threads,
+    }
+    t0 = time.perf_counter()
+    summary = train(name, run_dir, train_overrides=overrides, dataset=ds, progress=False)
+    wall = time.perf_counter() - t0
+    device = resolve_device(args.device, args.threads)
+    model = load_model(summary["model_dir"], run_dir, dataset=ds).to(device)
+    log_path = Path(summary["model_dir"]) / "train_log.jsonl"
+    log = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+    per_position = getattr(type(model), "trains_every_position", False)
+    examples = window_examples(ds) if per_position else ds.train_examples()
+    evaluate(model, ds, "test", batch_size=512, device=device)  # warm-up
+    metrics = evaluate(model, ds, "test", batch_size=512, device=device)
+    return {
+        "name": name,
+        "trainable": model.trainable,
+        "sequences": len(examples[1]) * args.epochs,
+        "targets": sum(len(t) - 1 for t in ds.train) * args.epochs,
+        "train_s": sum(e.get("train_seconds", 0.0) for e in log),
+        "wall_s": wall,
+        "eval_users_per_s": metrics["users_per_s"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2, help="training epochs to time")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--models", default="pop,sasrec,dense,dense-text")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: min(4, cores))")
     args = parser.parse_args()
 
     ds = synthetic_dataset()
-    n_train = sum(len(t) - 1 for t in ds.train)
-    n_windows = len(window_examples(ds)[1])
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     print(
         f"synthetic ML-100k: {ds.n_users} users, {ds.n_items} items, "
-        f"{n_train} training targets ({n_windows} windows), device {device}, "
+        f"{sum(len(t) - 1 for t in ds.train)} training targets, device {device}, "
         f"{torch.get_num_threads()} CPU threads"
     )
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         text = np.random.default_rng(1).normal(size=(ds.n_items, 384)).astype(np.float32)
         save_npy(run_dir / "embeddings.npy", text)
-        for name in args.models.split(","):
-            # patience large: time exactly --epochs epochs (each includes one validation)
-            overrides = {"max_epochs": args.epochs, "patience": 10**6, "device": args.device}
-            t0 = time.perf_counter()
-            summary = train(name, run_dir, train_overrides=overrides, dataset=ds, progress=False)
-            seconds = time.perf_counter() - t0
-            model = load_model(summary["model_dir"], run_dir, dataset=ds).to(device)
-            log = [
-                line
-                for line in (Path(summary["model_dir"]) / "train_log.jsonl")
-                .read_text()
-                .splitlines()
-                if line
-            ]
-            per_position = getattr(type(model), "trains_every_position", False)
-            n_seq = n_windows if per_position else n_train
-            train_s = (
-                sum(json.loads(e).get("train_seconds", 0.0) for e in log)
-                if model.trainable
-                else float("nan")
-            )
-            evaluate(model, ds, "test", batch_size=512, device=device)  # warm-up
-            metrics = evaluate(model, ds, "test", batch_size=512, device=device)
-            rows.append(
-                (
-                    name,
-                    model.trainable,
-                    n_seq,
-                    train_s,
-                    args.epochs,
-                    seconds,
-                    metrics["users_per_s"],
-                )
-            )
-    pop_eval = next((r[6] for r in rows if r[0] == "pop"), float("nan"))
-    print(
-        f"\n| model | train seq/s | train targets/s | eval users/s | eval vs pop |"
-        f" wall s ({args.epochs} ep + val) |"
-    )
+        rows = [bench_model(name, ds, run_dir, args) for name in args.models.split(",")]
+
+    pop = next((r["eval_users_per_s"] for r in rows if r["name"] == "pop"), float("nan"))
+    print("\n| model | train seq/s | train targets/s | eval users/s | eval vs pop | wall s |")
     print("|---|---|---|---|---|---|")
-    for name, trainable, n_seq, train_s, epochs, wall, users_s in rows:
-        if trainable:
-            seq_s = f"{n_seq * epochs / train_s:,.0f}"
-            tgt_s = f"{n_train * epochs / train_s:,.0f}"
+    for r in rows:
+        if r["trainable"]:
+            seq_s = f"{r['sequences'] / r['train_s']:,.0f}"
+            tgt_s = f"{r['targets'] / r['train_s']:,.0f}"
         else:
             seq_s = tgt_s = "–"
+        users_s = r["eval_users_per_s"]
         print(
-            f"| {name} | {seq_s} | {tgt_s} | {users_s:,.0f} | {users_s / pop_eval:.3f} |"
-            f" {wall:.1f} |"
+            f"| {r['name']} | {seq_s} | {tgt_s} | {users_s:,.0f} | {users_s / pop:.4f} |"
+            f" {r['wall_s']:.1f} |"
         )
+    print(f"(wall s: {args.epochs} training epochs with a validation each, or Pop's saving)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,16 @@ TINY_DENSE = DenseConfig(
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: a second intra-op thread only adds synchronisation, and on a busy
+    # machine each barrier can wait a whole scheduler slice.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def catalogue(n_items: int = 20, text_dim: int = 8, seed: int = 0) -> Catalogue:
     g = torch.Generator().manual_seed(seed)
     pop = torch.randint(0, 50, (n_items,), generator=g).float()
@@ -49,7 +59,7 @@ def build(name: str, cfg=None, cat: Catalogue | None = None, seed: int = 0):
     return cls(cfg if cfg is not None else default.get(name, cls.Config()), cat or catalogue())
 
 
-def overfit(model, batch, steps: int = 150, lr: float = 1e-2) -> tuple[float, float]:
+def overfit(model, batch, steps: int = 80, lr: float = 1e-2) -> tuple[float, float]:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     first = None
@@ -93,7 +103,8 @@ def test_pop_ranks_by_popularity_with_stable_ties():
 def test_sasrec_overfits_a_tiny_batch(loss):
     model = build("sasrec", dataclasses.replace(TINY_SAS, loss=loss))
     first, last = overfit(model, tiny_batch())
-    assert last < 0.2 * first, (first, last)
+    # CE memorises the batch; BCE's loss keeps the noise of its sampled negatives
+    assert last < (0.05 if loss == "ce" else 0.4) * first, (first, last)
     assert model.display_name == f"sasrec ({loss.upper()})"
 
 
@@ -130,7 +141,7 @@ def test_sasrec_recommend_is_topk_of_score_and_truncates_long_history():
 def test_dense_overfits_a_tiny_batch(name):
     model = build(name)
     first, last = overfit(model, tiny_batch())
-    assert last < 0.3 * first, (first, last)
+    assert last < 0.1 * first, (first, last)
     assert model.loss(tiny_batch()).keys() == {"loss", "dense"}
 
 
@@ -186,7 +197,8 @@ def test_sasrec_beats_pop_on_ml100k(request, tmp_path):
     ds = Dataset.load(run_dir)
     ndcg = {}
     for name in ("pop", "sasrec"):
-        summary = train(name, tmp_path, preset="cpu", dataset=ds, progress=False)
+        # one thread: on a busy 2-core machine a second one costs more than it gives
+        summary = train(name, tmp_path, None, {"num_threads": 1}, "cpu", dataset=ds, progress=False)
         model = load_model(summary["model_dir"], tmp_path, dataset=ds)
         ndcg[name] = evaluate(model, ds, "test", ks=(10,))["rows"][0]["ndcg@10"]
     assert ndcg["pop"] > 0.005  # the evaluator finds Pop's hits at all

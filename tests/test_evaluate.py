@@ -274,3 +274,5 @@ def test_save_metrics_keeps_every_model(tmp_path):
     results = (tmp_path / "results.md").read_text()
     assert "| a | test | overall | 3 | 0.3000 | 0.1500 |" in results
     assert "| b |" in results
+    save_metrics(tmp_path, _run(0.4, "a"), "a-seed1")  # another directory of model a
+    assert "| a-seed1: a | test |" in (tmp_path / "results.md").read_text()

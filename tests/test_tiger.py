@@ -7,7 +7,7 @@ import torch
 import yaml
 from torch.testing import assert_close
 
-from sidrec.config import from_dict
+from sidrec.config import from_dict, to_dict
 from sidrec.errors import SidrecError
 from sidrec.models import REGISTRY
 from sidrec.models.base import Catalogue
@@ -59,8 +59,12 @@ def test_registered_names_and_presets_match_yaml():
     assert (paper.d_model, paper.n_heads, paper.head_dim, paper.d_ff) == (128, 6, 64, 1024)
     assert (paper.n_encoder_layers, paper.n_decoder_layers, paper.user_buckets) == (4, 4, 2000)
     recipes = yaml.safe_load((CONFIGS / "tiger.yaml").read_text())
+    atomic = yaml.safe_load((CONFIGS / "tiger-t.yaml").read_text())
     for name, preset in PRESETS.items():
         assert from_dict(TIGERConfig, recipes[name]["model"]) == preset
+        t_model = to_dict(from_dict(TIGERTConfig, atomic[name]["model"]))
+        assert t_model == {**to_dict(preset), "tokenizer": "atomic"}
+        assert atomic[name]["train"] == recipes[name]["train"]
 
 
 def test_overfits_a_tiny_batch():

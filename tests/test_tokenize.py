@@ -66,12 +66,15 @@ def make_run(tmp_path, vectors, cold, name="toy"):
 
 @pytest.mark.parametrize("cfg", [TINY_VAE, TINY_KM], ids=["rqvae", "rqkmeans"])
 def test_no_collapse_and_deterministic(cfg):
-    x = clustered()
+    # 40 clusters, 32 codes. Without k-means init and dead-code reset this RQ-VAE uses
+    # 66 % of its level-1 codes (measured); with them, all of them.
+    cfg = type(cfg)(**{**cfg.__dict__, "codebook_size": 32})
+    x = clustered(n=400, clusters=40)
     codes = build_tokenizer(cfg, "cpu").fit(x).encode(x)
     assert codes.shape == (len(x), 2) and codes.dtype == np.int64
     assert codes.min() >= 0 and codes.max() < cfg.codebook_size
     level1_usage = len(np.unique(codes[:, 0])) / cfg.codebook_size
-    assert level1_usage >= 0.6
+    assert level1_usage >= 0.9
     again = build_tokenizer(cfg, "cpu").fit(x).encode(x)
     np.testing.assert_array_equal(codes, again)
 

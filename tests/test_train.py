@@ -6,14 +6,15 @@ import json
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sidrec.data.dataset import Dataset
+from sidrec.data.dataset import FORMAT_VERSION, Dataset
 from sidrec.errors import SidrecError
-from sidrec.evaluate import evaluate
-from sidrec.io import save_npy
+from sidrec.evaluate import evaluate, evaluate_run
+from sidrec.io import read_json, save_npy, write_json
 from sidrec.train import (
     TrainConfig,
     load_model,
@@ -52,6 +53,36 @@ def toy_dataset(n_users: int = 24, n_items: int = 15, seed: int = 0, max_history
         valid=np.asarray([s[-2] for s in seqs]),
         test=np.asarray([s[-1] for s in seqs]),
         max_history=max_history,
+    )
+
+
+def write_run(ds: Dataset, run_dir) -> None:
+    """`run_dir/dataset/` in the layout documented in sidrec.data.dataset."""
+    root = run_dir / "dataset"
+    root.mkdir(parents=True)
+    items = {
+        "item": np.arange(ds.n_items),
+        "item_id": ds.item_ids.astype(str),
+        "text": ds.item_text,
+        "cold": ds.cold,
+    }
+    pd.DataFrame(items).to_parquet(root / "items.parquet")
+    users = {"user": np.arange(ds.n_users), "user_id": ds.user_ids.astype(str)}
+    pd.DataFrame(users).to_parquet(root / "users.parquet")
+    split = {
+        "user": np.arange(ds.n_users),
+        "train": [t.tolist() for t in ds.train],
+        "valid": ds.valid,
+        "test": ds.test,
+    }
+    pd.DataFrame(split).to_parquet(root / "split.parquet")
+    write_json(
+        root / "manifest.json",
+        {
+            "name": ds.name,
+            "format_version": FORMAT_VERSION,
+            "protocol": {"max_history": ds.max_history},
+        },
     )
 
 
@@ -217,7 +248,7 @@ def test_training_learns_and_early_stops(tmp_path):
 
 def test_pop_is_saved_without_training_and_reloads(tmp_path):
     ds = toy_dataset()
-    summary = train("pop", tmp_path, dataset=ds, progress=False)
+    summary = train("pop", tmp_path, None, FAST, dataset=ds, progress=False)
     assert summary["epochs"] == 0
     model = load_model(summary["model_dir"], tmp_path, dataset=ds)
     items, _ = model.recommend(torch.full((1, 4), -1), torch.zeros(1, dtype=torch.long), 3)
@@ -249,3 +280,19 @@ def test_nan_loss_is_reported(tmp_path):
             dataset=ds,
             progress=False,
         )
+
+
+def test_train_then_evaluate_run_from_disk(tmp_path):
+    ds = toy_dataset()
+    write_run(ds, tmp_path)
+    train("pop", tmp_path, None, FAST, progress=False)
+    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 2}, None, progress=False)
+    for name in ("pop", "sasrec"):
+        metrics = evaluate_run(tmp_path, name, "test", ks=(5, 10), device="cpu")
+        assert [r["subset"] for r in metrics["rows"]] == ["overall", "in-set", "cold"]
+    store = read_json(tmp_path / "metrics.json")
+    assert sorted(store["models"]) == ["pop", "sasrec"]
+    results = (tmp_path / "results.md").read_text()
+    assert "| sasrec (CE) | test | overall |" in results and "| pop | test | overall |" in results
+    with pytest.raises(SidrecError, match="no trained model"):
+        evaluate_run(tmp_path, "dense", "test", device="cpu")

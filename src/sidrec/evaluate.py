@@ -298,6 +298,8 @@ def format_table(metrics: dict[str, Any] | Sequence[dict[str, Any]], digits: int
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         label = run["display_name"]
+        if run.get("name", run["model"]) != run["model"]:  # e.g. "sasrec-seed1: sasrec (CE)"
+            label = f"{run['name']}: {label}"
         seeds = run.get("n_seeds")
         if seeds:
             label += f" ×{seeds} seeds"
@@ -316,7 +318,10 @@ def save_metrics(run_dir: str | Path, metrics: dict[str, Any], name: str) -> Non
     run_dir = Path(run_dir)
     path = run_dir / METRICS_FILE
     store = read_json(path) if path.is_file() else {"models": {}}
-    store.setdefault("models", {}).setdefault(name, {})[metrics["split"]] = metrics
+    store.setdefault("models", {}).setdefault(name, {})[metrics["split"]] = {
+        **metrics,
+        "name": name,
+    }
     write_json(path, store)
     runs = [m for splits in store["models"].values() for m in splits.values()]
     title = (

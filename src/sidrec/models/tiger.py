@@ -1,7 +1,7 @@
 """TIGER: generative retrieval with semantic IDs (Rajput et al., NeurIPS 2023).
 
 An encoder reads the user's history as SID tokens (each item = its n_codes codes, the last
-one the collision token), prefixed by a hashed user token (2,000 buckets, Sec. 4.1); a
+one the collision token), prefixed by a hashed user token (2,000 buckets, Sec. 4); a
 decoder generates the next item's SID code by code from a BOS token; training is
 next-token cross-entropy on the target SID (logged as `loss_gen`); inference is beam
 search (`sidrec.models.beam`), constrained to catalogue SIDs or not.
@@ -47,7 +47,7 @@ PAD_TOKEN, BOS_TOKEN, FIRST_CODE = 0, 1, 2
 
 @dataclass(frozen=True)
 class TIGERConfig:
-    """Defaults = the paper's model (Sec. 4.1: T5-style, 4+4 layers, d 128, 6 x 64, FFN 1024)."""
+    """Defaults = the paper's model (Sec. 4: T5-style, 4+4 layers, d 128, 6 x 64, FFN 1024)."""
 
     tokenizer: Literal["sid", "atomic"] = "sid"  # atomic = TIGER (T), one token per item
     d_model: int = 128
