@@ -97,3 +97,12 @@ def files_in() -> Callable[[Path], set[str]]:
         return {str(p.relative_to(root)) for p in root.rglob("*")}
 
     return _files
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    # The tests run tiny tensors, where a second thread costs more than it gives (and on a
+    # shared 2-core box, 3-30x more). The trainer sets its own count from TrainConfig.
+    import torch
+
+    torch.set_num_threads(1)

@@ -17,7 +17,7 @@ TINY = TIGERConfig(
     d_model=32, n_heads=2, head_dim=16, d_ff=64, n_encoder_layers=1, n_decoder_layers=1,
     dropout=0.0, user_buckets=16, max_history=5,
 )
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "sidrec" / "configs"
 
 
 def catalogue(n: int = 30, sizes=(4, 4), n_cold: int = 6, seed: int = 0) -> Catalogue:

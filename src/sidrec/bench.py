@@ -24,13 +24,16 @@ from sidrec.config import to_dict
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, write_json, write_text
 
-DEFAULT_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "tiger-t", "liger",
-                  "dense-sid", "cobra")
+DEMO_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "liger", "cobra")
+# The LIGER paper's controls join in the full run: TIGER (T) and Dense (SID).
+ALL_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "tiger-t", "liger",
+              "dense-sid", "cobra")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     source: str = "ml-100k"
+    items: str = ""  # items table, for a generic interactions table as `source`
     run_dir: str = ""  # default runs/<source name>-<cold mode>
     kcore: int = 0
     cold_mode: str = "holdout"
@@ -42,7 +45,7 @@ class BenchConfig:
     # Balanced RQ-KMeans: ~9 % collisions on ML-100k instead of ~25 % for plain k-means,
     # in seconds (RQ-VAE reaches ~8 % in ~30 s); see sidrec/tokenize/config.py.
     tokenizer_options: tuple[str, ...] = ("balanced=true",)
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] = DEMO_MODELS
     preset: str = "cpu"  # model / training presets (configs/<model>.yaml)
     seeds: tuple[int, ...] = (0,)
     ks: tuple[int, ...] = (5, 10, 20)
@@ -51,10 +54,10 @@ class BenchConfig:
 
 PROFILES: dict[str, BenchConfig] = {
     "demo": BenchConfig(),
-    "full": BenchConfig(seeds=(0, 1, 2)),
+    "full": BenchConfig(models=ALL_MODELS, seeds=(0, 1, 2)),
     "paper": BenchConfig(kcore=5, cold_mode="natural", tokenizer="rqvae",
                          tokenizer_preset="paper", tokenizer_options=(), preset="paper",
-                         seeds=(0, 1, 2)),
+                         models=ALL_MODELS, seeds=(0, 1, 2)),
 }
 
 
@@ -90,7 +93,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     manifest = prepare(run_dir, PrepareConfig(
-        source=cfg.source, kcore=cfg.kcore, cold_mode=cfg.cold_mode,  # type: ignore[arg-type]
+        source=cfg.source, items=cfg.items, kcore=cfg.kcore, cold_mode=cfg.cold_mode,  # type: ignore[arg-type]
         cold_fraction=cfg.cold_fraction, seed=cfg.split_seed))
     log(summary(manifest))
     stage("prepare", t0)

@@ -228,7 +228,7 @@ def display_name(model: Recommender) -> str:
     Models whose training choices change what the row means (SASRec's loss) expose a
     `display_name` property; inference modes are `variants()` and are shown beside it.
     """
-    return str(getattr(model, "display_name", model.name))
+    return model.display_name
 
 
 def headline(metrics: dict[str, Any], key: str = "ndcg@10", subset: str = "overall") -> float:
@@ -301,7 +301,7 @@ def format_table(metrics: dict[str, Any] | Sequence[dict[str, Any]], digits: int
         if run.get("name", run["model"]) != run["model"]:  # e.g. "sasrec-seed1: sasrec (CE)"
             label = f"{run['name']}: {label}"
         seeds = run.get("n_seeds")
-        if seeds:
+        if seeds and seeds > 1:
             label += f" ×{seeds} seeds"
         for row in run["rows"]:
             name = f"{label} [{row['variant']}]" if row["variant"] else label

@@ -48,6 +48,16 @@ class Recommender(nn.Module):
     needs_sids: ClassVar[bool] = False  # True: the run needs `sids.npy` (tokenize stage)
     trainable: ClassVar[bool] = True  # False: nothing to fit by gradient descent (Pop)
     supports_new_items: ClassVar[bool] = False  # can rank items added after training
+    needs_text: ClassVar[bool] = False  # True: the run needs `embeddings.npy` (embed stage)
+    # True: `loss` supervises every history position, so the trainer feeds one window per
+    # `max_history` items instead of every prefix (see `sidrec.train.window_examples`).
+    trains_every_position: ClassVar[bool] = False
+
+    @property
+    def display_name(self) -> str:
+        """The row label in tables; models whose training choice changes what a row means
+        (SASRec's loss) say so here."""
+        return self.name
 
     def __init__(self, cfg: Any, catalogue: Catalogue) -> None:
         super().__init__()

@@ -58,7 +58,7 @@ def build_catalogue(
 def catalogue_for(cls: type[Recommender], run_dir: str | Path, dataset: Dataset) -> Catalogue:
     """The catalogue with the artifacts that model class `cls` declares it needs."""
     return build_catalogue(
-        run_dir, dataset, need_text=_needs_text(cls), need_sids=bool(cls.needs_sids)
+        run_dir, dataset, need_text=cls.needs_text, need_sids=bool(cls.needs_sids)
     )
 
 
@@ -66,7 +66,7 @@ def input_fingerprint(cls: type[Recommender], run_dir: str | Path, dataset: Data
     """Hashes of the inputs model class `cls` is trained on (dataset, and text / SIDs if used)."""
     run_dir = Path(run_dir)
     out = {"dataset": dataset_hash(dataset)}
-    if _needs_text(cls):
+    if cls.needs_text:
         out["embeddings"] = hash_file(run_dir / EMBEDDINGS)
     if cls.needs_sids:
         out["sids"] = hash_file(run_dir / SIDS)
@@ -88,12 +88,6 @@ def dataset_hash(ds: Dataset) -> str:
             hash_array(ds.test.astype(np.int64)),
         ]
     )
-
-
-def _needs_text(cls: type[Recommender]) -> bool:
-    # `needs_text` is declared by models that read Catalogue.text_emb (dense, dense-text);
-    # the base contract has no such flag yet, hence the getattr with a False default.
-    return bool(getattr(cls, "needs_text", False))
 
 
 def _load_embeddings(run_dir: Path, n_items: int, required: bool) -> torch.Tensor | None:

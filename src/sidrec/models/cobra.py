@@ -134,6 +134,7 @@ class Cobra(Recommender):
     name = "cobra"
     Config = CobraConfig
     needs_sids = True
+    needs_text = True  # the projection item encoder, and embeddings in the fingerprint
     supports_new_items = True
 
     def __init__(self, cfg: CobraConfig, catalogue: Catalogue) -> None:

@@ -76,6 +76,7 @@ class LIGER(TIGER):
     name: ClassVar[str] = "liger"
     Config: ClassVar[type] = LIGERConfig
     supports_new_items: ClassVar[bool] = True
+    needs_text: ClassVar[bool] = True
 
     def __init__(self, cfg: LIGERConfig, catalogue: Catalogue) -> None:
         if catalogue.text_emb is None:

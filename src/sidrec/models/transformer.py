@@ -47,7 +47,10 @@ class StackConfig:
     n_heads: int = 6
     head_dim: int = 64  # per-head width; n_heads * head_dim need not equal d_model
     d_ff: int = 1024
-    dropout: float = 0.1
+    dropout: float = 0.1  # on residual branches and the FFN
+    # Dropout on attention probabilities. Off by default: with it, CPU SDPA leaves its
+    # fused kernel and a TIGER training step took 7x longer (16.6 vs 2.3 ms per example).
+    attn_dropout: float = 0.0
 
 
 def attention_mask(
@@ -102,7 +105,7 @@ class SelfAttention(nn.Module):
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * inner, bias=False)
         self.out = nn.Linear(inner, cfg.d_model, bias=False)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attn_dropout
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
@@ -168,7 +171,7 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(cfg.d_model, inner, bias=False)
         self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=False)
         self.out = nn.Linear(inner, cfg.d_model, bias=False)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attn_dropout
 
     def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of the encoder memory [B, S, d] -> 2 x [B, H, S, hd] (computed once per user)."""

@@ -1,0 +1,121 @@
+"""End to end on a tiny synthetic catalogue: `sidrec bench`, then the serving API.
+
+The catalogue has two "genres" of items with genre words in their text; users stick to
+one genre. It is small enough that the whole pipeline (prepare, embed with the real
+MiniLM encoder, tokenize, train every model one epoch, evaluate, report) takes seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sidrec
+from sidrec.bench import BenchConfig, run_bench
+from sidrec.errors import SidrecError
+
+N_ITEMS, N_USERS = 40, 60
+TINY = ("d_model=16", "n_heads=2", "head_dim=8", "d_ff=32")
+
+
+def write_tables(folder: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    inter, items = folder / "interactions.csv", folder / "items.csv"
+    with open(items, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title", "genres"])
+        for i in range(N_ITEMS):
+            genre = "space opera science fiction" if i % 2 else "romantic comedy"
+            w.writerow([f"i{i:02d}", f"Film number {i}", genre])
+    with open(inter, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "item_id", "timestamp"])
+        for u in range(N_USERS):
+            genre = u % 2
+            pool = [i for i in range(N_ITEMS) if i % 2 == genre]
+            for t, i in enumerate(rng.choice(pool, size=8, replace=False)):
+                w.writerow([f"u{u}", f"i{i:02d}", t])
+    return inter, items
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("tiny")
+    inter, items = write_tables(folder)
+    cfg = BenchConfig(
+        source=str(inter), items=str(items), run_dir=str(folder / "run"),
+        cold_fraction=0.1, tokenizer_options=("codebook_size=4", "balanced=true"),
+        models=("pop", "sasrec", "dense-text", "tiger", "liger", "cobra"),
+        train=("max_epochs=1",),
+    )
+    return run_bench(cfg, progress=False)
+
+
+def test_bench_writes_report_and_plots(bench_run: dict) -> None:
+    run = Path(bench_run["run_dir"])
+    report = (run / "results.md").read_text()
+    for label in ("pop", "sasrec (CE)", "dense-text", "tiger", "liger [hybrid K=20]",
+                  "liger [generative]", "liger [dense]", "cobra", "cobra [no-dense]"):
+        assert f"| {label} " in report, label
+    assert "| cold |" in report and "| in-set |" in report
+    for plot in ("recall_at_k.png", "inset_vs_cold.png", "codebook_usage.png"):
+        assert (run / "plots" / plot).stat().st_size > 1000
+    assert (run / "bench.json").is_file()
+
+
+def test_bench_reuses_finished_stages(bench_run: dict) -> None:
+    run = Path(bench_run["run_dir"])
+    weights = run / "models" / "tiger" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    cfg = BenchConfig(source="unused", run_dir=str(run), models=("tiger",),
+                      tokenizer_options=("codebook_size=4", "balanced=true"),
+                      train=("max_epochs=1",))
+    # The dataset stage is keyed on its settings; a different source must not be reused.
+    with pytest.raises(SidrecError, match="no such file"):
+        run_bench(cfg, progress=False)
+    assert weights.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("model", ["liger", "cobra", "dense-text"])
+def test_api_round_trip_with_new_item(bench_run: dict, model: str) -> None:
+    rec = sidrec.load(Path(bench_run["run_dir"]) / "models" / model)
+    out = rec.recommend(["i01", "i03", "i05"], k=5)
+    assert len(out) == 5 and all(isinstance(i, str) and i.startswith("i") for i, _ in out)
+    assert [s for _, s in out] == sorted((s for _, s in out), reverse=True)
+    rec.add_items([{"id": "new-1", "text": "Title: Film number 99; Genres: space opera"}])
+    everything = rec.recommend(["i01", "i03", "i05"], k=N_ITEMS + 1, beam=64)
+    assert "new-1" in [i for i, _ in everything]
+    batch = rec.recommend_batch([["i01"], [], ["new-1"]], k=3)
+    assert len(batch) == 3 and all(len(r) == 3 for r in batch)
+
+
+def test_api_errors(bench_run: dict) -> None:
+    run = Path(bench_run["run_dir"])
+    rec = sidrec.load(run / "models" / "liger")
+    with pytest.raises(SidrecError, match="unknown item id 'nope'"):
+        rec.recommend(["i01", "nope"])
+    with pytest.warns(UserWarning, match="skipped 1 unknown"):
+        skipping = sidrec.load(run / "models" / "liger", on_unknown="skip")
+        assert len(skipping.recommend(["i01", "nope"], k=3)) == 3
+    with pytest.raises(SidrecError, match="already exists"):
+        rec.add_items([{"id": "i01", "text": "x"}])
+    with pytest.raises(SidrecError, match="empty text"):
+        rec.add_items([{"id": "fresh", "text": "  "}])
+    with pytest.raises(SidrecError, match="cannot take new items"):
+        sidrec.load(run / "models" / "sasrec").add_items([{"id": "n2", "text": "t"}])
+    with pytest.raises(SidrecError, match="no trained model"):
+        sidrec.load(run / "models" / "missing")
+
+
+def test_cli_recommend_and_bad_model(bench_run: dict, capsys: pytest.CaptureFixture) -> None:
+    from sidrec.cli import main
+
+    model_dir = Path(bench_run["run_dir"]) / "models" / "tiger"
+    assert main(["recommend", str(model_dir), "i01", "i03", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("i") for line in lines)
+    assert main(["recommend", str(model_dir), "zzz"]) == 2
+    assert "unknown item id 'zzz'" in capsys.readouterr().err
