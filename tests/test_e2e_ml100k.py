@@ -1,0 +1,64 @@
+"""End to end on MovieLens-100k (holdout cold start, CPU presets): the published claims
+that our implementations must reproduce, checked on real data.
+
+- TIGER ranks well above Pop, and its cold-start recall is exactly 0, constrained or not
+  (it cannot generate SIDs it never saw as targets).
+- LIGER's hybrid inference lifts cold-start recall above 0.
+- COBRA and each of its ablations are reported, with cold rows.
+
+NOTE: at this CPU budget LIGER's in-set NDCG and COBRA's NDCG are below TIGER's (see the
+README's results); those published claims are not asserted here until they hold.
+
+One bench run trains the models once for the whole module (~8 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidrec.bench import BenchConfig, run_bench
+
+pytestmark = pytest.mark.slow
+
+
+def row(results: dict, model: str, variant: str, subset: str) -> dict:
+    for run in results["models"][model]["runs"]:
+        for r in run["rows"]:
+            if r["variant"] == variant and r["subset"] == subset:
+                return r
+    raise KeyError((model, variant, subset))
+
+
+@pytest.fixture(scope="module")
+def results(ml100k_holdout_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import json
+    import shutil
+
+    run = tmp_path_factory.mktemp("e2e") / "ml-100k-holdout"
+    shutil.copytree(ml100k_holdout_run, run)
+    cfg = BenchConfig(run_dir=str(run), models=("pop", "tiger", "liger", "cobra"))
+    run_bench(cfg, progress=False)
+    return json.loads((run / "bench.json").read_text())
+
+
+def test_tiger_well_above_pop_and_zero_on_cold(results: dict) -> None:
+    pop = row(results, "pop", "", "overall")["ndcg@10"]
+    tiger = row(results, "tiger", "", "overall")["ndcg@10"]
+    assert tiger > 1.2 * pop
+    for variant in ("", "unconstrained"):
+        assert row(results, "tiger", variant, "cold")["recall@20"] == 0.0
+
+
+def test_liger_hybrid_recommends_cold_items(results: dict) -> None:
+    hybrid = row(results, "liger", "hybrid K=20", "cold")
+    assert hybrid["n"] > 0 and hybrid["recall@10"] > 0.0
+    assert row(results, "liger", "generative", "cold")["recall@20"] == 0.0
+
+
+def test_cobra_and_its_ablations_are_reported(results: dict) -> None:
+    for variant in ("", "no-dense", "no-sparse", "no-beamfusion"):
+        assert row(results, "cobra", variant, "overall")["n"] == 943
+        assert row(results, "cobra", variant, "cold")["n"] == 44
+        assert row(results, "cobra", variant, "overall")["recall@20"] > 0.0
