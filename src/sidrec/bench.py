@@ -204,13 +204,13 @@ def write_plots(run_dir: Path, results: list[dict[str, Any]]) -> list[str]:
         return f"{r['display_name']} [{row['variant']}]" if row["variant"] else r["display_name"]
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in results:
-        for row in r["rows"]:
-            if row["subset"] != "overall":
-                continue
-            ks = sorted(int(k.split("@")[1]) for k in row if k.startswith("recall@")
-                        and not k.endswith("_sd"))
-            ax.plot(ks, [row[f"recall@{k}"] for k in ks], marker="o", label=label(r, row))
+    overall = [(r, row) for r in results for row in r["rows"] if row["subset"] == "overall"]
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(overall), 2)))  # distinct per line
+    for n, (r, row) in enumerate(overall):
+        ks = sorted(int(k.split("@")[1]) for k in row if k.startswith("recall@")
+                    and not k.endswith("_sd"))
+        ax.plot(ks, [row[f"recall@{k}"] for k in ks], marker="os^dv"[n % 5], color=colors[n],
+                label=label(r, row))
     ax.set_xlabel("K")
     ax.set_ylabel("Recall@K (overall)")
     ax.set_title(f"{run_dir.name}: Recall@K")
