@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,6 @@ TINY_VAE = RQVAEConfig(
     levels=2, codebook_size=8, latent_dim=8, hidden=(32,), epochs=40, batch_size=64, lr=3e-3
 )
 TINY_KM = RQKMeansConfig(levels=2, codebook_size=8, kmeans_iters=10)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def clustered(n=240, d=16, clusters=12, seed=0):
@@ -248,23 +246,12 @@ def test_presets():
     assert tokenizer_config("rqkmeans", "small", {"balanced": True}).balanced
 
 
-def _real_runs():
-    runs = []
-    for emb in sorted((REPO / "runs").glob("*/embeddings.npy")):
-        if (emb.parent / "dataset" / "manifest.json").is_file():
-            runs.append(emb.parent)
-    return runs
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["rqkmeans", "rqvae"])
-def test_real_movielens_codebooks_do_not_collapse(method, tmp_path):
-    runs = [r for r in _real_runs() if r.name.startswith("ml-100k")]
-    if not runs:
-        pytest.skip("no runs/ml-100k*/embeddings.npy; run `sidrec data prepare` and `sidrec embed`")
-    run = tmp_path / runs[0].name
-    shutil.copytree(runs[0] / "dataset", run / "dataset")
-    shutil.copy(runs[0] / "embeddings.npy", run / "embeddings.npy")
+def test_real_movielens_codebooks_do_not_collapse(method, ml100k_holdout_run, tmp_path):
+    run = tmp_path / "ml-100k-holdout"
+    shutil.copytree(ml100k_holdout_run / "dataset", run / "dataset")
+    shutil.copy(ml100k_holdout_run / "embeddings.npy", run / "embeddings.npy")
     info = run_tokenize(run, tokenizer_config(method, "small"), progress=False)
     assert info["diagnostics"]["levels"][0]["usage"] >= 0.6
     sids, _ = load_sids(run)
