@@ -36,7 +36,7 @@ from torch import nn
 from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue
-from sidrec.models.tiger import TIGER, TIGERConfig
+from sidrec.models.tiger import TIGER, TIGERConfig, _eval_mode
 
 Mode = Literal["hybrid", "generative", "dense"]
 
@@ -138,10 +138,8 @@ class LIGER(TIGER):
         mode = mode or self.cfg.mode
         if mode == "generative":
             return super().recommend(history, users, k, **options)
-        was_training = self.training
-        self.eval()
-        dense = self.user_vector(history, users) @ self.item_vectors().T  # (B, n_items)
-        self.train(was_training)
+        with _eval_mode(self):
+            dense = self.user_vector(history, users) @ self.item_vectors().T  # (B, n_items)
         if mode == "dense":
             top = torch.topk(dense, min(k, dense.shape[1]), dim=1)
             return top.indices, top.values
