@@ -66,24 +66,36 @@ def test_grouped_neighbours_equal_brute_force():
             assert got[i] == pytest.approx(want[i], abs=1e-5)
 
 
+def _dense_prediction(model: Cobra, seq: torch.Tensor) -> torch.Tensor:
+    """v̂ of the last item of `seq` as the training pass computes it (its last code token)."""
+    v = model.item_encoder(seq.clamp_min(0))
+    x, pad = model._cascade(seq, v)
+    h = model.decoder(x, pad)
+    return model.dense_head(h[:, -2])
+
+
 def test_dense_prediction_sees_next_sparse_codes_but_not_its_dense_vector():
     model = small_model().eval()
-    history = torch.tensor([[-1, 3, 5, 7]])
-    x, pad = model._cascade(history)
-    n = history.shape[1]
-
-    def v_hat(codes: torch.Tensor, target_text: torch.Tensor | None = None) -> torch.Tensor:
-        tokens = torch.cat([x, model._sparse_tokens(codes[None], n)], dim=1)
-        h = model.decoder(tokens, torch.nn.functional.pad(pad, (0, 2)))
-        return model.dense_head(h[:, -1])
-
-    codes = model.sparse[9]
-    base = v_hat(codes)
+    seq = torch.tensor([[-1, 3, 5, 7, 9]])
+    base = _dense_prediction(model, seq)
     # The target's own dense vector is never an input: changing its text changes nothing.
     model.item_encoder.text_emb[9] += 5.0
-    torch.testing.assert_close(v_hat(codes), base)
+    torch.testing.assert_close(_dense_prediction(model, seq), base)
     # Its sparse codes are inputs: changing them changes the prediction.
-    assert not torch.allclose(v_hat((codes + 1) % 4), base)
+    model.sparse[9] = (model.sparse[9] + 1) % 4
+    assert not torch.allclose(_dense_prediction(model, seq), base)
+
+
+def test_training_layout_matches_incremental_decoding():
+    # The every-position training pass and the cached decoding of `recommend` must read the
+    # same tokens: the training pass's prediction for the last item equals prefill + step.
+    model = small_model().eval()
+    history = torch.tensor([[-1, 3, 5, 7]])
+    x, pad = model._cascade(history, model.item_vectors()[history.clamp_min(0)])
+    _, cache = model.decoder.prefill(x, pad)
+    h = model.decoder.step(model._sparse_tokens(model.sparse[9][None], 4), cache)
+    torch.testing.assert_close(model.dense_head(h[:, -1]),
+                               _dense_prediction(model, torch.tensor([[-1, 3, 5, 7, 9]])))
 
 
 def test_training_lowers_both_losses():

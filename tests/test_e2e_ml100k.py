@@ -4,11 +4,10 @@ that our implementations must reproduce, checked on real data.
 - TIGER ranks well above Pop, and its cold-start recall is exactly 0, constrained or not
   (it cannot generate SIDs it never saw as targets).
 - LIGER's hybrid inference lifts cold-start recall above 0.
-- COBRA and each of its ablations are reported, with cold rows; COBRA beats Pop.
+- COBRA and each of its ablations are reported, with cold rows; COBRA beats TIGER.
 
-NOTE: at this CPU budget LIGER's in-set NDCG and COBRA's NDCG are below TIGER's (see the
-README's results); those published claims are not asserted here until they hold.
-COBRA beating Pop and retrieving cold items are.
+NOTE: at this CPU budget LIGER's in-set NDCG is below TIGER's (see the README's results);
+that published claim is not asserted here until it holds.
 
 One bench run trains the models once for the whole module (~8 min on 2 cores).
 """
@@ -63,7 +62,5 @@ def test_cobra_and_its_ablations_are_reported(results: dict) -> None:
         assert row(results, "cobra", variant, "overall")["n"] == 943
         assert row(results, "cobra", variant, "cold")["n"] == 44
         assert row(results, "cobra", variant, "overall")["recall@20"] > 0.0
-    pop = row(results, "pop", "", "overall")["ndcg@10"]
-    assert row(results, "cobra", "", "overall")["ndcg@10"] > pop
-    # Cold items have a sparse ID and a dense vector, so COBRA can retrieve them.
-    assert row(results, "cobra", "no-sparse", "cold")["recall@10"] > 0.0
+    tiger = row(results, "tiger", "", "overall")["ndcg@10"]
+    assert row(results, "cobra", "", "overall")["ndcg@10"] > tiger

@@ -7,7 +7,7 @@ stopping after `patience` evaluations without improvement, best weights kept.
 
 Examples: every prefix of every user's training part (`Dataset.train_examples`). A model
 whose loss already covers every position of the history (`trains_every_position = True`:
-SASRec, Dense) gets `window_examples` instead: per user, the prefixes ending at the last
+SASRec, Dense, COBRA) gets `window_examples` instead: per user, the prefixes ending at the last
 training item, then every `max_history` items earlier, so that each training target is
 predicted exactly once per epoch (each prefix would repeat it up to max_history times).
 

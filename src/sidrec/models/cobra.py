@@ -10,8 +10,11 @@ One decoder-only causal transformer reads the history's cascades and
   P(ID_{t+1} | S_{1:t}) (CE per level, Eq. 3);
 - dense head: after the next item's sparse tokens, predicts v̂_{t+1},
   P(v_{t+1} | ID_{t+1}, S_{1:t}), trained with in-batch InfoNCE on cos(v̂, v) (Eq. 4);
-  negatives that are the same item or occur in the example's own history are masked.
-Loss = L_sparse + dense_weight * L_dense; the item encoder is trained with both.
+  the negatives are the batch's other distinct items, minus those of the target's own
+  sequence.
+Loss = L_sparse + dense_weight * L_dense; the item encoder is trained with both. Being
+decoder-only, one causal pass over a window supervises every item in it (as SASRec), so
+an epoch covers every training interaction at the cost of one pass per `max_history`.
 
 Item encoder (`item_encoder`): "transformer" = a light transformer over the item's text
 tokens (all-MiniLM-L6-v2's word-piece vocabulary) with a [CLS] output, as in the paper;
@@ -136,6 +139,7 @@ class Cobra(Recommender):
     needs_sids = True
     needs_text = True  # the projection item encoder, and embeddings in the fingerprint
     supports_new_items = True
+    trains_every_position = True
 
     def __init__(self, cfg: CobraConfig, catalogue: Catalogue) -> None:
         super().__init__(cfg, catalogue)
@@ -190,15 +194,17 @@ class Cobra(Recommender):
 
     # ----------------------------------------------------------------- embedding
 
-    def _cascade(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """history [B, n] -> (tokens [B, n*(L+1), d], padding [B, n*(L+1)])."""
-        b, n = history.shape
-        ids, pad = item_padding(history)
+    def _cascade(
+        self, items: torch.Tensor, vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """items [B, n] (-1 = padding), their v [B, n, d] -> (tokens [B, n*(L+1), d], padding)."""
+        b, n = items.shape
+        ids, pad = item_padding(items)
         items = (ids - 1).clamp_min(0)  # (B, n)
-        pos = self.pos_emb(torch.arange(n, device=history.device))  # (n, d)
+        pos = self.pos_emb(torch.arange(n, device=items.device))  # (n, d)
         sparse = self.code_emb(self.sparse[items] + self.offsets)  # (B, n, L, d)
         sparse = sparse + self.type_emb.weight[: self.levels]
-        dense = self.dense_in(self.item_encoder(items)) + self.type_emb.weight[self.levels]
+        dense = self.dense_in(vectors) + self.type_emb.weight[self.levels]  # (B, n, d)
         x = torch.cat([sparse, dense[:, :, None]], dim=2) + pos[:, None]  # (B, n, L+1, d)
         x = x.view(b, n * (self.levels + 1), -1)
         return self.drop(x), pad.repeat_interleave(self.levels + 1, dim=1)
@@ -212,25 +218,41 @@ class Cobra(Recommender):
     # ----------------------------------------------------------------- training
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        history, target = batch["history"], batch["target"]  # (B, n), (B,)
-        n = history.shape[1]
-        hist_x, hist_pad = self._cascade(history)
-        codes = self.sparse[target]  # (B, L)
-        x = torch.cat([hist_x, self._sparse_tokens(codes, n)], dim=1)  # (B, n(L+1)+L, d)
-        pad = F.pad(hist_pad, (0, self.levels), value=False)
-        h = self.decoder(x, pad)  # (B, T, d)
-        start = hist_x.shape[1] - 1  # the last dense token predicts the first code
+        """Every item of the window with a predecessor is a target (`trains_every_position`).
+
+        Cascade of items s_1..s_m (history + target), token j of item i at i*(L+1)+j:
+        the dense token of s_{i-1} predicts code 0 of s_i, code t-1 of s_i predicts code t,
+        and the last code of s_i predicts v̂_i, which has seen s_i's codes but not its v.
+        """
+        seq = torch.cat([batch["history"], batch["target"][:, None]], dim=1)
+        seq = seq[:, -(self.cfg.max_len + 1):]  # (B, m)
+        b, m = seq.shape
+        L = self.levels
+        real = seq >= 0
+        items = seq.clamp_min(0)
+        # v of each distinct item once: the in-batch InfoNCE candidates and the inputs.
+        uniq, inverse = torch.unique(items, return_inverse=True)  # (U,), (B, m)
+        v = self.item_encoder(uniq)  # (U, d)
+        x, pad = self._cascade(seq, v[inverse])
+        h = self.decoder(x, pad).view(b, m, L + 1, -1)  # (B, m, L+1, d)
+        is_target = real[:, :-1]  # s_i (i >= 1) whose predecessor is real
+        codes = self.sparse[items[:, 1:]][is_target]  # (N, L)
+        inputs = torch.cat([h[:, :-1, L:], h[:, 1:, : L - 1]], dim=2)[is_target]  # (N, L, d)
         sparse_loss = sum(
-            F.cross_entropy(head(h[:, start + t]), codes[:, t])
+            F.cross_entropy(head(inputs[:, t]), codes[:, t])
             for t, head in enumerate(self.sparse_heads)
-        ) / self.levels
-        v_hat = F.normalize(self.dense_head(h[:, -1]), dim=-1)  # (B, d)
-        v = F.normalize(self.item_encoder(target), dim=-1)  # (B, d)
-        logits = v_hat @ v.T / self.cfg.temperature  # (B, B)
-        same = (target[None, :] == target[:, None]) | (history[:, :, None] == target).any(1)
-        same.fill_diagonal_(False)  # the positive stays
-        dense_loss = F.cross_entropy(logits.masked_fill(same, float("-inf")),
-                                     torch.arange(len(target), device=target.device))
+        ) / L
+        v_hat = F.normalize(self.dense_head(h[:, 1:, L - 1][is_target]), dim=-1)  # (N, d)
+        logits = v_hat @ F.normalize(v, dim=-1).T / self.cfg.temperature  # (N, U)
+        positive = inverse[:, 1:][is_target]  # (N,)
+        # Negatives: the batch's other items, minus those of the target's own sequence.
+        rows = torch.arange(b, device=seq.device)[:, None].expand(b, m)  # (B, m)
+        in_seq = torch.zeros(b, len(uniq), dtype=torch.bool, device=seq.device)
+        in_seq[rows[real], inverse[real]] = True  # (B, U)
+        row = rows[:, 1:][is_target]  # (N,)
+        excluded = in_seq[row] | ~in_seq.any(0)  # padding-only columns are not items
+        excluded[torch.arange(len(row)), positive] = False
+        dense_loss = F.cross_entropy(logits.masked_fill(excluded, float("-inf")), positive)
         total = sparse_loss + self.cfg.dense_weight * dense_loss
         return {"loss": total, "loss_sparse": sparse_loss, "loss_dense": dense_loss}
 
@@ -256,8 +278,10 @@ class Cobra(Recommender):
         cfg = self.cfg
         n_nb = cfg.neighbours
         width = beam or max(cfg.beam, math.ceil(k / n_nb))  # M grows with K
+        history = history[:, -cfg.max_len :]
         b, n = history.shape
-        x, pad = self._cascade(history)
+        vectors = self.item_vectors()
+        x, pad = self._cascade(history, vectors[history.clamp_min(0)])
         hidden, cache = self.decoder.prefill(x, pad)
         first = torch.log_softmax(self.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
 
@@ -278,7 +302,6 @@ class Cobra(Recommender):
         codes = result.sids.reshape(b * m, self.levels)
         h = self.decoder.step(self._sparse_tokens(codes, n), fresh)  # (B*M, L, d)
         v_hat = self.dense_head(h[:, -1])  # (B*M, d)
-        vectors = self.item_vectors()
         valid = torch.isfinite(result.log_probs).view(-1)
         if mode == "no-sparse":
             # Dense only: the best beam's v̂ against the whole catalogue.
