@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender, item_padding
+from sidrec.models.base import Batch, Catalogue, Recommender
 from sidrec.models.beam import SidIndex, beam_search
 from sidrec.models.retrieval import GroupedItems, ItemIndex
 from sidrec.models.transformer import Decoder, Encoder, KVCache, StackConfig
@@ -199,10 +199,9 @@ class Cobra(Recommender):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """items [B, n] (-1 = padding), their v [B, n, d] -> (tokens [B, n*(L+1), d], padding)."""
         b, n = items.shape
-        ids, pad = item_padding(items)
-        items = (ids - 1).clamp_min(0)  # (B, n)
+        pad = items < 0  # (B, n)
         pos = self.pos_emb(torch.arange(n, device=items.device))  # (n, d)
-        sparse = self.code_emb(self.sparse[items] + self.offsets)  # (B, n, L, d)
+        sparse = self.code_emb(self.sparse[items.clamp_min(0)] + self.offsets)  # (B, n, L, d)
         sparse = sparse + self.type_emb.weight[: self.levels]
         dense = self.dense_in(vectors) + self.type_emb.weight[self.levels]  # (B, n, d)
         x = torch.cat([sparse, dense[:, :, None]], dim=2) + pos[:, None]  # (B, n, L+1, d)

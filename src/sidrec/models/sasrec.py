@@ -17,13 +17,13 @@ next item (`trains_every_position = True`, so the trainer feeds one window of
 
 NOTE deviations from the reference code: no `* sqrt(d)` on the item embeddings (with
 the std-0.02 init it made them 8x the position embeddings and drowned the order; on
-ML-100k, max length 50, it cost test NDCG@10 0.0536 vs 0.0620 without, against RecBole's
-0.0561 on the same split: benchmarks/recbole_sasrec.py), pre-LN blocks (nanoGPT style; the original
-normalises only the queries), GELU in the feed-forward layer, the negative of "bce" is
-any item other than that position's positive (the original also rejects every item of
-the user's history), and position 0 is the most recent item (right-aligned), which is the
-original's left-padded absolute positions relabelled so that outputs do not depend on
-how wide the padding is.
+ML-100k, max length 50, it cost test NDCG@10 0.0536 vs 0.0620 without, against
+RecBole's 0.0561 on the same split: benchmarks/recbole_sasrec.py), pre-LN blocks
+(nanoGPT style; the original normalises only the queries), GELU in the feed-forward
+layer, the negative of "bce" is any item other than that position's positive (the
+original also rejects every item of the user's history), and position 0 is the most
+recent item (right-aligned), which is the original's left-padded absolute positions
+relabelled so that outputs do not depend on how wide the padding is.
 """
 
 from __future__ import annotations
