@@ -118,3 +118,13 @@ def test_dense_sid_trains_the_dense_head_only():
     assert model.variants() == {"": {"mode": "dense"}}
     with pytest.raises(Exception, match="dense head only"):
         DenseSID(replace(DenseSIDConfig(), gen_weight=1.0), cat)
+
+
+def test_text_and_level_inputs_start_at_the_sid_embeddings_scale():
+    # At PyTorch's default init the level embedding was N(0, 1), 50x the SID-token
+    # embeddings, and the encoder could hardly read the SIDs.
+    cat = catalogue()
+    torch.manual_seed(0)
+    model = LIGER(TINY, cat)
+    extras = model.input_extras(batch(cat)["history"].clamp_min(0))
+    assert extras.std() < 2 * model.tok_emb.weight.std()

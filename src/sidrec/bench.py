@@ -117,7 +117,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     for name in cfg.models:
         runs, train_s, decode = [], [], []
         for seed in cfg.seeds:
-            model_dir_name = name if len(cfg.seeds) == 1 else f"{name}-seed{seed}"
+            # Seed 0 keeps the plain name, so a 3-seed run reuses the 1-seed demo's models.
+            model_dir_name = name if seed == 0 else f"{name}-seed{seed}"
             t0 = time.perf_counter()
             info = train(name, run_dir, None, {**train_overrides, "seed": seed},
                          preset=cfg.preset, name=model_dir_name, dataset=dataset,

@@ -18,7 +18,9 @@ Inference (`mode`):
 - "generative": TIGER's beam search;
 - "dense": cosine against all items, warm and cold;
 - "hybrid" (the paper's method, Sec. 4.2): C = beam top-K ∪ all cold items, ranked by the
-  dense score cos(u, e_a); items outside C are not returned. K = `hybrid_k` (paper: 20).
+  dense score cos(u, e_a); items outside C are not returned. K = `hybrid_k` (the paper: 20,
+  also 40-100). A larger K lets fewer cold items, never pushed down as
+  negatives in training, crowd out warm ones: more in-set hits, fewer cold ones.
 
 Dense (SID), the LIGER paper's diagnostic, is `dense-sid`: this input representation with
 the dense loss only and dense scoring (no decoder).
@@ -88,6 +90,10 @@ class LIGER(TIGER):
         self.text_out = _mlp(dim, cfg.text_hidden, cfg.d_model)  # dense-target projection
         self.level_emb = nn.Embedding(self.n_codes, cfg.d_model)  # code-level position
         self.user_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        # TIGER's N(0, 0.02) init: at PyTorch's defaults the level embedding is N(0, 1), 50x
+        # the SID-token embeddings, and drowns them (ML-100k valid NDCG@10 0.019 vs 0.032).
+        for module in (self.text_in, self.text_out, self.level_emb, self.user_proj):
+            module.apply(self._init_weights)
         self.register_buffer("text_emb", catalogue.text_emb.float(), persistent=False)
         self.register_buffer("cold", catalogue.cold.bool(), persistent=False)
 
@@ -150,9 +156,11 @@ class LIGER(TIGER):
         return liger_rerank(beam_items, self.cold, dense, k)
 
     def variants(self) -> dict[str, dict[str, Any]]:
-        k = self.cfg.hybrid_k
-        return {f"hybrid K={k}": {"mode": "hybrid"}, "generative": {"mode": "generative"},
-                "dense": {"mode": "dense"}}
+        """Hybrid at the configured K (trained models are selected on it) and at the
+        paper's K = 20, then the two single-head modes."""
+        ks = dict.fromkeys((self.cfg.hybrid_k, 20))
+        hybrid = {f"hybrid K={k}": {"mode": "hybrid", "hybrid_k": k} for k in ks}
+        return {**hybrid, "generative": {"mode": "generative"}, "dense": {"mode": "dense"}}
 
 
 @dataclass(frozen=True)
