@@ -86,6 +86,13 @@ def test_coercions() -> None:
     assert from_dict(Model, {"encoder": None}).encoder == Block()
 
 
+def test_comma_separated_lists_from_the_command_line() -> None:
+    cfg = replace(Model(), parse_overrides(["levels=64,32,8"]))
+    assert cfg.levels == (64, 32, 8)
+    with pytest.raises(SidrecError, match=r"levels\[1\]"):
+        replace(Model(), parse_overrides(["levels=64,x"]))
+
+
 def test_nested_overrides() -> None:
     over = parse_overrides(["encoder.n_layers=6", "decoder.norm=rms", "lr=1e-3",
                             "levels=[32, 32]", "name=", "encoder.dropout=0"])

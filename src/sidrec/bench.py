@@ -24,8 +24,9 @@ from sidrec.config import to_dict
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, write_json, write_text
 
-# The demo fits in 15 minutes on 2 cores; the full run adds the text-only Dense and the
-# LIGER paper's controls, TIGER (T) and Dense (SID).
+# The demo fits in 15 minutes on 2 cores, so `full` (3 seeds) takes about 35. The text-only
+# Dense and the LIGER paper's controls, TIGER (T) and Dense (SID), add ~12 min a seed on
+# CPU: `paper` runs them, and `models=...` adds them to any profile.
 DEMO_MODELS = ("pop", "sasrec", "dense", "tiger", "liger", "cobra")
 ALL_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "tiger-t", "liger",
               "dense-sid", "cobra")
@@ -55,7 +56,7 @@ class BenchConfig:
 
 PROFILES: dict[str, BenchConfig] = {
     "demo": BenchConfig(),
-    "full": BenchConfig(models=ALL_MODELS, seeds=(0, 1, 2)),
+    "full": BenchConfig(seeds=(0, 1, 2)),
     "paper": BenchConfig(kcore=5, cold_mode="natural", tokenizer="rqvae",
                          tokenizer_preset="paper", tokenizer_options=(), preset="paper",
                          models=ALL_MODELS, seeds=(0, 1, 2)),

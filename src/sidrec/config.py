@@ -128,7 +128,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise SidrecError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (tuple, list):
-        if isinstance(value, str | int | float):
+        if isinstance(value, str):  # `models=pop,tiger` on the command line
+            value = [yaml.safe_load(v) for v in value.split(",")]
+        elif isinstance(value, int | float):
             value = [value]
         if not isinstance(value, list | tuple):
             raise SidrecError(f"{where}: expected a list, got {value!r}")
