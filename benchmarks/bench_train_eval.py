@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from sidrec.data.dataset import Dataset
+from sidrec.device import resolve_device
 from sidrec.evaluate import evaluate
 from sidrec.io import save_npy
-from sidrec.train import load_model, resolve_device, train, window_examples
+from sidrec.train import load_model, train, window_examples
 
 
 def synthetic_dataset(

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import sidrec.embed as embed_module
 from sidrec.data import Dataset, PrepareConfig, prepare
-from sidrec.embed import EmbedConfig, embed, encode_texts, load_embeddings, resolve_device
+from sidrec.device import resolve_device
+from sidrec.embed import EmbedConfig, embed, encode_texts, load_embeddings
 from sidrec.errors import SidrecError
 from sidrec.io import hash_obj, read_json
 
@@ -137,10 +139,13 @@ def test_embed_cli_errors(
 
 
 def test_resolve_device() -> None:
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") in ("cpu", "cuda")
-    with pytest.raises(SidrecError, match="device must be"):
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(SidrecError, match="device must be auto, cpu or cuda, got 'gpu'"):
         resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SidrecError, match="no CUDA GPU is visible"):
+            resolve_device("cuda:1")
 
 
 def test_load_embeddings_before_embed(tmp_path: Path) -> None:

@@ -161,7 +161,8 @@ class Service:
 def load(model_dir: str | Path, on_unknown: str = "error", device: str = "auto") -> Service:
     """Load a trained model from `runs/<name>/models/<model>` for serving."""
     from sidrec.data.dataset import Dataset
-    from sidrec.train import load_model, resolve_device
+    from sidrec.device import resolve_device
+    from sidrec.train import load_model
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

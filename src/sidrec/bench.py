@@ -77,11 +77,12 @@ def log(msg: str) -> None:
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from sidrec.config import parse_overrides
     from sidrec.data import PrepareConfig, prepare, summary
+    from sidrec.device import resolve_device
     from sidrec.embed import EmbedConfig, embed
     from sidrec.evaluate import aggregate, evaluate, format_table
     from sidrec.models import get_model_class
     from sidrec.tokenize import diagnostics_markdown, run_tokenize, tokenizer_config
-    from sidrec.train import load_model, resolve_device, train
+    from sidrec.train import load_model, train
 
     for name in cfg.models:
         get_model_class(name)  # an unknown name fails before any work

@@ -19,6 +19,7 @@ import numpy as np
 
 from sidrec.data.dataset import Dataset
 from sidrec.data.readers import cache_dir
+from sidrec.device import resolve_device
 from sidrec.errors import SidrecError
 from sidrec.io import hash_obj, read_json, save_npy, write_json
 
@@ -31,18 +32,6 @@ class EmbedConfig:
     encoder: str = DEFAULT_ENCODER  # sentence-transformers name or local path
     batch_size: int = 128
     device: str = "auto"  # auto | cpu | cuda
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SidrecError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise SidrecError(f"device must be auto, cpu or cuda, got {device!r}")
-    return device
 
 
 def resolve_encoder(name: str) -> str:
@@ -67,7 +56,7 @@ def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True) -> n
 
     source = resolve_encoder(cfg.encoder)
     try:
-        model = SentenceTransformer(source, device=resolve_device(cfg.device))
+        model = SentenceTransformer(source, device=str(resolve_device(cfg.device)))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SidrecError(

@@ -365,7 +365,8 @@ def evaluate_run(
     This is what `sidrec evaluate RUN_DIR --model NAME --split test` runs.
     """
     # Imported here: the trainer imports this module for its validation metric.
-    from sidrec.train import load_model, resolve_device
+    from sidrec.device import resolve_device
+    from sidrec.train import load_model
 
     run_dir = Path(run_dir)
     dataset = Dataset.load(run_dir)

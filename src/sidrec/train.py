@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from tqdm.auto import tqdm
 import sidrec
 from sidrec.config import from_dict, load_yaml, merge, parse_overrides, to_dict
 from sidrec.data.dataset import Dataset, pad_histories
+from sidrec.device import resolve_device
 from sidrec.errors import SidrecError
 from sidrec.evaluate import evaluate
 from sidrec.io import atomic_path, hash_obj, read_json, write_json, write_text
@@ -179,19 +179,6 @@ def _check_train_config(cfg: TrainConfig) -> None:
             raise SidrecError(f"train.{name}={getattr(cfg, name)}: must be >= 0")
     if not re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", cfg.metric):
         raise SidrecError(f"train.metric={cfg.metric!r}: expected e.g. ndcg@10 or recall@20")
-
-
-def resolve_device(device: str, num_threads: int = 0) -> torch.device:
-    """ "auto" -> CUDA if available, else CPU with min(4, cores) threads (or `num_threads`)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SidrecError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise SidrecError(f"device={device!r}: expected auto, cpu or cuda")
-    if device == "cpu":
-        torch.set_num_threads(num_threads or min(4, os.cpu_count() or 1))
-    return torch.device(device)
 
 
 # ---------------------------------------------------------------- examples and schedule
