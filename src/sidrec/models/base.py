@@ -105,3 +105,17 @@ def item_padding(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids shifted by +1 so that 0 is padding [B, L], padding mask [B, L] True where padded)."""
     pad = history < 0
     return (history + 1).clamp_min(0), pad
+
+
+def init_weights(module: nn.Module) -> None:
+    """N(0, 0.02) weights, zero biases, zero padding rows (as nanoGPT / RecBole), for every
+    model: at PyTorch's N(0, 1) embedding default, embeddings drown each other."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()

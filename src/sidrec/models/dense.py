@@ -31,8 +31,8 @@ from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender, item_padding
-from sidrec.models.sasrec import CausalEncoder, init_weights, next_items
+from sidrec.models.base import Batch, Catalogue, Recommender, init_weights, item_padding
+from sidrec.models.sasrec import CausalEncoder, next_items
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ Inference (`mode`):
 - "dense": cosine against all items, warm and cold;
 - "hybrid" (the paper's method, Sec. 4.2): C = beam top-K ∪ all cold items, ranked by the
   dense score cos(u, e_a); items outside C are not returned. K = `hybrid_k` (the paper: 20,
-  also 40-100). A larger K lets fewer cold items, never pushed down as
-  negatives in training, crowd out warm ones: more in-set hits, fewer cold ones.
+  also 40-100). A larger K lets fewer cold items, never pushed down as negatives in
+  training, crowd out warm ones: more in-set hits, fewer cold ones.
 
 Dense (SID), the LIGER paper's diagnostic, is `dense-sid`: this input representation with
 the dense loss only and dense scoring (no decoder).
@@ -37,7 +37,7 @@ from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue
+from sidrec.models.base import Batch, Catalogue, init_weights
 from sidrec.models.tiger import TIGER, TIGERConfig, _eval_mode
 
 Mode = Literal["hybrid", "generative", "dense"]
@@ -90,10 +90,11 @@ class LIGER(TIGER):
         self.text_out = _mlp(dim, cfg.text_hidden, cfg.d_model)  # dense-target projection
         self.level_emb = nn.Embedding(self.n_codes, cfg.d_model)  # code-level position
         self.user_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        # TIGER's N(0, 0.02) init: at PyTorch's defaults the level embedding is N(0, 1), 50x
-        # the SID-token embeddings, and drowns them (ML-100k valid NDCG@10 0.019 vs 0.032).
+        # TIGER's init ran before these existed. At PyTorch's defaults the level embedding
+        # is N(0, 1), 50x the SID-token embeddings, and drowns them (ML-100k valid NDCG@10
+        # 0.019 vs 0.032).
         for module in (self.text_in, self.text_out, self.level_emb, self.user_proj):
-            module.apply(self._init_weights)
+            module.apply(init_weights)
         self.register_buffer("text_emb", catalogue.text_emb.float(), persistent=False)
         self.register_buffer("cold", catalogue.cold.bool(), persistent=False)
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender, item_padding
+from sidrec.models.base import Batch, Catalogue, Recommender, init_weights, item_padding
 
 
 @dataclass(frozen=True)
@@ -169,15 +169,3 @@ class SASRec(Recommender):
         h, _ = self.hidden(history)  # [B, L, d]
         return h[:, -1] @ self.item_emb.weight[1:].T  # [B, n_items]
 
-
-def init_weights(module: nn.Module) -> None:
-    # Small normal init (as nanoGPT / RecBole); padding row kept at zero.
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, std=0.02)
-        if module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()

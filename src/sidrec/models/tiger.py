@@ -38,7 +38,7 @@ from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender
+from sidrec.models.base import Batch, Catalogue, Recommender, init_weights
 from sidrec.models.beam import BeamResult, SidIndex, beam_search, exact_scores
 from sidrec.models.transformer import Decoder, Encoder, KVCache, StackConfig
 
@@ -125,15 +125,8 @@ class TIGER(Recommender):
         bias = torch.where(level[None, :] == torch.arange(self.n_codes)[:, None], 0.0, -torch.inf)
         self.register_buffer("level_bias", bias, persistent=False)  # (n_codes, n_code_tokens)
         self._indices: dict[tuple[bool, str], SidIndex] = {}
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         self._index(include_cold=True, device=torch.device("cpu"))  # validates the SIDs now
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def _codes(self, catalogue: Catalogue) -> tuple[torch.Tensor, tuple[int, ...]]:
         if self.cfg.tokenizer == "atomic":
