@@ -52,6 +52,7 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0,)
     ks: tuple[int, ...] = (5, 10, 20)
     train: tuple[str, ...] = ()  # extra key=value training overrides for every model
+    workers: int = 0  # models trained at once; 0 = one per CPU core (one at a time on a GPU)
 
 
 PROFILES: dict[str, BenchConfig] = {
@@ -77,22 +78,26 @@ def log(msg: str) -> None:
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from sidrec.config import parse_overrides
     from sidrec.data import PrepareConfig, prepare, summary
-    from sidrec.device import resolve_device
     from sidrec.embed import EmbedConfig, embed
-    from sidrec.evaluate import aggregate, evaluate, format_table
+    from sidrec.evaluate import aggregate, format_table
     from sidrec.models import get_model_class
     from sidrec.tokenize import diagnostics_markdown, run_tokenize, tokenizer_config
-    from sidrec.train import load_model, train
+    from sidrec.train import resolve_config
 
-    for name in cfg.models:
-        get_model_class(name)  # an unknown name fails before any work
+    if cfg.workers < 0:
+        raise SidrecError(f"bench: workers must be >= 1 (0: one per CPU core), got {cfg.workers}")
+    for name in cfg.models:  # an unknown model, preset or setting fails before any work
+        resolve_config(name, cfg.preset, None, parse_overrides(list(cfg.train)))
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
+    def record(name: str, seconds: float) -> None:
+        timings[name] = round(seconds, 1)
+        log(f"[{time.perf_counter() - started:6.0f}s] {name} done ({seconds:.1f}s)")
+
     def stage(name: str, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 1)
-        log(f"[{time.perf_counter() - started:6.0f}s] {name} done ({timings[name]:.1f}s)")
+        record(name, time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     manifest = prepare(run_dir, PrepareConfig(
@@ -111,43 +116,126 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         log(diagnostics_markdown(tok["diagnostics"]))
         stage("tokenize", t0)
 
-    from sidrec.data.dataset import Dataset
+    jobs = [(name, seed) for name in cfg.models for seed in cfg.seeds]
+    workers, threads = _parallelism(cfg, len(jobs))
+    log(f"training {len(jobs)} model(s), {_parallelism_text(workers, threads)}")
+    # The SID-decoding models train longest: starting them first keeps the workers busy
+    # to the end instead of leaving one long model running alone.
+    order = sorted(jobs, key=lambda job: not get_model_class(job[0]).needs_sids)
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if workers == 1:
+        from sidrec.data.dataset import Dataset
 
-    dataset = Dataset.load(run_dir)
-    train_overrides = parse_overrides(list(cfg.train))
+        dataset = Dataset.load(run_dir)
+        for job in order:
+            done[job] = _train_and_evaluate(cfg, run_dir, *job, threads, progress, False,
+                                            dataset)
+            record(_job_label(done[job]), done[job]["seconds"])
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        # spawn, not fork: a forked child inherits the parent's torch thread pools.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_and_evaluate, cfg, run_dir, *job, threads, False,
+                                   progress): job for job in order}
+            pending = set(futures)
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        job = futures[future]
+                        done[job] = future.result()  # re-raises a worker's error here
+                        record(_job_label(done[job]), done[job]["seconds"])
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
     results, per_model = [], {}
     for name in cfg.models:
-        runs, train_s, decode = [], [], []
-        for seed in cfg.seeds:
-            # Seed 0 keeps the plain name, so a 3-seed run reuses the 1-seed demo's models.
-            model_dir_name = name if seed == 0 else f"{name}-seed{seed}"
-            t0 = time.perf_counter()
-            info = train(name, run_dir, None, {**train_overrides, "seed": seed},
-                         preset=cfg.preset, name=model_dir_name, dataset=dataset,
-                         progress=progress)
-            train_s.append(_train_seconds(run_dir / "models" / model_dir_name,
-                                          time.perf_counter() - t0))
-            model = load_model(run_dir / "models" / model_dir_name, run_dir, dataset=dataset)
-            model = model.to(resolve_device("auto"))
-            metrics = evaluate(model, dataset, "test", cfg.ks)
-            decode.append(metrics["users_per_s"])
-            runs.append(metrics)
-            stage(f"{model_dir_name} (best epoch {info.get('best_epoch')})", t0)
+        outs = [done[(name, seed)] for seed in cfg.seeds]
+        runs = [o["metrics"] for o in outs]
         agg = aggregate(runs)
-        agg["train_seconds"] = float(np.mean(train_s))
-        agg["users_per_s"] = float(np.mean(decode))
+        agg["train_seconds"] = float(np.mean([o["train_seconds"] for o in outs]))
+        agg["users_per_s"] = float(np.mean([m["users_per_s"] for m in runs]))
         results.append(agg)
         per_model[name] = {"seeds": list(cfg.seeds), "runs": runs, "aggregate": agg}
 
     total = time.perf_counter() - started
     table = format_table(results)
-    report = render_report(cfg, manifest, results, table, timings, total)
+    report = render_report(cfg, manifest, results, table, timings, total, workers, threads)
     write_json(run_dir / "bench.json", {"config": to_dict(cfg), "models": per_model,
-                                         "timings": timings, "total_seconds": total})
+                                         "timings": timings, "total_seconds": total,
+                                         "workers": workers, "threads": threads})
     write_text(run_dir / "results.md", report)
     plots = write_plots(run_dir, results)
     return {"run_dir": str(run_dir), "table": table, "report": report, "plots": plots,
             "total_seconds": total}
+
+
+def _parallelism(cfg: BenchConfig, n_jobs: int) -> tuple[int, int]:
+    """(models trained at once, CPU threads each; 0 = train.py's default).
+
+    The models here are small: on CPU, one thread per model with one model per core gets
+    ~1.25 x the throughput of one model on all cores. One GPU takes one model at a time.
+    """
+    import os
+
+    import torch
+
+    from sidrec.config import parse_overrides
+
+    cores = os.cpu_count() or 1
+    device = parse_overrides(list(cfg.train)).get("device", "auto")
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    workers = cfg.workers or (1 if on_gpu else min(cores, n_jobs))
+    return workers, 0 if on_gpu else max(1, cores // workers)
+
+
+def _parallelism_text(workers: int, threads: int) -> str:
+    return f"{workers} at a time" + (f", {threads} CPU thread(s) each" if threads else "")
+
+
+def _job_label(out: dict[str, Any]) -> str:
+    return f"{out['model_dir_name']} (best epoch {out['best_epoch']})"
+
+
+def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int, threads: int,
+                        bar: bool, epoch_lines: bool, dataset: Any = None) -> dict[str, Any]:
+    """Train one (model, seed), or reuse it, and evaluate it on test. Runs in a worker
+    process when the bench trains several models at once; there a log line per epoch
+    replaces the progress bar, which would garble the other workers' bars."""
+    from sidrec.config import parse_overrides
+    from sidrec.device import resolve_device
+    from sidrec.evaluate import evaluate
+    from sidrec.train import load_model, train
+
+    t0 = time.perf_counter()
+    if dataset is None:
+        from sidrec.data.dataset import Dataset
+
+        dataset = Dataset.load(run_dir)
+    # Seed 0 keeps the plain name, so a 3-seed run reuses the 1-seed demo's models.
+    model_dir_name = name if seed == 0 else f"{name}-seed{seed}"
+    overrides = {**({"num_threads": threads} if threads else {}),
+                 **parse_overrides(list(cfg.train)), "seed": seed}
+
+    def epoch_line(entry: dict[str, Any]) -> None:
+        metric = next((k for k in entry if k.startswith("valid_ndcg")), None)
+        valid = f", {metric[6:]} {entry[metric]:.4f}" if metric else ""
+        log(f"{model_dir_name}: epoch {entry['epoch']}, loss {entry['train_loss']:.4f}{valid}")
+
+    info = train(name, run_dir, None, overrides, preset=cfg.preset, name=model_dir_name,
+                 dataset=dataset, progress=bar,
+                 on_epoch_end=epoch_line if epoch_lines else None)
+    model_dir = run_dir / "models" / model_dir_name
+    train_s = _train_seconds(model_dir, time.perf_counter() - t0)
+    model = load_model(model_dir, run_dir, dataset=dataset)
+    device = resolve_device("auto", threads)
+    metrics = evaluate(model.to(device), dataset, "test", cfg.ks)
+    return {"model_dir_name": model_dir_name, "best_epoch": info.get("best_epoch"),
+            "metrics": metrics, "train_seconds": train_s,
+            "seconds": time.perf_counter() - t0}
 
 
 def _train_seconds(model_dir: Path, fallback: float) -> float:
@@ -164,7 +252,7 @@ def _train_seconds(model_dir: Path, fallback: float) -> float:
 
 
 def render_report(cfg: BenchConfig, manifest: dict, results: list[dict[str, Any]], table: str,
-                  timings: dict[str, float], total: float) -> str:
+                  timings: dict[str, float], total: float, workers: int, threads: int) -> str:
     c = manifest["counts"]
     lines = [
         f"# sidrec bench: {manifest['name']}",
@@ -180,6 +268,10 @@ def render_report(cfg: BenchConfig, manifest: dict, results: list[dict[str, Any]
         "in training). Generative models: items the beam does not return are misses.",
         "",
         table,
+        "",
+        f"Models trained and evaluated {_parallelism_text(workers, threads)}"
+        + ("; decode speeds are measured beside the other workers, so they are below an "
+           "idle machine's." if workers > 1 else "."),
         "",
         "| model | train s | decode users/s |",
         "|---|---|---|",
