@@ -194,7 +194,8 @@ def _parallelism(cfg: BenchConfig, n_jobs: int) -> tuple[int, int]:
     device = parse_overrides(list(cfg.train)).get("device", "auto")
     on_gpu = device != "cpu" and torch.cuda.is_available()
     workers = cfg.workers or (1 if on_gpu else max(1, min(cores // 4, n_jobs)))
-    return workers, 0 if on_gpu else max(1, cores // workers)
+    # One at a time keeps train.py's default, so `sidrec train`'s models are reused.
+    return workers, 0 if on_gpu or workers == 1 else max(1, cores // workers)
 
 
 def _result(future: Any) -> dict[str, Any]:
