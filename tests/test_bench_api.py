@@ -158,3 +158,22 @@ def test_bench_rejects_bad_settings_before_any_work(tmp_path: Path) -> None:
         with pytest.raises(SidrecError, match=match):
             run_bench(cfg, progress=False)
         assert not run.exists()
+
+
+@pytest.mark.parametrize(("cores", "workers", "jobs", "expected"), [
+    (2, 0, 18, (1, 0)),  # one at a time, with train.py's default threads
+    (16, 0, 18, (4, 4)),  # one model per 4 cores
+    (16, 0, 2, (2, 8)),  # ... but never more workers than jobs
+    (16, 3, 18, (3, 5)),
+])
+def test_bench_parallelism_on_cpu(monkeypatch: pytest.MonkeyPatch, cores: int, workers: int,
+                                  jobs: int, expected: tuple[int, int]) -> None:
+    import os
+
+    import torch
+
+    from sidrec.bench import _parallelism
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _parallelism(BenchConfig(workers=workers), jobs) == expected
