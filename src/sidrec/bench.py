@@ -24,9 +24,9 @@ from sidrec.config import to_dict
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, write_json, write_text
 
-# The demo fits in 15 minutes on 2 cores, so `full` (3 seeds) takes about 35. The text-only
-# Dense and the LIGER paper's controls, TIGER (T) and Dense (SID), add ~12 min a seed on
-# CPU: `paper` runs them, and `models=...` adds them to any profile.
+# The demo's bench takes ~12 min on 2 cores (2026-11-23), `full` (3 seeds) ~35. The
+# text-only Dense and the LIGER paper's controls, TIGER (T) and Dense (SID), add ~10 min a
+# seed on CPU: `paper` runs them, and `models=...` adds them to any profile.
 DEMO_MODELS = ("pop", "sasrec", "dense", "tiger", "liger", "cobra")
 ALL_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "tiger-t", "liger",
               "dense-sid", "cobra")
