@@ -7,7 +7,7 @@ that our implementations must reproduce, checked on real data.
   near TIGER's.
 - COBRA and each of its ablations are reported, with cold rows; COBRA beats TIGER.
 
-One bench run trains the models once for the whole module (~12 min on 2 cores).
+One bench run trains the models once for the whole module (~8 min on 2 cores).
 """
 
 from __future__ import annotations
