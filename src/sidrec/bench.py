@@ -250,7 +250,7 @@ def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int, t
     model_dir = run_dir / "models" / model_dir_name
     train_s = _train_seconds(model_dir, time.perf_counter() - t0)
     model = load_model(model_dir, run_dir, dataset=dataset)
-    device = resolve_device("auto", threads)
+    device = resolve_device(overrides.get("device", "auto"), threads)
     metrics = evaluate(model.to(device), dataset, "test", cfg.ks)
     return {"model_dir_name": model_dir_name, "best_epoch": info.get("best_epoch"),
             "metrics": metrics, "train_seconds": train_s,
