@@ -176,4 +176,4 @@ def test_bench_parallelism_on_cpu(monkeypatch: pytest.MonkeyPatch, cores: int, w
 
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _parallelism(BenchConfig(workers=workers), jobs) == expected
+    assert _parallelism(workers, {}, jobs) == expected

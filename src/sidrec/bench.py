@@ -88,9 +88,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from sidrec.train import resolve_config
 
     if cfg.workers < 0:
-        raise SidrecError(f"bench: workers must be >= 1 (0: one per CPU core), got {cfg.workers}")
+        raise SidrecError(f"bench: workers must be >= 1 (0: automatic), got {cfg.workers}")
+    train_overrides = parse_overrides(list(cfg.train))
     for name in cfg.models:  # an unknown model, preset or setting fails before any work
-        resolve_config(name, cfg.preset, None, parse_overrides(list(cfg.train)))
+        resolve_config(name, cfg.preset, None, train_overrides)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -120,7 +121,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         stage("tokenize", t0)
 
     jobs = [(name, seed) for name in cfg.models for seed in cfg.seeds]
-    workers, threads = _parallelism(cfg, len(jobs))
+    workers, threads = _parallelism(cfg.workers, train_overrides, len(jobs))
     log(f"training {len(jobs)} model(s), {_parallelism_text(workers, threads)}")
     # The SID-decoding models train longest: starting them first keeps the workers busy
     # to the end instead of leaving one long model running alone.
@@ -131,8 +132,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
 
         dataset = Dataset.load(run_dir)
         for job in order:
-            done[job] = _train_and_evaluate(cfg, run_dir, *job, threads, progress, False,
-                                            dataset)
+            done[job] = _train_and_evaluate(cfg, run_dir, *job, train_overrides, threads,
+                                            bar=progress, epoch_lines=False, dataset=dataset)
             record(_job_label(done[job]), done[job]["seconds"])
     else:
         import multiprocessing
@@ -140,8 +141,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
 
         # spawn, not fork: a forked child inherits the parent's torch thread pools.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_and_evaluate, cfg, run_dir, *job, threads, False,
-                                   progress): job for job in order}
+            futures = {pool.submit(_train_and_evaluate, cfg, run_dir, *job, train_overrides,
+                                   threads, bar=False, epoch_lines=progress): job
+                       for job in order}
             pending = set(futures)
             try:
                 while pending:
@@ -176,7 +178,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             "total_seconds": total}
 
 
-def _parallelism(cfg: BenchConfig, n_jobs: int) -> tuple[int, int]:
+def _parallelism(requested: int, train_overrides: dict[str, Any],
+                 n_jobs: int) -> tuple[int, int]:
     """(models trained at once, CPU threads each; 0 = train.py's default).
 
     One GPU takes one model at a time. On CPU the models are small and gain little from
@@ -188,12 +191,9 @@ def _parallelism(cfg: BenchConfig, n_jobs: int) -> tuple[int, int]:
 
     import torch
 
-    from sidrec.config import parse_overrides
-
     cores = os.cpu_count() or 1
-    device = parse_overrides(list(cfg.train)).get("device", "auto")
-    on_gpu = device != "cpu" and torch.cuda.is_available()
-    workers = cfg.workers or (1 if on_gpu else max(1, min(cores // 4, n_jobs)))
+    on_gpu = train_overrides.get("device", "auto") != "cpu" and torch.cuda.is_available()
+    workers = requested or (1 if on_gpu else max(1, min(cores // 4, n_jobs)))
     # One at a time keeps train.py's default, so `sidrec train`'s models are reused.
     return workers, 0 if on_gpu or workers == 1 else max(1, cores // workers)
 
@@ -218,12 +218,12 @@ def _job_label(out: dict[str, Any]) -> str:
     return f"{out['model_dir_name']} (best epoch {out['best_epoch']})"
 
 
-def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int, threads: int,
-                        bar: bool, epoch_lines: bool, dataset: Any = None) -> dict[str, Any]:
+def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int,
+                        train_overrides: dict[str, Any], threads: int, *, bar: bool,
+                        epoch_lines: bool, dataset: Any = None) -> dict[str, Any]:
     """Train one (model, seed), or reuse it, and evaluate it on test. Runs in a worker
     process when the bench trains several models at once; there a log line per epoch
     replaces the progress bar, which would garble the other workers' bars."""
-    from sidrec.config import parse_overrides
     from sidrec.device import resolve_device
     from sidrec.evaluate import evaluate
     from sidrec.train import load_model, train
@@ -235,8 +235,8 @@ def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int, t
         dataset = Dataset.load(run_dir)
     # Seed 0 keeps the plain name, so a 3-seed run reuses the 1-seed demo's models.
     model_dir_name = name if seed == 0 else f"{name}-seed{seed}"
-    overrides = {**({"num_threads": threads} if threads else {}),
-                 **parse_overrides(list(cfg.train)), "seed": seed}
+    overrides = {**({"num_threads": threads} if threads else {}), **train_overrides,
+                 "seed": seed}
 
     def epoch_line(entry: dict[str, Any]) -> None:
         metric = next((k for k in entry if k.startswith("valid_ndcg")), None)

@@ -27,8 +27,9 @@ def _umask() -> int:
 
 # mkstemp and mkdtemp create private (0600 / 0700) paths; artifacts get the permissions
 # of any other file the user writes, so a model can be served by another account.
-_FILE_MODE = 0o666 & ~_umask()
-_DIR_MODE = 0o777 & ~_umask()
+_UMASK = _umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
 
 
 @contextlib.contextmanager
