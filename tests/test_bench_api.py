@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import sidrec
-from sidrec.bench import BenchConfig, run_bench
+from sidrec.bench import BenchConfig, TokenizeSettings, run_bench
+from sidrec.data.prepare import PrepareConfig
 from sidrec.errors import SidrecError
 
 N_ITEMS, N_USERS = 40, 60
@@ -41,22 +42,29 @@ def write_tables(folder: Path) -> tuple[Path, Path]:
     return inter, items
 
 
+TINY_SIDS = TokenizeSettings(options={"codebook_size": 4, "balanced": True})
+
+
+def tables(inter: Path, items: Path) -> PrepareConfig:
+    return PrepareConfig(source=str(inter), items=str(items), cold_mode="holdout",
+                         cold_fraction=0.1)
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("tiny")
     inter, items = write_tables(folder)
     cfg = BenchConfig(
-        source=str(inter), items=str(items), run_dir=str(folder / "run"),
-        cold_fraction=0.1, tokenizer_options=("codebook_size=4", "balanced=true"),
+        prepare=tables(inter, items), run_dir=str(folder / "run"), tokenize=TINY_SIDS,
         models=("pop", "sasrec", "dense-text", "tiger", "liger", "cobra"),
-        train=("max_epochs=1",),
+        train={"max_epochs": 1},
     )
     return run_bench(cfg, progress=False)
 
 
 def test_bench_writes_report_and_plots(bench_run: dict) -> None:
     run = Path(bench_run["run_dir"])
-    report = (run / "results.md").read_text()
+    report = (run / "bench.md").read_text()
     for label in ("pop", "sasrec (CE)", "dense-text", "tiger", "liger [hybrid K=20]",
                   "liger [generative]", "liger [dense]", "cobra", "cobra [no-dense]"):
         assert f"| {label} " in report, label
@@ -70,9 +78,8 @@ def test_bench_reuses_finished_stages(bench_run: dict) -> None:
     run = Path(bench_run["run_dir"])
     weights = run / "models" / "tiger" / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    cfg = BenchConfig(source="unused", run_dir=str(run), models=("tiger",),
-                      tokenizer_options=("codebook_size=4", "balanced=true"),
-                      train=("max_epochs=1",))
+    cfg = BenchConfig(prepare=PrepareConfig(source="unused"), run_dir=str(run),
+                      models=("tiger",), tokenize=TINY_SIDS, train={"max_epochs": 1})
     # The dataset stage is keyed on its settings; a different source must not be reused.
     with pytest.raises(SidrecError, match="no such file"):
         run_bench(cfg, progress=False)
@@ -86,7 +93,8 @@ def test_api_round_trip_with_new_item(bench_run: dict, model: str) -> None:
     assert len(out) == 5 and all(isinstance(i, str) and i.startswith("i") for i, _ in out)
     assert [s for _, s in out] == sorted((s for _, s in out), reverse=True)
     rec.add_items([{"id": "new-1", "text": "Title: Film number 99; Genres: space opera"}])
-    everything = rec.recommend(["i01", "i03", "i05"], k=N_ITEMS + 1, beam=64)
+    wide = {"beam": 64} if model != "dense-text" else None
+    everything = rec.recommend(["i01", "i03", "i05"], k=N_ITEMS + 1, inference=wide)
     assert "new-1" in [i for i, _ in everything]
     batch = rec.recommend_batch([["i01"], [], ["new-1"]], k=3)
     assert len(batch) == 3 and all(len(r) == 3 for r in batch)
@@ -132,10 +140,9 @@ def test_parallel_bench_matches_sequential(tmp_path: Path) -> None:
     for workers in (1, 2):
         run = tmp_path / f"run-{workers}"
         cfg = BenchConfig(
-            source=str(inter), items=str(items), run_dir=str(run), cold_fraction=0.1,
-            tokenizer_options=("codebook_size=4", "balanced=true"),
+            prepare=tables(inter, items), run_dir=str(run), tokenize=TINY_SIDS,
             models=("pop", "sasrec", "liger"), seeds=(0, 1), workers=workers,
-            train=("max_epochs=1", "num_threads=1"),
+            train={"max_epochs": 1, "num_threads": 1},
         )
         run_bench(cfg, progress=False)
         bench = json.loads((run / "bench.json").read_text())
@@ -151,9 +158,9 @@ def test_parallel_bench_matches_sequential(tmp_path: Path) -> None:
 def test_bench_rejects_bad_settings_before_any_work(tmp_path: Path) -> None:
     inter, items = write_tables(tmp_path)
     run = tmp_path / "run"
-    for train, workers, match in ((("max_epoch=1",), 0, "max_epoch"),
-                                  (("max_epochs=1",), -1, "workers must be")):
-        cfg = BenchConfig(source=str(inter), items=str(items), run_dir=str(run),
+    for train, workers, match in (({"max_epoch": 1}, 0, "max_epoch"),
+                                  ({"max_epochs": 1}, -1, "workers must be")):
+        cfg = BenchConfig(prepare=tables(inter, items), run_dir=str(run),
                           models=("pop", "sasrec"), train=train, workers=workers)
         with pytest.raises(SidrecError, match=match):
             run_bench(cfg, progress=False)

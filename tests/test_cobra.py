@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from sidrec.models.base import Catalogue
-from sidrec.models.cobra import Cobra, CobraConfig, _merge_candidates, beam_fusion
+from sidrec.models.cobra import (
+    Cobra,
+    CobraConfig,
+    CobraInference,
+    _merge_candidates,
+    beam_fusion,
+)
 from sidrec.models.retrieval import GroupedItems
 
 SIZES = (4, 4, 3)  # 2 sparse levels x 4 codes + collision token
@@ -103,12 +109,12 @@ def test_training_lowers_both_losses():
     batch = {"history": torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6], [-1, -1, 8, 9]]),
              "target": torch.tensor([3, 7, 10]), "user": torch.tensor([0, 1, 2])}
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = model.loss(batch)
+    first = model(batch)
     for _ in range(60):
         opt.zero_grad()
-        model.loss(batch)["loss"].backward()
+        model(batch)["loss"].backward()
         opt.step()
-    last = model.loss(batch)
+    last = model(batch)
     assert last["loss_sparse"] < 0.3 * first["loss_sparse"]
     assert last["loss_dense"] < first["loss_dense"]
 
@@ -117,7 +123,7 @@ def test_training_lowers_both_losses():
 def test_recommend_returns_distinct_catalogue_items(mode):
     model = small_model().eval()
     history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
-    items, scores = model.recommend(history, torch.tensor([0, 1]), k=10, mode=mode)
+    items, scores = model.recommend(history, torch.tensor([0, 1]), 10, CobraInference(mode=mode))
     assert items.shape == (2, 10)
     for row in items:
         real = row[row >= 0]
@@ -128,8 +134,9 @@ def test_recommend_returns_distinct_catalogue_items(mode):
 
 def test_group_retrieval_can_return_cold_items():
     # A wide beam covers every sparse ID, so every item -- cold ones too -- is a candidate.
-    model = small_model(neighbours=8).eval()
-    items, _ = model.recommend(torch.tensor([[-1, 0, 1, 2]]), torch.tensor([0]), k=24, beam=16)
+    model = small_model().eval()
+    wide = CobraInference(neighbours=8, beam=16)
+    items, _ = model.recommend(torch.tensor([[-1, 0, 1, 2]]), torch.tensor([0]), 24, wide)
     assert {22, 23} <= set(items[0].tolist())
 
 

@@ -38,7 +38,7 @@ def results(ml100k_holdout_run: Path, tmp_path_factory: pytest.TempPathFactory) 
     shutil.copytree(ml100k_holdout_run, run)
     cfg = BenchConfig(run_dir=str(run), models=("pop", "tiger", "liger", "cobra"))
     run_bench(cfg, progress=False)
-    return json.loads((run / "bench.json").read_text())
+    return {**json.loads((run / "bench.json").read_text()), "run_dir": run}
 
 
 def test_tiger_well_above_pop_and_zero_on_cold(results: dict) -> None:
@@ -69,3 +69,24 @@ def test_cobra_and_its_ablations_are_reported(results: dict) -> None:
         assert row(results, "cobra", variant, "overall")["recall@20"] > 0.0
     tiger = row(results, "tiger", "", "overall")["ndcg@10"]
     assert row(results, "cobra", "", "overall")["ndcg@10"] > tiger
+
+
+def test_trained_models_evaluate_with_other_inference_settings(results: dict, cli) -> None:
+    """Beam width and hybrid K are inference settings: changing them retrains nothing."""
+    import json
+
+    run = results["run_dir"]
+    weights = {m: (run / "models" / m / "model.safetensors").stat().st_mtime_ns
+               for m in ("tiger", "liger")}
+    out = cli("evaluate", run, "--model", "tiger", "beam=50", "--ks", "10")
+    assert out.code == 0, out.err
+    out = cli("evaluate", run, "--model", "liger", "hybrid_k=20", "--ks", "10")
+    assert out.code == 0, out.err
+    recorded = json.loads((run / "metrics.json").read_text())["models"]
+    assert recorded["tiger"]["test"]["inference"][""]["beam"] == 50
+    assert recorded["liger"]["test"]["inference"]["hybrid K=20"]["hybrid_k"] == 20
+    assert list(recorded["liger"]["test"]["inference"])[0] == "hybrid K=20"
+    for m, mtime in weights.items():
+        assert (run / "models" / m / "model.safetensors").stat().st_mtime_ns == mtime
+    out = cli("evaluate", run, "--model", "tiger", "hybrid_k=20")
+    assert out.code == 2 and "unknown setting 'hybrid_k'" in out.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,18 +15,21 @@ from hypothesis import strategies as st
 from sidrec.data.dataset import Dataset
 from sidrec.errors import SidrecError
 from sidrec.evaluate import (
-    aggregate,
     coverage_at,
     evaluate,
-    format_table,
     ndcg_at,
     recall_at,
-    save_metrics,
     subset_metrics,
     target_ranks,
 )
 from sidrec.io import read_json
 from sidrec.models.base import Catalogue, Recommender
+from sidrec.report import aggregate, format_table, save_metrics
+
+
+@dataclass(frozen=True)
+class Sign:
+    sign: float = 1.0
 
 
 def make_dataset(
@@ -61,16 +65,19 @@ class FixedScores(Recommender):
 
     name = "fixed"
     Config = dict
+    Inference = Sign
 
     def __init__(self, scores: torch.Tensor, ds: Dataset, variants: dict | None = None) -> None:
         super().__init__({}, catalogue(ds))
         self.table = scores
-        self._variants = variants or {"": {}}
+        self._variants = variants or {"": Sign()}
 
-    def score(self, history: torch.Tensor, users: torch.Tensor, **options: Any) -> torch.Tensor:
-        return self.table[users] * options.get("sign", 1.0)
+    def recommend(self, history, users, k, inference=None):
+        scores = self.table[users] * self._inference(inference).sign
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        return top.indices, top.values
 
-    def variants(self) -> dict[str, dict[str, Any]]:
+    def variants(self) -> dict[str, Any]:
         return self._variants
 
 
@@ -85,7 +92,7 @@ class Recorder(Recommender):
         self.oracle = torch.as_tensor(oracle)
         self.seen: list[torch.Tensor] = []
 
-    def recommend(self, history, users, k, **options):
+    def recommend(self, history, users, k, inference=None):
         self.seen.append(history.clone())
         items = torch.full((len(users), k), -1, dtype=torch.int64)
         items[:, 0] = self.oracle[users]
@@ -184,7 +191,7 @@ def test_matches_brute_force(n_users, n_items, k, seed):
 def test_large_k_beyond_catalogue_and_variants():
     ds = make_dataset([[0, 1], [2, 3]], [4, 5], [6, 7], n_items=30)
     scores = torch.arange(30, dtype=torch.float32).repeat(2, 1)  # item 29 best
-    model = FixedScores(scores, ds, variants={"up": {}, "down": {"sign": -1.0}})
+    model = FixedScores(scores, ds, variants={"up": Sign(), "down": Sign(-1.0)})
     result = evaluate(model, ds, "test", ks=(5, 50, 500))
     up = {r["subset"]: r for r in result["rows"] if r["variant"] == "up"}
     down = {r["subset"]: r for r in result["rows"] if r["variant"] == "down"}

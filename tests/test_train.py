@@ -11,19 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sidrec.checkpoint import load_model
 from sidrec.data.dataset import FORMAT_VERSION, Dataset
 from sidrec.errors import SidrecError
 from sidrec.evaluate import evaluate, evaluate_run
 from sidrec.io import read_json, save_npy, write_json
-from sidrec.train import (
-    TrainConfig,
-    load_model,
-    lr_at,
-    resolve_config,
-    split_overrides,
-    train,
-    window_examples,
-)
+from sidrec.presets import TrainConfig, resolve_config, split_overrides
+from sidrec.train import lr_at, train, window_examples
 
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 1, "d_ff": 16, "max_len": 8}
 FAST = {"batch_size": 16, "warmup_steps": 2, "device": "cpu", "num_threads": 1}
@@ -98,11 +92,13 @@ def test_config_precedence_and_errors(tmp_path):
     (tmp_path / "sasrec.yaml").write_text(
         "cpu:\n  model:\n    d_model: 32\n  train:\n    batch_size: 4\n"
     )
-    cls, model_cfg, cfg = resolve_config(
-        "sasrec", "cpu", {"n_layers": 3}, {"seed": 7}, directory=tmp_path
+    settings = resolve_config(
+        "sasrec", "cpu", {"n_layers": 3}, {"seed": 7, "num_threads": 1}, directory=tmp_path
     )
+    model_cfg, cfg = settings.model, settings.train
     assert (model_cfg.d_model, model_cfg.n_layers, model_cfg.loss) == (32, 3, "ce")
     assert (cfg.lr, cfg.batch_size, cfg.seed) == (0.01, 4, 7)
+    assert settings.runtime.num_threads == 1  # a runtime setting, not hashed
     with pytest.raises(SidrecError, match="unknown setting 'n_layer'"):
         resolve_config("sasrec", "cpu", {"n_layer": 3}, directory=tmp_path)
     with pytest.raises(SidrecError, match="no preset 'gpu'"):
@@ -111,22 +107,39 @@ def test_config_precedence_and_errors(tmp_path):
         resolve_config("sasrec", None, train_overrides={"lr": 0.0})
     with pytest.raises(SidrecError, match="metric"):
         resolve_config("sasrec", None, train_overrides={"metric": "mrr"})
+    for bad in ({"lr": float("inf")}, {"lr": float("nan")}, {"seed": -1}):
+        with pytest.raises(SidrecError, match="must be"):
+            resolve_config("sasrec", None, train_overrides=bad)
 
 
 def test_shipped_presets_resolve():
-    for model in ("pop", "sasrec", "dense", "dense-text"):
+    from sidrec.models import available_models
+
+    for model in available_models():
         for preset in ("cpu", "paper"):
             resolve_config(model, preset)
 
 
 def test_split_overrides():
-    model, train_ = split_overrides(
-        "sasrec", ["d_model=32", "lr=0.01", "train.seed=3", "model.loss=bce"]
+    over = split_overrides(
+        "sasrec", ["d_model=32", "lr=0.01", "train.seed=3", "model.loss=bce", "device=cpu"]
     )
-    assert model == {"d_model": 32, "loss": "bce"}
-    assert train_ == {"lr": 0.01, "seed": 3}
+    assert over["model"] == {"d_model": 32, "loss": "bce"}
+    assert over["train"] == {"lr": 0.01, "seed": 3}
+    assert over["runtime"] == {"device": "cpu"}
+    assert split_overrides("tiger", ["beam=50"])["inference"] == {"beam": 50}
     with pytest.raises(SidrecError, match="not a setting"):
         split_overrides("sasrec", ["colour=red"])
+
+
+def test_inference_settings_are_not_part_of_the_model_identity(tmp_path):
+    ds = toy_dataset()
+    first = train("pop", tmp_path, None, FAST, dataset=ds, progress=False)
+    config = (tmp_path / "models/pop/config.json").read_text()
+    again = train("pop", tmp_path, None, {**FAST, "num_threads": 2, "eval_batch_size": 7},
+                  dataset=ds, progress=False)
+    assert again["resumed"] and first["best_valid"] == again["best_valid"]
+    assert (tmp_path / "models/pop/config.json").read_text() == config
 
 
 # ---------------------------------------------------------------- examples and schedule
@@ -204,7 +217,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     log = strip(read_log(tmp_path / "models/straight"))
     assert log == strip(read_log(tmp_path / "models/killed"))
     assert [e["epoch"] for e in log] == [1, 2, 3, 4]
-    assert {"train_loss", "train_ce", "valid_ndcg@10", "valid_recall@10"} <= set(log[0])
+    assert {"train_loss", "train_loss_ce", "valid_ndcg@10", "valid_recall@10"} <= set(log[0])
 
     # a finished run is not retrained; a changed setting starts over
     again = train("sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds, progress=False)
@@ -220,6 +233,31 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         progress=False,
     )
     assert not changed["resumed"] and len(read_log(tmp_path / "models/straight")) == 1
+
+
+def test_a_failed_retrain_keeps_the_trained_model(tmp_path):
+    ds = toy_dataset()
+    cfg = {**FAST, "max_epochs": 2}
+    train("sasrec", tmp_path, TINY, cfg, None, dataset=ds, progress=False)
+    weights = load_file(tmp_path / "models/sasrec/model.safetensors")
+    config = (tmp_path / "models/sasrec/config.json").read_text()
+    diverging = {**cfg, "lr": 1e30, "grad_clip": 0.0, "warmup_steps": 0}
+    with pytest.raises(SidrecError, match="lower lr"):
+        train("sasrec", tmp_path, TINY, diverging, None, dataset=ds, progress=False)
+    assert (tmp_path / "models/sasrec/config.json").read_text() == config
+    after = load_file(tmp_path / "models/sasrec/model.safetensors")
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    load_model(tmp_path / "models/sasrec", tmp_path, dataset=ds)  # still loads
+    # a retrain that completes replaces it, and leaves no staging directory behind
+    train("sasrec", tmp_path, TINY, {**cfg, "max_epochs": 1}, None, dataset=ds, progress=False)
+    assert len(read_log(tmp_path / "models/sasrec")) == 1
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["sasrec"]
+
+
+def test_model_names_stay_inside_the_run_dir(tmp_path):
+    with pytest.raises(SidrecError, match="plain directory name"):
+        train("pop", tmp_path, None, FAST, name="../..", dataset=toy_dataset(), progress=False)
+    assert not (tmp_path / "models").exists()
 
 
 def test_training_learns_and_early_stops(tmp_path):
@@ -296,3 +334,38 @@ def test_train_then_evaluate_run_from_disk(tmp_path):
     assert "| sasrec (CE) | test | overall |" in results and "| pop | test | overall |" in results
     with pytest.raises(SidrecError, match="no trained model"):
         evaluate_run(tmp_path, "dense", "test", device="cpu")
+
+
+def test_evaluate_takes_inference_settings_and_records_them(tmp_path, cli):
+    ds = toy_dataset()
+    write_run(ds, tmp_path)
+    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, progress=False)
+    metrics = evaluate_run(tmp_path, "sasrec", "test", ks=(5,), device="cpu")
+    assert metrics["inference"] == {"": {}}
+    # SASRec has no inference settings: an unknown one is the same error for every model
+    with pytest.raises(SidrecError, match="unknown setting 'beam' for NoInference"):
+        evaluate_run(tmp_path, "sasrec", "test", device="cpu", inference={"beam": 50})
+    result = cli("evaluate", tmp_path, "--model", "sasrec", "beam=50")
+    assert result.code == 2 and "unknown setting 'beam'" in result.err
+    assert "Traceback" not in result.err
+    result = cli("evaluate", tmp_path, "--model", "sasrec", "--ks", "abc")
+    assert result.code == 2 and "--ks 'abc'" in result.err
+
+
+def test_damaged_model_files_are_one_line_errors(tmp_path):
+    ds = toy_dataset()
+    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)
+    md = tmp_path / "models/sasrec"
+    weights = (md / "model.safetensors").read_bytes()
+    (md / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(SidrecError, match="model.safetensors: unreadable"):
+        load_model(md, tmp_path, dataset=ds)
+    (md / "model.safetensors").write_bytes(weights)
+    record = json.loads((md / "config.json").read_text())
+    (md / "config.json").write_text("{not json")
+    with pytest.raises(SidrecError, match="config.json: unreadable JSON"):
+        load_model(md, tmp_path, dataset=ds)
+    del record["format"]  # as written by the sidrec before inference settings moved out
+    (md / "config.json").write_text(json.dumps(record))
+    with pytest.raises(SidrecError, match="older sidrec.*retrain it once"):
+        load_model(md, tmp_path, dataset=ds)

@@ -22,7 +22,9 @@ import torch
 
 from sidrec.data.dataset import Dataset
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_path, write_json
+from sidrec.io import write_json
+from sidrec.report import save_figure
+from sidrec.run import RunDir
 
 
 def cold_start_logprobs(model: Any, dataset: Dataset, batch_size: int = 64,
@@ -91,25 +93,24 @@ def plot(values: dict[str, np.ndarray], title: str, path: Path) -> None:
         ax.set_ylabel("density")
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def analyze_cold_start(run_dir: str | Path, name: str, max_users: int | None = 2000) -> dict:
-    from sidrec.train import load_model
+def analyze_cold_start(run_dir: str | Path | RunDir, name: str,
+                       max_users: int | None = 2000) -> dict:
+    from sidrec.checkpoint import load_model
 
-    run_dir = Path(run_dir)
-    dataset = Dataset.load(run_dir)
+    run = RunDir(run_dir)
+    md = run.model(name).require()
+    dataset = Dataset.load(run.root)
     if not dataset.cold.any():
-        raise SidrecError(f"{run_dir}: the split has no cold items; prepare it with "
+        raise SidrecError(f"{run.root}: the split has no cold items; prepare it with "
                           "--cold-mode holdout")
-    model = load_model(run_dir / "models" / name, run_dir, dataset=dataset)
+    model = load_model(md, run, dataset=dataset)
     values = cold_start_logprobs(model, dataset, max_users=max_users)
     summary = summarise(values)
-    write_json(run_dir / "analysis" / f"cold_start_{name}.json", summary)
+    write_json(run.root / "analysis" / f"cold_start_{name}.json", summary)
     plot(values, f"{name}: generative log-probabilities, in-set vs cold-start",
-         run_dir / "plots" / f"cold_start_{name}.png")
+         run.plot(f"cold_start_{name}"))
     return summary

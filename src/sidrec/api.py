@@ -25,6 +25,7 @@ import torch
 from sidrec.data.dataset import pad_histories
 from sidrec.errors import SidrecError
 from sidrec.models.base import Recommender
+from sidrec.run import ModelDir, RunDir
 
 
 class Recommendations(list):
@@ -32,12 +33,12 @@ class Recommendations(list):
 
 
 class Service:
-    def __init__(self, model: Recommender, item_ids: Sequence[str], run_dir: Path,
+    def __init__(self, model: Recommender, item_ids: Sequence[str], run_dir: str | Path | RunDir,
                  max_history: int, on_unknown: str = "error") -> None:
         if on_unknown not in ("error", "skip"):
             raise SidrecError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
         self.model = model.eval()
-        self.run_dir = run_dir
+        self.run = RunDir(run_dir)
         self.max_history = max_history
         self.on_unknown = on_unknown
         self.item_ids = [str(i) for i in item_ids]
@@ -67,11 +68,16 @@ class Service:
         return out
 
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int = 10,
-                        exclude_seen: bool = False, **options: Any) -> list[Recommendations]:
+                        exclude_seen: bool = False,
+                        inference: dict[str, Any] | None = None) -> list[Recommendations]:
+        """Top-k (item id, score) lists for several histories. `inference` overrides the
+        model's inference settings for this call (e.g. {"beam": 50}); an unknown one is an
+        error that lists the valid ones."""
         if k < 1:
             raise SidrecError(f"k must be >= 1, got {k}")
         if isinstance(histories, str | bytes):
             raise SidrecError("recommend_batch expects a list of histories (lists of item ids)")
+        settings = self.model.inference_with(inference)
         encoded = [self._encode_history(h, row) for row, h in enumerate(histories)]
         results: list[Recommendations] = [Recommendations() for _ in encoded]
         with_history = [i for i, h in enumerate(encoded) if h]
@@ -85,7 +91,7 @@ class Service:
                 device=self.device)
             users = torch.zeros(len(with_history), dtype=torch.long, device=self.device)
             extra = self.max_history if exclude_seen else 0
-            items, scores = self.model.recommend(hist, users, k + extra, **options)
+            items, scores = self.model.recommend(hist, users, k + extra, settings)
             for row, i in enumerate(with_history):
                 seen = set(encoded[i]) if exclude_seen else set()
                 pairs = [(self.item_ids[it], float(s))
@@ -94,10 +100,11 @@ class Service:
                 results[i] = Recommendations(pairs[:k])
         return results
 
-    def recommend(self, history: Sequence[str], k: int = 10, **options: Any) -> Recommendations:
+    def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False,
+                  inference: dict[str, Any] | None = None) -> Recommendations:
         if isinstance(history, str):
             raise SidrecError("history must be a list of item ids, not a single string")
-        return self.recommend_batch([history], k, **options)[0]
+        return self.recommend_batch([history], k, exclude_seen, inference)[0]
 
     def _popular(self, k: int) -> list[tuple[str, float]]:
         pop = self.model.catalogue.popularity
@@ -129,7 +136,7 @@ class Service:
         if not ids:
             return
         cat = self.model.catalogue
-        encoder = read_json(self.run_dir / "embeddings.json")["encoder"]
+        encoder = read_json(self.run.embeddings_info)["encoder"]
         vectors = torch.as_tensor(
             encode_texts(texts, EmbedConfig(encoder=encoder), progress=False))
         grown: dict[str, Any] = {
@@ -142,7 +149,7 @@ class Service:
         if cat.sids is not None:
             from sidrec.tokenize import load_tokenizer, sids_for_new_items
 
-            tokenizer = load_tokenizer(self.run_dir / "tokenizer")
+            tokenizer = load_tokenizer(self.run.tokenizer)
             new = sids_for_new_items(tokenizer, cat.sids.cpu().numpy(), vectors.numpy())
             sids = np.concatenate([cat.sids.cpu().numpy(), new])
             too_big = np.flatnonzero(sids[:, -1] >= cat.codebook_sizes[-1])
@@ -158,17 +165,16 @@ class Service:
         self.index.update({item: len(self.index) + n for n, item in enumerate(ids)})
 
 
-def load(model_dir: str | Path, on_unknown: str = "error", device: str = "auto") -> Service:
-    """Load a trained model from `runs/<name>/models/<model>` for serving."""
+def load(model_dir: str | Path, on_unknown: str = "error", device: str = "auto",
+         inference: dict[str, Any] | None = None) -> Service:
+    """Load a trained model from `runs/<name>/models/<model>` for serving; `inference`
+    overrides its stored inference settings (e.g. {"beam": 50})."""
+    from sidrec.checkpoint import load_model
     from sidrec.data.dataset import Dataset
     from sidrec.device import resolve_device
-    from sidrec.train import load_model
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise SidrecError(f"{model_dir}: no trained model here (config.json missing); "
-                          "train one with `sidrec train`")
-    run_dir = model_dir.parent.parent
-    dataset = Dataset.load(run_dir)
-    model = load_model(model_dir, run_dir, dataset=dataset).to(resolve_device(device))
-    return Service(model, list(dataset.item_ids), run_dir, dataset.max_history, on_unknown)
+    md = ModelDir(Path(model_dir)).require()
+    dataset = Dataset.load(md.run.root)
+    model = load_model(md, md.run, dataset=dataset, inference=inference)
+    model = model.to(resolve_device(device))
+    return Service(model, list(dataset.item_ids), md.run, dataset.max_history, on_unknown)

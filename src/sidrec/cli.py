@@ -36,6 +36,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"wrote {run_dir}/dataset/")
 
 
+def cmd_data_stats(args: argparse.Namespace) -> None:
+    import json
+
+    from sidrec.data import dataset_stats, format_stats
+
+    stats = dataset_stats(args.run_dir)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
     from sidrec.embed import EmbedConfig, embed
 
@@ -60,10 +69,12 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from sidrec.train import split_overrides, train
+    from sidrec.presets import split_overrides
+    from sidrec.train import train
 
-    model_over, train_over = split_overrides(args.model, args.overrides)
-    summary = train(args.model, args.run_dir, model_over, train_over, preset=args.preset,
+    over = split_overrides(args.model, args.overrides)
+    summary = train(args.model, args.run_dir, over["model"], over["train"], preset=args.preset,
+                    inference_overrides=over["inference"], runtime_overrides=over["runtime"],
                     name=args.name, resume=not args.restart)
     print(f"{summary['model_dir']}: best valid {summary['metric']} = "
           f"{summary['best_valid']:.4f} at epoch {summary['best_epoch']} "
@@ -71,14 +82,24 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from sidrec.evaluate import evaluate_run, format_table
+    from sidrec.evaluate import evaluate_run
+    from sidrec.report import format_table
 
-    ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else (5, 10, 20)
+    ks = _ks(args.ks) if args.ks else (5, 10, 20)
     metrics = evaluate_run(args.run_dir, args.name or args.model, args.split, ks,
-                           device=args.device)
+                           device=args.device, inference=parse_overrides(args.overrides))
     print(format_table(metrics))
     print(f"decode: {metrics['users_per_s']:,.0f} users/s; recorded in "
           f"{args.run_dir}/metrics.json and results.md")
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise SidrecError(
+            f"--ks {text!r}: expected comma-separated integers, e.g. 5,10,20") from None
+    return ks
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -96,8 +117,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_recommend(args: argparse.Namespace) -> None:
     import sidrec
 
-    rec = sidrec.load(args.model_dir, on_unknown="skip" if args.skip_unknown else "error")
-    for item, score in rec.recommend(args.history, k=args.k):
+    # key=value words are inference settings (beam=50), the others item ids.
+    settings = [*args.overrides, *(h for h in args.history if "=" in h)]
+    history = [h for h in args.history if "=" not in h]
+    rec = sidrec.load(args.model_dir, on_unknown="skip" if args.skip_unknown else "error",
+                      inference=parse_overrides(settings))
+    for item, score in rec.recommend(history, k=args.k):
         print(f"{item}\t{score:.4f}")
 
 
@@ -121,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare a dataset into a run directory")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_sub.add_parser("prepare", help="raw input -> RUN_DIR/dataset/")
-    p.add_argument("source", help="`ml-100k`, or a folder/file (GroupLens, RecBole, Amazon, CSV)")
+    p.add_argument("source", help="`ml-100k`, or a folder/file (MovieLens, Amazon 2014/2023, "
+                   "Steam, RecBole, CSV/Parquet; README: Datasets)")
     p.add_argument("--run-dir", help="output run directory (default: runs/<source name>)")
-    p.add_argument("--format", choices=["auto", "ml-100k", "grouplens", "recbole", "amazon",
+    p.add_argument("--format", choices=["auto", "ml-100k", "grouplens", "movielens", "recbole",
+                                        "amazon", "amazon-2014", "amazon-2023", "steam",
                                         "table"])
     p.add_argument("--items", help="items table / meta file when not beside the interactions")
     p.add_argument("--kcore", type=int, help="k-core filter (0 = none, 5 = the papers')")
@@ -134,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_prepare)
+    p = data_sub.add_parser("stats", help="users, items, interactions, density, lengths, cold")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(func=cmd_data_stats)
 
     p = sub.add_parser("embed", help="item text -> RUN_DIR/embeddings.npy")
     p.add_argument("run_dir")
@@ -169,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--ks", help="cut-offs, e.g. 5,10,20 or 50,100,200,500")
     p.add_argument("--device", default="auto")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="inference settings for this evaluation, e.g. beam=50 (no retraining)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="the whole pipeline for every model, with a report")
@@ -182,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("history", nargs="+", help="original item ids, oldest first")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--skip-unknown", action="store_true", help="skip unknown ids (warn)")
-    p.set_defaults(func=cmd_recommend)
+    p.set_defaults(func=cmd_recommend, overrides=[])
 
     p = sub.add_parser("analyze", help="diagnostics (cold-start: generative overfitting)")
     p.add_argument("analysis", choices=["cold-start"])

@@ -36,14 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from sidrec.config import to_dict
 from sidrec.data.dataset import Dataset, Split
 from sidrec.errors import SidrecError
-from sidrec.io import read_json, write_json, write_text
 from sidrec.models.base import Recommender
+from sidrec.run import RunDir
 
 SUBSETS = ("overall", "in-set", "cold")
-METRICS_FILE = "metrics.json"
-RESULTS_FILE = "results.md"
 
 
 # ---------------------------------------------------------------- metric functions
@@ -127,7 +126,7 @@ def top_k(
     *,
     batch_size: int = 512,
     device: str | torch.device = "cpu",
-    **options: Any,
+    inference: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched `model.recommend` over all rows: (items [U, k] int64, scores [U, k]) on CPU.
 
@@ -139,7 +138,7 @@ def top_k(
     for start in range(0, n, batch_size):
         h = torch.as_tensor(histories[start : start + batch_size], device=device)  # [B, L]
         u = torch.as_tensor(users[start : start + batch_size], device=device)  # [B]
-        top_items, top_scores = model.recommend(h, u, k, **options)  # [B, <=k]
+        top_items, top_scores = model.recommend(h, u, k, inference)  # [B, <=k]
         width = min(k, top_items.shape[1])
         items[start : start + len(h), :width] = top_items[:, :width].to("cpu", torch.int64)
         scores[start : start + len(h), :width] = top_scores[:, :width].to("cpu", torch.float32)
@@ -163,7 +162,8 @@ def evaluate(
     `variants` restricts the evaluation to the named variant labels (the trainer uses the
     first one). Returns a JSON-ready dict:
     `{"model", "display_name", "split", "ks", "rows": [{"variant", "subset", "n",
-    "recall@K", "ndcg@K", ..., "coverage@C", "filled@Kmax"}], "users_per_s"}`.
+    "recall@K", "ndcg@K", ..., "coverage@C", "filled@Kmax"}], "inference": {variant:
+    its inference config}, "users_per_s"}`.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -194,10 +194,11 @@ def evaluate(
     model.eval()
     rows, seconds = [], 0.0
     try:
-        for label, options in all_variants.items():
+        for label, inference in all_variants.items():
             t0 = time.perf_counter()
             items, scores = top_k(
-                model, histories, users, kmax, batch_size=batch_size, device=device, **options
+                model, histories, users, kmax, batch_size=batch_size, device=device,
+                inference=inference,
             )
             seconds += time.perf_counter() - t0
             for subset, mask in masks.items():
@@ -218,6 +219,7 @@ def evaluate(
         "ks": ks,
         "coverage_k": coverage_k,
         "rows": rows,
+        "inference": {label: to_dict(cfg) for label, cfg in all_variants.items()},
         "users_per_s": n_calls / seconds if seconds > 0 else math.inf,
     }
 
@@ -244,135 +246,32 @@ def headline(metrics: dict[str, Any], key: str = "ndcg@10", subset: str = "overa
     raise SidrecError(f"no {subset!r} row in the metrics")
 
 
-# ---------------------------------------------------------------- seeds, tables, files
-
-
-def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample sd over seeds: same structure, each metric `m` plus `m_sd`.
-
-    Runs must be of one model on one split with the same rows; NaN rows stay NaN.
-    `n_seeds` is added; a single run gets sd NaN.
-    """
-    if not runs:
-        raise SidrecError("aggregate: no runs to aggregate")
-    first = runs[0]
-    keys = [(r["variant"], r["subset"]) for r in first["rows"]]
-    for other in runs[1:]:
-        if [(r["variant"], r["subset"]) for r in other["rows"]] != keys or other["split"] != first[
-            "split"
-        ]:
-            raise SidrecError(
-                f"aggregate: runs of {other['display_name']!r} do not have the same rows/split "
-                f"as {first['display_name']!r}; aggregate one model and split at a time"
-            )
-    rows = []
-    for i, template in enumerate(first["rows"]):
-        row: dict[str, Any] = {"variant": template["variant"], "subset": template["subset"]}
-        row["n"] = template["n"]
-        for name in template:
-            if "@" not in name:
-                continue
-            values = np.asarray([float(r["rows"][i][name]) for r in runs], dtype=np.float64)
-            row[name] = float(values.mean())
-            row[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        rows.append(row)
-    out = {k: v for k, v in first.items() if k not in ("rows", "users_per_s")}
-    out["rows"] = rows
-    out["n_seeds"] = len(runs)
-    return out
-
-
-def format_table(metrics: dict[str, Any] | Sequence[dict[str, Any]], digits: int = 4) -> str:
-    """A markdown table with one line per (model, variant, subset) row."""
-    runs = [metrics] if isinstance(metrics, dict) else list(metrics)
-    if not runs:
-        return ""
-    columns: list[str] = []
-    for run in runs:
-        for row in run["rows"]:
-            for name in row:
-                if "@" in name and not name.endswith("_sd") and name not in columns:
-                    columns.append(name)
-    columns.sort(key=_column_order)
-    header = ["model", "split", "subset", "n", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in runs:
-        label = run["display_name"]
-        if run.get("name", run["model"]) != run["model"]:  # e.g. "sasrec-seed1: sasrec (CE)"
-            label = f"{run['name']}: {label}"
-        seeds = run.get("n_seeds")
-        if seeds and seeds > 1:
-            label += f" ×{seeds} seeds"
-        for row in run["rows"]:
-            name = f"{label} [{row['variant']}]" if row["variant"] else label
-            cells = [name, run["split"], row["subset"], str(row["n"])]
-            for col in columns:
-                cells.append(_cell(row.get(col), row.get(f"{col}_sd"), digits))
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def save_metrics(run_dir: str | Path, metrics: dict[str, Any], name: str) -> None:
-    """Record `metrics` of model directory `name` in `run_dir/metrics.json` and rewrite
-    `results.md` with every recorded model (both files written atomically)."""
-    run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
-    store = read_json(path) if path.is_file() else {"models": {}}
-    store.setdefault("models", {}).setdefault(name, {})[metrics["split"]] = {
-        **metrics,
-        "name": name,
-    }
-    write_json(path, store)
-    runs = [m for splits in store["models"].values() for m in splits.values()]
-    title = (
-        f"# Results: {run_dir.name}\n\nFull ranking over the whole catalogue, leave-one-out.\n\n"
-    )
-    write_text(run_dir / RESULTS_FILE, title + format_table(runs))
-
-
-def _cell(value: Any, sd: Any, digits: int) -> str:
-    if value is None:
-        return ""
-    value = float(value)
-    if math.isnan(value):
-        return "–"
-    text = f"{value:.{digits}f}"
-    if sd is not None and not math.isnan(float(sd)):
-        text += f" ± {float(sd):.{digits}f}"
-    return text
-
-
-def _column_order(name: str) -> tuple[int, int, int]:
-    # recall@5, ndcg@5, recall@10, ndcg@10, ..., then coverage and filled
-    kind, _, k = name.partition("@")
-    group, within = {"recall": (0, 0), "ndcg": (0, 1), "coverage": (1, 0), "filled": (2, 0)}.get(
-        kind, (3, 0)
-    )
-    return (group, int(k) if k.isdigit() else 0, within)
-
-
 def evaluate_run(
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     name: str,
     split: Split = "test",
     ks: Sequence[int] = (5, 10, 20),
     batch_size: int = 512,
     device: str = "auto",
     save: bool = True,
+    inference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load `run_dir/models/<name>`, evaluate it on `split`, and record the result.
 
-    This is what `sidrec evaluate RUN_DIR --model NAME --split test` runs.
+    `inference` overrides the model's stored inference settings (e.g. {"beam": 50}) for
+    this evaluation; no retraining. This is what `sidrec evaluate RUN_DIR --model NAME`
+    runs.
     """
-    # Imported here: the trainer imports this module for its validation metric.
+    from sidrec.checkpoint import load_model
     from sidrec.device import resolve_device
-    from sidrec.train import load_model
+    from sidrec.report import save_metrics
 
-    run_dir = Path(run_dir)
-    dataset = Dataset.load(run_dir)
+    run = RunDir(run_dir)
+    md = run.model(name).require()
+    dataset = Dataset.load(run.root)
     dev = resolve_device(device)
-    model = load_model(run_dir / "models" / name, run_dir, dataset=dataset).to(dev)
+    model = load_model(md, run, dataset=dataset, inference=inference).to(dev)
     metrics = evaluate(model, dataset, split, ks, batch_size=batch_size, device=dev)
     if save:
-        save_metrics(run_dir, metrics, name)
+        save_metrics(run, metrics, name)
     return metrics

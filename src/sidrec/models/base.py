@@ -1,9 +1,13 @@
 """One interface for every model (cornac's `score`/`rank`, RecBole's `calculate_loss`).
 
-A model is built from its config dataclass and a `Catalogue` (what it may know about
-items). Training calls `loss(batch)`; inference calls `recommend(history, users, k)`.
-The trainer, the evaluator, the benchmark and the serving API only ever use this
-surface, so none of them branches on a model's name.
+A model is built from its config dataclass (what is trained: sizes, loss weights) and a
+`Catalogue` (what it may know about items). Training calls `forward(batch)`, which returns
+the named loss terms, so `torch.compile` and `DistributedDataParallel` can wrap a model
+as it is. Inference calls `recommend(history, users, k, inference)`, where `inference` is
+the model's typed `Inference` config (beam width, decoding mode, ...): it is not part of
+what was trained, so it can change on a trained model without retraining. The trainer,
+the evaluator, the benchmark and the serving API only ever use this surface, so none of
+them branches on a model's name.
 
 Batches are dicts of tensors:
     history  [B, L] int64, left-padded with -1 (most recent item last)
@@ -19,7 +23,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sidrec.errors import SidrecError
+
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class NoInference:
+    """The inference config of models with nothing to choose at inference time."""
 
 
 @dataclass
@@ -41,10 +52,12 @@ class Catalogue:
 
 
 class Recommender(nn.Module):
-    """Base class. Subclasses set `name` and `Config`, implement `loss` and `recommend`."""
+    """Base class. Subclasses set `name`, `Config` and `Inference`, implement `forward` and
+    `recommend` (or `score`)."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    Inference: ClassVar[type] = NoInference  # frozen dataclass of inference settings
     needs_sids: ClassVar[bool] = False  # True: the run needs `sids.npy` (tokenize stage)
     trainable: ClassVar[bool] = True  # False: nothing to fit by gradient descent (Pop)
     supports_new_items: ClassVar[bool] = False  # can rank items added after training
@@ -63,37 +76,63 @@ class Recommender(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.catalogue = catalogue
+        self.inference = self.Inference()  # the default; the loader sets the stored one
 
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Loss terms for one batch; key "loss" is the total that is minimised."""
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms for one batch: "loss" is the total that is minimised, the others
+        (`loss_gen`, `loss_dense`, `loss_sparse`, `loss_ce`, ...) are logged."""
         raise NotImplementedError
+
+    def inference_with(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The model's inference config with `overrides` applied; an unknown or mistyped
+        setting is the same SidrecError for every model."""
+        from sidrec.config import replace
+
+        if not overrides:
+            return self.inference
+        return replace(self.inference, overrides, f"{self.name} inference")
+
+    def _inference(self, inference: Any) -> Any:
+        """`inference` (None: the model's own) checked to be this model's config type."""
+        if inference is None:
+            return self.inference
+        if isinstance(inference, dict):
+            return self.inference_with(inference)
+        if not isinstance(inference, self.Inference):
+            raise SidrecError(
+                f"{self.name}: inference must be a {self.Inference.__name__} (or a dict of "
+                f"its settings), got {type(inference).__name__}"
+            )
+        return inference
 
     @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, **options: Any
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items per row: (items [B, k] int64, scores [B, k] float), best first.
 
         Rows may contain -1 items (with score -inf) when a model returns fewer than k.
         """
-        scores = self.score(history, users, **options)
+        self._inference(inference)
+        scores = self.score(history, users)
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         return top.indices, top.values
 
     @torch.no_grad()
-    def score(self, history: torch.Tensor, users: torch.Tensor, **options: Any) -> torch.Tensor:
+    def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """Scores of every catalogue item [B, n_items], for models that have them."""
         raise NotImplementedError(f"{self.name} does not produce a full score matrix")
 
-    def variants(self) -> dict[str, dict[str, Any]]:
-        """Inference modes the evaluator reports as separate rows: label -> recommend kwargs."""
-        return {"": {}}
+    def variants(self) -> dict[str, Any]:
+        """Inference configs the evaluator reports as separate rows: label -> config.
+
+        The first is the model's own (`self.inference`); training selects epochs on it.
+        """
+        return {"": self.inference}
 
     def set_catalogue(self, catalogue: Catalogue) -> None:
         """Swap in a grown catalogue (items added after training)."""
         if catalogue.n_items != self.catalogue.n_items and not self.supports_new_items:
-            from sidrec.errors import SidrecError
-
             raise SidrecError(
                 f"model {self.name!r} cannot rank items added after training; "
                 "use a text- or SID-based model (dense-text, liger, cobra)"

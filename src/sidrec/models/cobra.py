@@ -30,7 +30,7 @@ can be retrieved. NOTE: the ablations are inference switches of one trained mode
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -40,6 +40,7 @@ from torch import nn
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, Recommender, init_weights
 from sidrec.models.beam import SidIndex, beam_search
+from sidrec.models.heads import mlp
 from sidrec.models.retrieval import GroupedItems, ItemIndex
 from sidrec.models.transformer import Decoder, Encoder, KVCache, StackConfig
 
@@ -60,6 +61,13 @@ class CobraConfig:
     text_tokens: int = 32  # item text truncated to this many word pieces
     temperature: float = 0.07  # InfoNCE
     dense_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class CobraInference:
+    """How a trained COBRA decodes (not part of what was trained)."""
+
+    mode: Mode = "fusion"  # the others are inference-time ablation switches
     beam: int = 20  # M sparse IDs kept by the beam
     neighbours: int = 10  # N items per sparse ID
     tau: float = 0.9  # BeamFusion: sharpness over beams
@@ -95,8 +103,7 @@ class ItemEncoder(nn.Module):
             if catalogue.text_emb is None:
                 raise ValueError("item_encoder=projection needs embeddings.npy (sidrec embed)")
             dim = catalogue.text_emb.shape[1]
-            self.proj = nn.Sequential(nn.Linear(dim, 2 * cfg.d_model), nn.GELU(),
-                                      nn.Linear(2 * cfg.d_model, cfg.d_model))
+            self.proj = mlp(dim, 2 * cfg.d_model, cfg.d_model)
         else:
             self.tokenizer = _wordpiece_tokenizer()
             self.tok = nn.Embedding(self.tokenizer.vocab_size, cfg.d_model, padding_idx=0)
@@ -136,6 +143,7 @@ def _wordpiece_tokenizer() -> Any:
 class Cobra(Recommender):
     name = "cobra"
     Config = CobraConfig
+    Inference = CobraInference
     needs_sids = True
     needs_text = True  # the projection item encoder, and embeddings in the fingerprint
     supports_new_items = True
@@ -156,7 +164,7 @@ class Cobra(Recommender):
         self.decoder = Decoder(StackConfig(cfg.n_layers, d, cfg.n_heads, cfg.head_dim,
                                            cfg.d_ff, cfg.dropout), cross_attention=False)
         self.sparse_heads = nn.ModuleList(nn.Linear(d, v) for v in self.sizes)
-        self.dense_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.dense_head = mlp(d, d, d)
         self.drop = nn.Dropout(cfg.dropout)
         # At PyTorch's N(0, 1) embedding default the type and position embeddings dwarfed
         # dense_in(v), the item's text in its dense token (ML-100k seed 0 test NDCG@10:
@@ -220,7 +228,7 @@ class Cobra(Recommender):
 
     # ----------------------------------------------------------------- training
 
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Every item of the window with a predecessor is a target (`trains_every_position`).
 
         Cascade of items s_1..s_m (history + target), token j of item i at i*(L+1)+j:
@@ -269,19 +277,20 @@ class Cobra(Recommender):
                 [self.item_encoder(chunk) for chunk in items.split(4096)])
         return self._item_vectors
 
-    def variants(self) -> dict[str, dict[str, Any]]:
-        return {"": {}, "no-dense": {"mode": "no-dense"}, "no-sparse": {"mode": "no-sparse"},
-                "no-beamfusion": {"mode": "no-beamfusion"}}
+    def variants(self) -> dict[str, Any]:
+        own = self.inference
+        return {"": own, **{m: replace(own, mode=m)
+                            for m in ("no-dense", "no-sparse", "no-beamfusion")}}
 
     @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, mode: Mode = "fusion",
-        beam: int | None = None,
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
+        cfg = self._inference(inference)
+        mode = cfg.mode
         n_nb = cfg.neighbours
-        width = beam or max(cfg.beam, math.ceil(k / n_nb))  # M grows with K
-        history = history[:, -cfg.max_len :]
+        width = max(cfg.beam, math.ceil(k / n_nb))  # M grows with K
+        history = history[:, -self.cfg.max_len :]
         b, n = history.shape
         vectors = self.item_vectors()
         x, pad = self._cascade(history, vectors[history.clamp_min(0)])

@@ -43,13 +43,14 @@ class Pop(Recommender):
         return torch.sort(popularity.float(), descending=True, stable=True).indices  # [n_items]
 
     @torch.no_grad()
-    def score(self, history: torch.Tensor, users: torch.Tensor, **options: Any) -> torch.Tensor:
+    def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         return self.popularity.expand(history.shape[0], -1)  # [B, n_items]
 
     @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, **options: Any
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._inference(inference)
         top = self.order[: min(k, self.order.numel())]  # [k]
         items = top.expand(history.shape[0], -1)  # [B, k]
         return items, self.popularity[items]

@@ -1,0 +1,239 @@
+"""A trained model on disk: its record, weights, resume checkpoint, and `load_model`.
+
+Files in `runs/<run>/models/<name>/` (`sidrec.run.ModelDir`):
+- `config.json`        model name, preset, model and train configs, hashes of the inputs
+                       (`sidrec.models.catalogue.input_fingerprint`), and `config_hash`,
+                       the hash of all of that: the model's identity
+- `inference.json`     the default inference config (beam, mode, ...); not hashed, so it
+                       can change without retraining
+- `model.safetensors`  best weights so far (by the validation metric)
+- `train_log.jsonl`    one line per epoch: each loss term separately, lr, valid metrics
+- `last.safetensors`   resume checkpoint after every epoch: weights, optimiser tensors,
+                       RNG states; its metadata holds the `TrainState` and the optimiser
+                       settings as JSON. One file written atomically, never half old.
+- `state.json`         a readable copy of the `TrainState`.
+
+Only safetensors and JSON are read: no file is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from sidrec.config import from_dict, to_dict
+from sidrec.data.dataset import Dataset
+from sidrec.errors import SidrecError
+from sidrec.io import atomic_path, read_json, write_json
+from sidrec.models import get_model_class
+from sidrec.models.base import Recommender
+from sidrec.models.catalogue import catalogue_for, input_fingerprint
+from sidrec.run import ModelDir, RunDir
+
+RECORD_FORMAT = 2  # 1: inference settings were part of the model config (and its hash)
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint and in `state.json`."""
+
+    config_hash: str
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int = 0
+    bad_evals: int = 0  # evaluations since the last improvement
+    done: bool = False
+    stopped_early: bool = False
+
+
+@dataclass
+class Checkpoint:
+    tensors: dict[str, torch.Tensor]
+    state: TrainState
+    meta: dict[str, Any]  # optimiser param groups and non-tensor slots
+
+
+def model_record(settings: Any, inputs: dict[str, str], model_name: str) -> dict[str, Any]:
+    """`config.json` without its hash: what defines a trained model (`settings` is a
+    `sidrec.presets.RunSettings`; runtime and inference settings are left out)."""
+    return {
+        "format": RECORD_FORMAT,
+        "model": model_name,
+        "preset": settings.preset,
+        "model_config": to_dict(settings.model),
+        "train_config": to_dict(settings.train),
+        "inputs": inputs,
+    }
+
+
+def write_inference(model_dir: ModelDir, inference: Any) -> None:
+    write_json(model_dir.inference, to_dict(inference))
+
+
+# ---------------------------------------------------------------- weights and checkpoints
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # clone: safetensors refuses tensors that share memory (tied weights); each name gets
+    # its own copy and load_state_dict fills both ties with the same values.
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: torch.nn.Module, path: Path, config_hash: str, epoch: int) -> None:
+    with atomic_path(path) as tmp:
+        save_file(
+            _cpu_state(model), str(tmp), metadata={"config_hash": config_hash, "epoch": str(epoch)}
+        )
+
+
+def write_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    state: TrainState,
+) -> None:
+    tensors = {f"model/{k}": v for k, v in _cpu_state(model).items()}
+    sd = optimizer.state_dict()
+    extra: dict[str, dict[str, Any]] = {}
+    for idx, slots in sd["state"].items():
+        for slot, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{idx}/{slot}"] = value.detach().to("cpu").clone().contiguous()
+            else:
+                extra.setdefault(str(idx), {})[slot] = value
+    meta = {"state": asdict(state), "param_groups": sd["param_groups"], "optim_extra": extra}
+    tensors["rng/shuffle"] = shuffle.get_state()
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"sidrec": json.dumps(meta)})
+
+
+def read_checkpoint(path: Path) -> Checkpoint | None:
+    """The checkpoint at `path`, or None if it is unreadable (then training starts over)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["sidrec"])
+        tensors = load_file(str(path))
+        state = TrainState(**meta["state"])
+    except Exception as e:  # a truncated or foreign file: report and retrain from scratch
+        tqdm.write(f"{path}: unreadable checkpoint ({type(e).__name__}); starting over")
+        return None
+    return Checkpoint(tensors, state, meta)
+
+
+def restore(
+    ck: Checkpoint,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    device: torch.device,
+) -> None:
+    """Put weights, optimiser state and every RNG back as they were when `ck` was saved."""
+    model.load_state_dict({k[6:]: v for k, v in ck.tensors.items() if k.startswith("model/")})
+    slots: dict[int, dict[str, Any]] = {}
+    for key, value in ck.tensors.items():
+        if key.startswith("optim/"):
+            _, idx, slot = key.split("/", 2)
+            slots.setdefault(int(idx), {})[slot] = value
+    for idx, extra in ck.meta.get("optim_extra", {}).items():
+        slots.setdefault(int(idx), {}).update(extra)
+    optimizer.load_state_dict({"state": slots, "param_groups": ck.meta["param_groups"]})
+    shuffle.set_state(ck.tensors["rng/shuffle"])
+    torch.set_rng_state(ck.tensors["rng/torch"])
+    cuda_states = [
+        ck.tensors[f"rng/cuda/{i}"]
+        for i in range(torch.cuda.device_count())
+        if f"rng/cuda/{i}" in ck.tensors
+    ]
+    if device.type == "cuda" and cuda_states:
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def write_state(model_dir: ModelDir, state: TrainState) -> None:
+    write_json(model_dir.state, asdict(state))
+
+
+def read_log(model_dir: ModelDir) -> list[dict[str, Any]]:
+    if not model_dir.log.is_file():
+        return []
+    return [json.loads(line) for line in model_dir.log.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_model(
+    model_dir: str | Path | ModelDir,
+    run_dir: str | Path | RunDir | None = None,
+    *,
+    dataset: Dataset | None = None,
+    inference: dict[str, Any] | None = None,
+) -> Recommender:
+    """Rebuild a trained model from `model_dir` and the run's catalogue; `run_dir`
+    defaults to the directory that holds `models/`. `inference` overrides settings of the
+    stored inference config (e.g. {"beam": 50}) for this model object only.
+
+    Refuses (SidrecError) when the run's dataset, embeddings or SIDs differ from those the
+    model was trained on. The model is returned on CPU in eval mode.
+    """
+    md = model_dir if isinstance(model_dir, ModelDir) else ModelDir(Path(model_dir))
+    run = RunDir(run_dir) if run_dir is not None else md.run
+    md.require()
+    if not md.weights.is_file():
+        raise SidrecError(
+            f"{md.weights}: missing; training has not reached its first evaluation yet — "
+            f"re-run `sidrec train` for this model to resume it"
+        )
+    record = _read_json_file(md.config)
+    if record.get("format") != RECORD_FORMAT:
+        raise SidrecError(
+            f"{md.config}: written by an older sidrec, whose model identity also held the "
+            f"inference settings; retrain it once (`sidrec train {run.root} --model "
+            f"{record.get('model', 'NAME')} --name {md.name}`)"
+        )
+    cls = get_model_class(record["model"])
+    model_cfg = from_dict(cls.Config, record["model_config"], f"{md.config}: model_config")
+    stored = _read_json_file(md.inference) if md.inference.is_file() else {}
+    ds = dataset if dataset is not None else Dataset.load(run.root)
+    now = input_fingerprint(cls, run.root, ds)
+    changed = [k for k in set(now) | set(record["inputs"]) if now.get(k) != record["inputs"].get(k)]
+    if changed:
+        raise SidrecError(
+            f"{md.root}: the run's {', '.join(sorted(changed))} changed since this model was "
+            f"trained; retrain it (`sidrec train {run.root} --model {record['model']}`)"
+        )
+    model = cls(model_cfg, catalogue_for(cls, run.root, ds))
+    model.inference = from_dict(cls.Inference, stored, f"{md.inference}")
+    model.inference = model.inference_with(inference)
+    try:
+        weights = load_file(str(md.weights))
+        model.load_state_dict(weights)
+    except Exception as e:  # truncated, foreign or mismatched weights: a user-facing error
+        raise SidrecError(
+            f"{md.weights}: unreadable or not this model's weights ({type(e).__name__}); "
+            f"retrain it (`sidrec train {run.root} --model {record['model']} --restart`)"
+        ) from None
+    return model.eval()
+
+
+def _read_json_file(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise SidrecError(f"{path}: unreadable JSON ({e}); retrain the model") from None
+    if not isinstance(data, dict):
+        raise SidrecError(f"{path}: expected a JSON object; retrain the model")
+    return data

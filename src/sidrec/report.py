@@ -1,0 +1,222 @@
+"""Reporting, for `sidrec evaluate`, `sidrec bench` and the analyses: seed aggregation,
+markdown tables, the results files and the figures.
+
+`sidrec evaluate` records every evaluation in `metrics.json` and writes their table to
+`results.md`; `sidrec bench` writes its own report to `bench.md` (with its settings and
+timings), so neither overwrites the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidrec.errors import SidrecError
+from sidrec.io import atomic_path, read_json, write_json, write_text
+from sidrec.run import RunDir
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample sd over seeds: same structure, each metric `m` plus `m_sd`.
+
+    Runs must be of one model on one split with the same rows; NaN rows stay NaN.
+    `n_seeds` is added; a single run gets sd NaN.
+    """
+    if not runs:
+        raise SidrecError("aggregate: no runs to aggregate")
+    first = runs[0]
+    keys = [(r["variant"], r["subset"]) for r in first["rows"]]
+    for other in runs[1:]:
+        if [(r["variant"], r["subset"]) for r in other["rows"]] != keys or other["split"] != first[
+            "split"
+        ]:
+            raise SidrecError(
+                f"aggregate: runs of {other['display_name']!r} do not have the same rows/split "
+                f"as {first['display_name']!r}; aggregate one model and split at a time"
+            )
+    rows = []
+    for i, template in enumerate(first["rows"]):
+        row: dict[str, Any] = {"variant": template["variant"], "subset": template["subset"]}
+        row["n"] = template["n"]
+        for name in template:
+            if "@" not in name:
+                continue
+            values = np.asarray([float(r["rows"][i][name]) for r in runs], dtype=np.float64)
+            row[name] = float(values.mean())
+            row[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    out = {k: v for k, v in first.items() if k not in ("rows", "users_per_s")}
+    out["rows"] = rows
+    out["n_seeds"] = len(runs)
+    return out
+
+
+def format_table(metrics: dict[str, Any] | Sequence[dict[str, Any]], digits: int = 4) -> str:
+    """A markdown table with one line per (model, variant, subset) row."""
+    runs = [metrics] if isinstance(metrics, dict) else list(metrics)
+    if not runs:
+        return ""
+    columns: list[str] = []
+    for run in runs:
+        for row in run["rows"]:
+            for name in row:
+                if "@" in name and not name.endswith("_sd") and name not in columns:
+                    columns.append(name)
+    columns.sort(key=_column_order)
+    header = ["model", "split", "subset", "n", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        label = run["display_name"]
+        if run.get("name", run["model"]) != run["model"]:  # e.g. "sasrec-seed1: sasrec (CE)"
+            label = f"{run['name']}: {label}"
+        seeds = run.get("n_seeds")
+        if seeds and seeds > 1:
+            label += f" ×{seeds} seeds"
+        for row in run["rows"]:
+            name = f"{label} [{row['variant']}]" if row["variant"] else label
+            cells = [name, run["split"], row["subset"], str(row["n"])]
+            for col in columns:
+                cells.append(_cell(row.get(col), row.get(f"{col}_sd"), digits))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_metrics(run_dir: str | Path | RunDir, metrics: dict[str, Any], name: str) -> None:
+    """Record `metrics` of model directory `name` in `run_dir/metrics.json` and rewrite
+    `results.md` with every recorded model (both files written atomically)."""
+    run = RunDir(run_dir)
+    path = run.metrics
+    store = read_json(path) if path.is_file() else {"models": {}}
+    store.setdefault("models", {}).setdefault(name, {})[metrics["split"]] = {
+        **metrics,
+        "name": name,
+    }
+    write_json(path, store)
+    runs = [m for splits in store["models"].values() for m in splits.values()]
+    title = (
+        f"# Results: {run.root.name}\n\nFull ranking over the whole catalogue, "
+        "leave-one-out.\n\n"
+    )
+    write_text(run.results, title + format_table(runs))
+
+
+def _cell(value: Any, sd: Any, digits: int) -> str:
+    if value is None:
+        return ""
+    value = float(value)
+    if math.isnan(value):
+        return "–"
+    text = f"{value:.{digits}f}"
+    if sd is not None and not math.isnan(float(sd)):
+        text += f" ± {float(sd):.{digits}f}"
+    return text
+
+
+def _column_order(name: str) -> tuple[int, int, int]:
+    # recall@5, ndcg@5, recall@10, ndcg@10, ..., then coverage and filled
+    kind, _, k = name.partition("@")
+    group, within = {"recall": (0, 0), "ndcg": (0, 1), "coverage": (1, 0), "filled": (2, 0)}.get(
+        kind, (3, 0)
+    )
+    return (group, int(k) if k.isdigit() else 0, within)
+
+
+def render_report(manifest: dict, cold_mode: str, settings: str,
+                  results: list[dict[str, Any]], table: str, timings: dict[str, float],
+                  total: float, workers: int, parallelism: str) -> str:
+    """The bench's report (`bench.md`): dataset, settings, the table, speeds, timings."""
+    c = manifest["counts"]
+    lines = [
+        f"# sidrec bench: {manifest['name']}",
+        "",
+        f"Dataset: {c['users']:,} users, {c['items']:,} items, {c['interactions']:,} "
+        f"interactions; leave-one-out, full ranking over all items; cold start "
+        f"`{cold_mode}` ({c['cold_items']:,} cold items, {c['cold_test_users']:,} cold "
+        f"test users). {settings}",
+        "",
+        "Rows: overall / in-set (test target seen in training) / cold (target never seen "
+        "in training). Generative models: items the beam does not return are misses.",
+        "",
+        table,
+        "",
+        f"Models trained and evaluated {parallelism}"
+        + ("; decode speeds are measured beside the other workers, so they are below an "
+           "idle machine's." if workers > 1 else "."),
+        "",
+        "| model | train s | decode users/s |",
+        "|---|---|---|",
+    ]
+    for r in results:
+        ups = r["users_per_s"]
+        lines.append(f"| {r['display_name']} | {r['train_seconds']:.0f} | "
+                     f"{'∞' if math.isinf(ups) else f'{ups:,.0f}'} |")
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
+              f"Total wall time: {total / 60:.1f} min.", ""]
+    return "\n".join(lines)
+
+
+def write_plots(run: RunDir, results: list[dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run.plots.mkdir(parents=True, exist_ok=True)
+    out = []
+
+    def label(r: dict, row: dict) -> str:
+        return f"{r['display_name']} [{row['variant']}]" if row["variant"] else r["display_name"]
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    overall = [(r, row) for r in results for row in r["rows"] if row["subset"] == "overall"]
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(overall), 2)))  # distinct per line
+    for n, (r, row) in enumerate(overall):
+        ks = sorted(int(k.split("@")[1]) for k in row if k.startswith("recall@")
+                    and not k.endswith("_sd"))
+        ax.plot(ks, [row[f"recall@{k}"] for k in ks], marker="os^dv"[n % 5], color=colors[n],
+                label=label(r, row))
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (overall)")
+    ax.set_title(f"{run.root.name}: Recall@K")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    out.append(save_figure(fig, run.plot("recall_at_k")))
+
+    names, inset, cold = [], [], []
+    for r in results:
+        by = {(row["variant"], row["subset"]): row for row in r["rows"]}
+        for variant in dict.fromkeys(row["variant"] for row in r["rows"]):
+            names.append(label(r, {"variant": variant}))
+            inset.append(by[(variant, "in-set")].get("recall@10", math.nan))
+            cold.append(by[(variant, "cold")].get("recall@10", math.nan))
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(names)), 5))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, np.nan_to_num(inset), 0.4, label="in-set")
+    ax.bar(x + 0.2, np.nan_to_num(cold), 0.4, label="cold-start")
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("Recall@10")
+    ax.set_title(f"{run.root.name}: in-set vs cold-start Recall@10")
+    ax.legend()
+    fig.tight_layout()
+    out.append(save_figure(fig, run.plot("inset_vs_cold")))
+    usage = run.plot("codebook_usage")
+    if usage.is_file():
+        out.append(str(usage))
+    return out
+
+
+def save_figure(fig: Any, path: Path) -> str:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return str(path)
+
+

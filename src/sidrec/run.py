@@ -1,0 +1,144 @@
+"""The one place that names every artifact of a run directory.
+
+    runs/<name>/
+      dataset/            prepared split (`sidrec data prepare`): manifest.json + parquet
+      embeddings.npy      item text vectors (`sidrec embed`) + embeddings.json (encoder, hash)
+      sids.npy            semantic IDs (`sidrec tokenize`) + tokenizer.json + tokenizer/
+      models/<model>/     one trained model (`sidrec train`), see `ModelDir`
+      metrics.json        every evaluation (`sidrec evaluate`, `sidrec bench`)
+      results.md          the table of metrics.json (written by `sidrec evaluate`)
+      bench.json, bench.md  the bench's settings, timings and report (`sidrec bench`)
+      plots/              figures
+
+Every stage, the API and the analyses take a `RunDir` (or a path, made into one), so a
+file name is written once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidrec.errors import SidrecError
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """`runs/<name>/models/<model>/`: one trained model."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def run(self) -> RunDir:
+        """The run directory that holds this model (`<run>/models/<model>`)."""
+        return RunDir(self.root.parent.parent)
+
+    @property
+    def config(self) -> Path:  # model name, preset, model + train configs, input hashes
+        return self.root / "config.json"
+
+    @property
+    def inference(self) -> Path:  # the default inference config (not hashed)
+        return self.root / "inference.json"
+
+    @property
+    def weights(self) -> Path:  # best weights by the validation metric
+        return self.root / "model.safetensors"
+
+    @property
+    def checkpoint(self) -> Path:  # resume point: weights, optimiser, RNG states
+        return self.root / "last.safetensors"
+
+    @property
+    def state(self) -> Path:  # a readable copy of the checkpoint's training state
+        return self.root / "state.json"
+
+    @property
+    def log(self) -> Path:  # one JSON line per epoch
+        return self.root / "train_log.jsonl"
+
+    def require(self) -> ModelDir:
+        """This directory, or a SidrecError when no trained model is here."""
+        if not self.config.is_file():
+            raise SidrecError(
+                f"{self.root}: no trained model here (config.json missing); train one with "
+                f"`sidrec train {self.run.root} --model NAME`"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | Path | RunDir) -> None:
+        object.__setattr__(self, "root", root.root if isinstance(root, RunDir) else Path(root))
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings.npy"
+
+    @property
+    def embeddings_info(self) -> Path:
+        return self.root / "embeddings.json"
+
+    @property
+    def sids(self) -> Path:
+        return self.root / "sids.npy"
+
+    @property
+    def tokenizer_info(self) -> Path:  # the stage's record; written last, marks it complete
+        return self.root / "tokenizer.json"
+
+    @property
+    def tokenizer(self) -> Path:  # the fitted tokenizer (weights + config)
+        return self.root / "tokenizer"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model(self, name: str) -> ModelDir:
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise SidrecError(
+                f"model name {name!r}: must be a plain directory name (no '/' or '..'), "
+                "e.g. --name tiger-beam50"
+            )
+        return ModelDir(self.models / name)
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def bench_record(self) -> Path:
+        return self.root / "bench.json"
+
+    @property
+    def bench_report(self) -> Path:
+        return self.root / "bench.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
