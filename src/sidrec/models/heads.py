@@ -41,10 +41,12 @@ class DenseHead(nn.Module):
     (`user_proj=False`, Dense). Weights start at `init_weights` (N(0, 0.02), zero biases).
 
         head = DenseHead(d_text=384, hidden=256, d_model=64, temperature=0.07)
-        items = head.item_vectors(text_emb)                # [n, d], unit norm
-        user = head.user_vectors(hidden_state)             # [B, d], unit norm
-        loss = head.loss(user, target, items, cold_mask)   # scalar
-        scores = head.scores(user, items)                  # [B, n] = cos / τ
+        items = head.project_items(text_emb)                # [n, d] (item_vectors: unit norm)
+        loss = head.loss(state, target, items, cold_mask)   # state [B, d]: encoder output
+        scores = head.scores(state, items)                  # [B, n] = cos(u, e_a) / τ
+
+    `loss` and `scores` take the encoder's user state: they apply `user_proj` and
+    normalise both sides themselves (once), so items may be raw or unit vectors.
     """
 
     def __init__(
@@ -67,26 +69,26 @@ class DenseHead(nn.Module):
         """Text embeddings [n, d_text] -> unit item vectors e_a [n, d_model]."""
         return F.normalize(self.project_items(text_emb), dim=-1)
 
-    def user_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
+    def user_vectors(self, state: torch.Tensor) -> torch.Tensor:
         """Encoder user states [B, d_model] -> unit user vectors u [B, d_model]."""
-        return F.normalize(self.user_proj(hidden), dim=-1)
+        return F.normalize(self.user_proj(state), dim=-1)
 
-    def scores(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Logits cos(u, e_a) / τ [B, n] of users [B, d] against items [n, d] (either may
-        be unnormalised; both are normalised here). Ranking = cosine ranking."""
-        cos = F.normalize(user, dim=-1) @ F.normalize(items, dim=-1).T  # (B, n)
+    def scores(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits cos(u, e_a) / τ [B, n] of user states [B, d] (u = their unit projection)
+        against items [n, d] (raw or unit; normalised here). Ranking = cosine ranking."""
+        cos = self.user_vectors(state) @ F.normalize(items, dim=-1).T  # (B, n)
         return cos / self.temperature
 
     def loss(
         self,
-        user: torch.Tensor,
+        state: torch.Tensor,
         target: torch.Tensor,
         items: torch.Tensor,
         cold_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Softmax cross-entropy of targets [B] over `scores(user, items)` [B, n]; items
+        """Softmax cross-entropy of targets [B] over `scores(state, items)` [B, n]; items
         where cold_mask [n] bool is True are left out of the softmax (never a target)."""
-        logits = self.scores(user, items)  # (B, n)
+        logits = self.scores(state, items)  # (B, n)
         if cold_mask is not None:
             logits = logits.masked_fill(cold_mask, float("-inf"))
         return F.cross_entropy(logits, target)
