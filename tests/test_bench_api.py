@@ -184,3 +184,9 @@ def test_bench_parallelism_on_cpu(monkeypatch: pytest.MonkeyPatch, cores: int, w
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _parallelism(workers, {}, jobs) == expected
+
+
+def test_recommend_batch_refuses_strings_for_histories(bench_run: dict) -> None:
+    rec = sidrec.load(Path(bench_run["run_dir"]) / "models" / "pop")
+    with pytest.raises(SidrecError, match=r"histories\[0\]: expected a list of item ids"):
+        rec.recommend_batch(["i01", "i03"], k=3)

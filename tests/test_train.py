@@ -369,3 +369,25 @@ def test_damaged_model_files_are_one_line_errors(tmp_path):
     (md / "config.json").write_text(json.dumps(record))
     with pytest.raises(SidrecError, match="older sidrec.*retrain it once"):
         load_model(md, tmp_path, dataset=ds)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"n_layers": -1}, "n_layers=-1: must be a finite number >= 0"),
+    ({"n_layers": 0}, "n_layers=0: must be > 0"),
+    ({"dropout": 2.0}, "dropout=2.0: a dropout rate must be in"),
+    ({"d_model": 0}, "d_model=0: must be > 0"),
+])
+def test_out_of_range_model_settings_are_errors(override, message):
+    with pytest.raises(SidrecError, match=message):
+        resolve_config("sasrec", "cpu", override)
+
+
+def test_non_finite_scores_are_an_error_at_evaluation(tmp_path):
+    ds = toy_dataset()
+    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)
+    model = load_model(tmp_path / "models/sasrec", tmp_path, dataset=ds)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.fill_(float("nan"))
+    with pytest.raises(SidrecError, match="NaN scores"):
+        evaluate(model, ds, "valid", ks=(10,))

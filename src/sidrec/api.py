@@ -77,6 +77,12 @@ class Service:
             raise SidrecError(f"k must be >= 1, got {k}")
         if isinstance(histories, str | bytes):
             raise SidrecError("recommend_batch expects a list of histories (lists of item ids)")
+        for row, history in enumerate(histories):
+            if isinstance(history, str | bytes) or not isinstance(history, Sequence):
+                raise SidrecError(
+                    f"histories[{row}]: expected a list of item ids, got {history!r}; e.g. "
+                    "recommend_batch([['50', '172'], ['1']])"
+                )
         settings = self.model.inference_with(inference)
         encoded = [self._encode_history(h, row) for row, h in enumerate(histories)]
         results: list[Recommendations] = [Recommendations() for _ in encoded]

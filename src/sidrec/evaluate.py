@@ -139,6 +139,11 @@ def top_k(
         h = torch.as_tensor(histories[start : start + batch_size], device=device)  # [B, L]
         u = torch.as_tensor(users[start : start + batch_size], device=device)  # [B]
         top_items, top_scores = model.recommend(h, u, k, inference)  # [B, <=k]
+        if torch.isnan(top_scores).any():
+            raise SidrecError(
+                f"{model.name}: NaN scores for users {start}..{start + len(h) - 1}; the "
+                "weights are not finite (diverged training?): retrain with a lower lr"
+            )
         width = min(k, top_items.shape[1])
         items[start : start + len(h), :width] = top_items[:, :width].to("cpu", torch.int64)
         scores[start : start + len(h), :width] = top_scores[:, :width].to("cpu", torch.float32)
