@@ -1,17 +1,30 @@
 """LIGER and Dense (SID): the inference rule, the cold-free dense softmax, training."""
 
-from dataclasses import replace
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from sidrec.models.base import Catalogue
-from sidrec.models.liger import LIGER, DenseSID, DenseSIDConfig, LIGERConfig, liger_rerank
+from sidrec.config import from_dict
+from sidrec.errors import SidrecError
+from sidrec.models.base import Catalogue, NoInference
+from sidrec.models.liger import (
+    LIGER,
+    DenseSID,
+    DenseSIDConfig,
+    LIGERConfig,
+    LIGERInference,
+    liger_rerank,
+)
 
 TINY = LIGERConfig(
     d_model=32, n_heads=2, head_dim=16, d_ff=64, n_encoder_layers=1, n_decoder_layers=1,
-    dropout=0.0, user_buckets=16, max_history=5, text_hidden=32, hybrid_k=5, beam=5,
+    dropout=0.0, user_buckets=16, max_history=5, text_hidden=32,
 )
+TINY_INFERENCE = LIGERInference(beam=5, hybrid_k=5)
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "sidrec" / "configs"
 
 
 def catalogue(n: int = 30, n_cold: int = 6, seed: int = 0) -> Catalogue:
@@ -59,9 +72,11 @@ def test_hybrid_with_full_beam_is_dense_ranking_on_beam_union_cold():
     model = LIGER(TINY, cat).eval()
     b = batch(cat)
     n = cat.n_items
-    beam_items, _ = model.recommend(b["history"], b["user"], n, mode="generative", beam=n)
-    dense, _ = model.recommend(b["history"], b["user"], n, mode="dense")
-    hybrid, _ = model.recommend(b["history"], b["user"], n, mode="hybrid", hybrid_k=n, beam=n)
+    beam_items, _ = model.recommend(b["history"], b["user"], n,
+                                    LIGERInference(mode="generative", beam=n))
+    dense, _ = model.recommend(b["history"], b["user"], n, LIGERInference(mode="dense"))
+    hybrid, _ = model.recommend(b["history"], b["user"], n,
+                                LIGERInference(mode="hybrid", hybrid_k=n, beam=n))
     for row in range(len(dense)):
         allowed = set(beam_items[row][beam_items[row] >= 0].tolist()) | set(
             torch.nonzero(cat.cold).flatten().tolist())
@@ -75,11 +90,11 @@ def test_cold_items_never_enter_the_dense_softmax():
     torch.manual_seed(0)
     model = LIGER(TINY, cat)
     b = batch(cat)
-    before = model.loss(b)["loss_dense"]
+    before = model(b)["loss_dense"]
     model.text_emb[cat.cold] = torch.randn(int(cat.cold.sum()), 12) * 100  # only cold rows
-    torch.testing.assert_close(model.loss(b)["loss_dense"], before)
+    torch.testing.assert_close(model(b)["loss_dense"], before)
     model.text_emb[7] += 5.0  # a warm item: the softmax does see it
-    assert not torch.allclose(model.loss(b)["loss_dense"], before)
+    assert not torch.allclose(model(b)["loss_dense"], before)
 
 
 def test_both_losses_fall_on_a_tiny_batch():
@@ -88,13 +103,14 @@ def test_both_losses_fall_on_a_tiny_batch():
     model = LIGER(TINY, cat)
     b = batch(cat)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = model.loss(b)
+    first = model(b)
     assert set(first) == {"loss", "loss_gen", "loss_dense"}
+    torch.testing.assert_close(first["loss"], first["loss_gen"] + first["loss_dense"])
     for _ in range(80):
         opt.zero_grad()
-        model.loss(b)["loss"].backward()
+        model(b)["loss"].backward()
         opt.step()
-    last = model.loss(b)
+    last = model(b)
     assert last["loss_gen"] < 0.5 * first["loss_gen"]
     assert last["loss_dense"] < 0.5 * first["loss_dense"]
 
@@ -104,20 +120,33 @@ def test_modes_return_k_items(mode):
     cat = catalogue()
     model = LIGER(TINY, cat).eval()
     b = batch(cat)
-    items, scores = model.recommend(b["history"], b["user"], 5, mode=mode)
+    items, scores = model.recommend(b["history"], b["user"], 5,
+                                    LIGERInference(mode=mode, beam=5, hybrid_k=5))
     assert items.shape == scores.shape == (8, 5)
     assert ((items >= -1) & (items < cat.n_items)).all()
 
 
 def test_dense_sid_trains_the_dense_head_only():
     cat = catalogue()
-    model = DenseSID(DenseSIDConfig(**{**TINY.__dict__, "gen_weight": 0.0, "mode": "dense",
-                                       "n_decoder_layers": 0}), cat)
-    out = model.loss(batch(cat))
+    own = {f.name for f in fields(DenseSIDConfig)}
+    model = DenseSID(DenseSIDConfig(**{k: v for k, v in TINY.__dict__.items() if k in own}), cat)
+    out = model(batch(cat))
     assert set(out) == {"loss", "loss_dense"}
-    assert model.variants() == {"": {"mode": "dense"}}
-    with pytest.raises(Exception, match="dense head only"):
-        DenseSID(replace(DenseSIDConfig(), gen_weight=1.0), cat)
+    assert model.variants() == {"": NoInference()}
+    assert not any("decoder" in name for name, _ in model.named_parameters())
+    items, scores = model.recommend(batch(cat)["history"], torch.arange(8), 5)
+    torch.testing.assert_close(scores, model.score(batch(cat)["history"], torch.arange(8))
+                               .gather(1, items))
+    with pytest.raises(SidrecError, match="gen_weight"):  # no decoder: nothing to weigh
+        from_dict(DenseSIDConfig, {"gen_weight": 1.0})
+
+
+def test_presets_load_into_the_configs():
+    for model, cfg, inference in (("liger", LIGERConfig, LIGERInference),
+                                  ("dense-sid", DenseSIDConfig, NoInference)):
+        for preset in yaml.safe_load((CONFIGS / f"{model}.yaml").read_text()).values():
+            from_dict(cfg, preset["model"])
+            from_dict(inference, preset.get("inference") or {})
 
 
 def test_text_and_level_inputs_start_at_the_sid_embeddings_scale():
@@ -126,5 +155,5 @@ def test_text_and_level_inputs_start_at_the_sid_embeddings_scale():
     cat = catalogue()
     torch.manual_seed(0)
     model = LIGER(TINY, cat)
-    extras = model.input_extras(batch(cat)["history"].clamp_min(0))
-    assert extras.std() < 2 * model.tok_emb.weight.std()
+    extras = model.encoder.text_inputs(batch(cat)["history"], model.text_emb)
+    assert extras.std() < 2 * model.tokens.emb.weight.std()

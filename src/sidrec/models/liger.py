@@ -3,67 +3,77 @@
 Yang et al., "Unifying Generative and Dense Retrieval for Sequential Recommendation"
 (arXiv 2411.18814), Sec. 4.
 
-Input (Sec. 4.1): each history item contributes its n_codes SID tokens, and every token of
-the item also carries an MLP projection of the item's text embedding (the same vector for
-all its codes), plus the item-position and code-level position embeddings.
-
-Two heads, trained jointly (`gen_weight : dense_weight`, default 1 : 1):
-- generative: next-token cross-entropy on the target SID, exactly as TIGER (`loss_gen`);
-- dense: the encoder output at the last history position, projected, against every warm
-  item's projected text embedding; logits cos / τ; softmax CE on the target
+LIGER = `SIDEncoder` with the text input + `GenerativeSIDHead` + `DenseHead`:
+- input (Sec. 4.1): each history item contributes its n_codes SID tokens, and every token
+  of the item also carries an MLP projection of the item's text embedding (the same
+  vector for all its codes), plus the item-position and code-level position embeddings;
+- generative head: next-token cross-entropy on the target SID, exactly as TIGER
+  (`loss_gen`);
+- dense head: the encoder output at the last history position, projected, against every
+  warm item's projected text embedding; logits cos / τ; softmax CE on the target
   (`loss_dense`). Cold items are masked out of this softmax: they are never a training
   target and never a negative, so their text embedding is used only at inference.
+The total is `gen_weight * loss_gen + dense_weight * loss_dense` (default 1 : 1).
 
-Inference (`mode`):
+Inference (`LIGERInference.mode`):
 - "generative": TIGER's beam search;
-- "dense": cosine against all items, warm and cold;
-- "hybrid" (the paper's method, Sec. 4.2): C = beam top-K ∪ all cold items, ranked by the
-  dense score cos(u, e_a); items outside C are not returned. K = `hybrid_k` (the paper: 20,
-  also 40-100). A larger K lets fewer cold items, never pushed down as negatives in
+- "dense": cos(u, e_a) / τ against all items, warm and cold;
+- "hybrid" (the paper's method, Sec. 4.2): `liger_rerank`. K = `hybrid_k` (the paper:
+  20, also 40-100). A larger K lets fewer cold items, never pushed down as negatives in
   training, crowd out warm ones: more in-set hits, fewer cold ones.
 
-Dense (SID), the LIGER paper's diagnostic, is `dense-sid`: this input representation with
-the dense loss only and dense scoring (no decoder).
+Dense (SID), the LIGER paper's diagnostic, is `dense-sid`: the same encoder input with the
+dense head only (no decoder) and dense scoring.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from sidrec.errors import SidrecError
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, init_weights
-from sidrec.models.tiger import TIGER, TIGERConfig, _eval_mode
+from sidrec.models.base import Batch, Catalogue, Recommender
+from sidrec.models.beam import BeamResult
+from sidrec.models.heads import DenseHead
+from sidrec.models.sid_parts import (
+    GenerativeSIDHead,
+    SIDEncoder,
+    SIDEncoderConfig,
+    SIDTokens,
+    catalogue_sids,
+    catalogue_text,
+    eval_mode,
+)
+from sidrec.models.tiger import TIGERConfig, TIGERInference
 
 Mode = Literal["hybrid", "generative", "dense"]
 
 
 @dataclass(frozen=True)
 class LIGERConfig(TIGERConfig):
-    text_hidden: int = 256  # MLP width of the text projections
+    text_hidden: int = 256  # MLP width of the text projections (input and dense head)
     temperature: float = 0.07  # τ of the dense softmax
     gen_weight: float = 1.0
     dense_weight: float = 1.0
-    mode: Mode = "hybrid"  # default inference mode
+
+
+@dataclass(frozen=True)
+class LIGERInference(TIGERInference):
+    mode: Mode = "hybrid"
     hybrid_k: int = 20  # K beam candidates joined with the cold items
-
-
-def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
 
 
 def liger_rerank(
     beam_items: torch.Tensor, cold: torch.Tensor, dense_scores: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LIGER's inference rule: rank C = beam top-K ∪ cold items by the dense score.
+    """LIGER's inference rule (Sec. 4.2): rank C(u) = B_K(u) ∪ I_cold by cos(u, e_a).
 
-    beam_items [B, K] (-1 = no item), cold [n_items] bool, dense_scores [B, n_items]
-    (cos(u, e_a) for every item a) -> top-k (items [B, k], scores [B, k]).
+    B_K(u) = beam_items [B, K] (the beam's top K, -1 = no item), I_cold = cold [n_items]
+    bool, dense_scores [B, n_items] = the dense score of every item a (cos(u, e_a), or
+    any increasing function of it) -> top-k of C(u) (items [B, k], scores [B, k]); items
+    outside C(u) are never returned (-1 with score -inf when C(u) has fewer than k).
     """
     in_c = cold[None, :].expand_as(dense_scores).clone()  # (B, n_items)
     rows = torch.arange(len(beam_items), device=beam_items.device)[:, None]
@@ -74,115 +84,178 @@ def liger_rerank(
 
 
 @register
-class LIGER(TIGER):
+class LIGER(Recommender):
+    """SIDEncoder (SID + text input) + GenerativeSIDHead + DenseHead; hybrid inference."""
+
     name: ClassVar[str] = "liger"
     Config: ClassVar[type] = LIGERConfig
-    supports_new_items: ClassVar[bool] = True
+    Inference: ClassVar[type] = LIGERInference
+    needs_sids: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
+    supports_new_items: ClassVar[bool] = True
 
     def __init__(self, cfg: LIGERConfig, catalogue: Catalogue) -> None:
-        if catalogue.text_emb is None:
-            raise SidrecError(f"model {self.name!r} needs item text embeddings; run "
-                              "`sidrec embed` for this run directory first")
         super().__init__(cfg, catalogue)
-        dim = catalogue.text_emb.shape[1]
-        self.text_in = _mlp(dim, cfg.text_hidden, cfg.d_model)  # input projection
-        self.text_out = _mlp(dim, cfg.text_hidden, cfg.d_model)  # dense-target projection
-        self.level_emb = nn.Embedding(self.n_codes, cfg.d_model)  # code-level position
-        self.user_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        # TIGER's init ran before these existed. At PyTorch's defaults the level embedding
-        # is N(0, 1), 50x the SID-token embeddings, and drowns them (ML-100k valid NDCG@10
-        # 0.019 vs 0.032).
-        for module in (self.text_in, self.text_out, self.level_emb, self.user_proj):
-            module.apply(init_weights)
-        self.register_buffer("text_emb", catalogue.text_emb.float(), persistent=False)
+        text = catalogue_text(catalogue, self.name)  # (n_items, d_text)
+        codes, sizes = catalogue_sids(catalogue, self.name)
+        d_text = text.shape[1]
+        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets)
+        self.encoder = SIDEncoder(self.tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
+                                  d_text=d_text, text_hidden=cfg.text_hidden)
+        self.gen = GenerativeSIDHead(self.tokens, cfg.stack(cfg.n_decoder_layers), catalogue.cold)
+        self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
+        self.register_buffer("text_emb", text, persistent=False)
         self.register_buffer("cold", catalogue.cold.bool(), persistent=False)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        memory, pad = self.encoder(batch["history"], batch["user"], self.text_emb)
+        target = batch["target"]
+        loss_gen = self.gen.loss(memory, pad, target)
+        items = self.dense.project_items(self.text_emb)  # (n_items, d)
+        loss_dense = self.dense.loss(memory[:, -1], target, items, self.cold)
+        total = self.cfg.gen_weight * loss_gen + self.cfg.dense_weight * loss_dense
+        return {"loss": total, "loss_gen": loss_gen, "loss_dense": loss_dense}
+
+    def encode(
+        self, history: torch.Tensor, users: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """History [B, L] + users [B] -> (memory [B, S, d], pad [B, S])."""
+        return self.encoder(history, users, self.text_emb)
+
+    def user_vector(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Unit user vectors u [B, d]: the projected encoder output at the last position."""
+        return self.dense.user_vectors(self.encode(history, users)[0][:, -1])
+
+    def item_vectors(self) -> torch.Tensor:
+        """Unit item vectors e_a [n_items, d] from the items' text."""
+        return self.dense.item_vectors(self.text_emb)
 
     def set_catalogue(self, catalogue: Catalogue) -> None:
         super().set_catalogue(catalogue)
-        self.text_emb = catalogue.text_emb.float().to(self.codes.device)
-        self.cold = catalogue.cold.bool().to(self.codes.device)
-
-    def input_extras(self, history: torch.Tensor) -> torch.Tensor:
-        """Text projection + code-level position per history token: [B, L'*n_codes, d]."""
-        text = self.text_in(self.text_emb[history.clamp_min(0)])  # (B, L', d)
-        x = text[:, :, None] + self.level_emb.weight  # (B, L', n_codes, d)
-        return x.flatten(1, 2)
-
-    # -- dense head ------------------------------------------------------------------
-
-    def user_vector(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        memory, _ = self.encode(history, users)
-        return F.normalize(self.user_proj(memory[:, -1]), dim=-1)  # (B, d) last position
-
-    def item_vectors(self) -> torch.Tensor:
-        return F.normalize(self.text_out(self.text_emb), dim=-1)  # (n_items, d)
-
-    def dense_loss(self, user: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = user @ self.item_vectors().T / self.cfg.temperature  # (B, n_items)
-        return F.cross_entropy(logits.masked_fill(self.cold, float("-inf")), target)
-
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        memory, pad = self.encode(batch["history"], batch["user"])
-        user = F.normalize(self.user_proj(memory[:, -1]), dim=-1)
-        loss_dense = self.dense_loss(user, batch["target"])
-        out = {"loss_dense": loss_dense}
-        total = self.cfg.dense_weight * loss_dense
-        if self.cfg.gen_weight > 0:
-            loss_gen = self.generative_loss(batch, memory, pad)
-            out["loss_gen"] = loss_gen
-            total = total + self.cfg.gen_weight * loss_gen
-        out["loss"] = total
-        return out
+        self.tokens.set_codes(*catalogue_sids(catalogue, self.name))
+        self.gen.set_items(catalogue.cold)
+        self.text_emb = catalogue_text(catalogue, self.name).to(self.text_emb.device)
+        self.cold = catalogue.cold.bool().to(self.cold.device)
 
     # -- inference -------------------------------------------------------------------
 
     @torch.no_grad()
+    def generate(
+        self, history: torch.Tensor, users: torch.Tensor, inference: Any = None,
+        beam: int | None = None,
+    ) -> BeamResult:
+        """The generative head's beam search: items / log-probs [B, beam], n_invalid."""
+        inference = self._inference(inference)
+        with eval_mode(self):
+            memory, pad = self.encode(history, users)
+            width = inference.beam if beam is None else beam
+            return self.gen.generate(memory, pad, width, inference.constrained,
+                                     inference.include_cold)
+
+    @torch.no_grad()
+    def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Dense scores cos(u, e_a) / τ of every item [B, n_items]."""
+        with eval_mode(self):
+            memory, _ = self.encode(history, users)
+            return self.dense.scores(memory[:, -1], self.dense.project_items(self.text_emb))
+
+    @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, mode: Mode | None = None,
-        hybrid_k: int | None = None, **options: Any,
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        mode = mode or self.cfg.mode
-        if mode == "generative":
-            return super().recommend(history, users, k, **options)
-        with _eval_mode(self):
-            dense = self.user_vector(history, users) @ self.item_vectors().T  # (B, n_items)
-        if mode == "dense":
+        inference = self._inference(inference)
+        if inference.mode == "generative":  # SID log-probabilities, as TIGER
+            out = self.generate(history, users, inference, beam=max(inference.beam, k))
+            return self.gen.top_k(out, k)
+        dense = self.score(history, users)  # (B, n_items)
+        if inference.mode == "dense":
             top = torch.topk(dense, min(k, dense.shape[1]), dim=1)
             return top.indices, top.values
-        if mode != "hybrid":
-            raise SidrecError(f"liger: mode must be hybrid, generative or dense, not {mode!r}")
-        beam_k = hybrid_k or self.cfg.hybrid_k
-        beam_items, _ = super().recommend(history, users, beam_k, **options)
+        kk = inference.hybrid_k
+        beam_items, _ = self.gen.top_k(self.generate(history, users, inference,
+                                                     beam=max(inference.beam, kk)), kk)
         return liger_rerank(beam_items, self.cold, dense, k)
 
-    def variants(self) -> dict[str, dict[str, Any]]:
+    @torch.no_grad()
+    def log_likelihood(
+        self, history: torch.Tensor, users: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """log p(SID of items[b, m] | user b) under the generative head: [B, M]."""
+        with eval_mode(self):
+            memory, pad = self.encode(history, users)
+            return self.gen.log_likelihood(memory, pad, items.to(memory.device))
+
+    @torch.no_grad()
+    def exact_scores(
+        self, history: torch.Tensor, users: torch.Tensor, chunk: int | None = None
+    ) -> torch.Tensor:
+        """The generative head's log-likelihood of every item's SID: [B, n_items]."""
+        with eval_mode(self):
+            memory, pad = self.encode(history, users)
+            return self.gen.exact_scores(memory, pad, chunk or self.inference.score_chunk)
+
+    def variants(self) -> dict[str, Any]:
         """Hybrid at the configured K (trained models are selected on it) and at the
         paper's K = 20, then the two single-head modes."""
-        ks = dict.fromkeys((self.cfg.hybrid_k, 20))
-        hybrid = {f"hybrid K={k}": {"mode": "hybrid", "hybrid_k": k} for k in ks}
-        return {**hybrid, "generative": {"mode": "generative"}, "dense": {"mode": "dense"}}
+        own = self.inference
+        ks = dict.fromkeys((own.hybrid_k, 20))
+        hybrid = {f"hybrid K={k}": replace(own, mode="hybrid", hybrid_k=k) for k in ks}
+        return {**hybrid, "generative": replace(own, mode="generative"),
+                "dense": replace(own, mode="dense")}
 
 
 @dataclass(frozen=True)
-class DenseSIDConfig(LIGERConfig):
-    gen_weight: float = 0.0
-    mode: Mode = "dense"
-    n_decoder_layers: int = 0
+class DenseSIDConfig(SIDEncoderConfig):
+    text_hidden: int = 256  # MLP width of the text projections (input and dense head)
+    temperature: float = 0.07  # τ of the dense softmax
 
 
 @register
-class DenseSID(LIGER):
-    """Dense (SID): LIGER's SID + text input, dense loss only, cosine scoring."""
+class DenseSID(Recommender):
+    """Dense (SID): SIDEncoder (SID + text input) + DenseHead; no decoder, cosine scoring."""
 
     name: ClassVar[str] = "dense-sid"
     Config: ClassVar[type] = DenseSIDConfig
+    needs_sids: ClassVar[bool] = True
+    needs_text: ClassVar[bool] = True
+    supports_new_items: ClassVar[bool] = True
 
     def __init__(self, cfg: DenseSIDConfig, catalogue: Catalogue) -> None:
-        if cfg.gen_weight != 0 or cfg.mode != "dense":
-            raise SidrecError("dense-sid trains the dense head only: keep gen_weight=0, "
-                              "mode=dense (for both heads use model=liger)")
         super().__init__(cfg, catalogue)
+        text = catalogue_text(catalogue, self.name)  # (n_items, d_text)
+        codes, sizes = catalogue_sids(catalogue, self.name)
+        d_text = text.shape[1]
+        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets)
+        self.encoder = SIDEncoder(self.tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
+                                  d_text=d_text, text_hidden=cfg.text_hidden)
+        self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
+        self.register_buffer("text_emb", text, persistent=False)
+        self.register_buffer("cold", catalogue.cold.bool(), persistent=False)
 
-    def variants(self) -> dict[str, dict[str, Any]]:
-        return {"": {"mode": "dense"}}
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        memory, _ = self.encoder(batch["history"], batch["user"], self.text_emb)
+        items = self.dense.project_items(self.text_emb)  # (n_items, d)
+        loss_dense = self.dense.loss(memory[:, -1], batch["target"], items, self.cold)
+        return {"loss": loss_dense, "loss_dense": loss_dense}
+
+    def user_vector(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Unit user vectors u [B, d]: the projected encoder output at the last position."""
+        memory, _ = self.encoder(history, users, self.text_emb)
+        return self.dense.user_vectors(memory[:, -1])
+
+    def item_vectors(self) -> torch.Tensor:
+        """Unit item vectors e_a [n_items, d] from the items' text."""
+        return self.dense.item_vectors(self.text_emb)
+
+    @torch.no_grad()
+    def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """cos(u, e_a) / τ of every item [B, n_items]; `recommend` is its top-k."""
+        with eval_mode(self):
+            memory, _ = self.encoder(history, users, self.text_emb)
+            return self.dense.scores(memory[:, -1], self.dense.project_items(self.text_emb))
+
+    def set_catalogue(self, catalogue: Catalogue) -> None:
+        super().set_catalogue(catalogue)
+        self.tokens.set_codes(*catalogue_sids(catalogue, self.name))
+        self.text_emb = catalogue_text(catalogue, self.name).to(self.text_emb.device)
+        self.cold = catalogue.cold.bool().to(self.cold.device)
