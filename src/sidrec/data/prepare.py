@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -13,89 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sidrec.config import to_dict
-from sidrec.data import readers
+from sidrec.data.config import PrepareConfig
 from sidrec.data.dataset import FORMAT_VERSION, Dataset
 from sidrec.data.protocol import split
+from sidrec.data.sources import LEGACY_COLUMNS, load_raw
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_dir, hash_array, hash_obj, read_json, write_json
-
-Format = Literal["auto", "ml-100k", "grouplens", "recbole", "amazon", "table"]
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    source: str = "ml-100k"  # "ml-100k" (fetched), or a folder / file path
-    format: Format = "auto"
-    items: str = ""  # items table (format "table"), or the .item/meta file if not beside
-    user_col: str = "user_id"  # column names for recbole / table formats
-    item_col: str = "item_id"
-    time_col: str = "timestamp"
-    text_cols: tuple[str, ...] = ()  # item text fields; empty = the known ones present
-    kcore: int = 0  # 0 = no filtering; 5 = the papers' 5-core
-    max_history: int = 20  # histories keep the last N items
-    cold_mode: Literal["natural", "holdout"] = "natural"
-    cold_fraction: float = 0.05  # holdout mode only
-    seed: int = 0  # holdout item draw
-
-
-def load_raw(cfg: PrepareConfig) -> readers.RawData:
-    fmt, src = cfg.format, cfg.source
-    if fmt == "ml-100k" or (fmt == "auto" and src == "ml-100k"):
-        return readers.read_ml100k_from_wheel()
-    path = Path(src)
-    if not path.exists():
-        raise SidrecError(
-            f"{path}: no such file or folder; pass `ml-100k` or a path to your data"
-        )
-    if fmt == "auto":
-        fmt = _detect_format(path, cfg)
-    if fmt == "grouplens":
-        return readers.read_grouplens(path if path.is_dir() else path.parent)
-    if fmt == "recbole":
-        inter = path if path.is_file() else _one(path, "*.inter")
-        item = Path(cfg.items) if cfg.items else _one(inter.parent, "*.item")
-        return readers.read_recbole(inter, item, cfg.user_col, cfg.item_col, cfg.time_col,
-                                    cfg.text_cols)
-    if fmt == "amazon":
-        reviews = path if path.is_file() else _one(path, "reviews_*_5.json*")
-        category = reviews.name.removeprefix("reviews_").split("_5.json")[0]
-        meta = Path(cfg.items) if cfg.items else _one(reviews.parent, f"meta_{category}.json*")
-        return readers.read_amazon(reviews, meta)
-    if fmt == "table":
-        if not cfg.items:
-            raise SidrecError("format 'table' needs the items table: pass --items PATH")
-        return readers.read_tables(path, Path(cfg.items), cfg.user_col, cfg.item_col,
-                                   cfg.time_col, cfg.text_cols)
-    raise SidrecError(f"unknown format {fmt!r}")
-
-
-def _detect_format(path: Path, cfg: PrepareConfig) -> str:
-    if path.is_file():
-        if path.suffix == ".inter":
-            return "recbole"
-        if path.name.startswith("reviews_"):
-            return "amazon"
-        return "table"
-    if (path / "u.data").exists():
-        return "grouplens"
-    if list(path.glob("*.inter")):
-        return "recbole"
-    if list(path.glob("reviews_*_5.json*")):
-        return "amazon"
-    raise SidrecError(
-        f"{path}: cannot tell the format (no u.data, *.inter or reviews_*_5.json.gz); "
-        "pass --format grouplens|recbole|amazon|table"
-    )
-
-
-def _one(folder: Path, pattern: str) -> Path:
-    found = sorted(folder.glob(pattern))
-    if not found:
-        raise SidrecError(f"{folder}: no file matching {pattern!r}; check the folder")
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise SidrecError(f"{folder}: several files match {pattern!r} ({names}); pass one path")
-    return found[0]
 
 
 def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dict:
@@ -103,7 +24,7 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
     run_dir = Path(run_dir)
     out = run_dir / "dataset"
     # The input files' stamps are part of the key: an edited input is never reused stale.
-    config_hash = hash_obj([to_dict(cfg), _input_stamp(cfg)])
+    config_hash = hash_obj([_hashed_settings(cfg), _input_stamp(cfg)])
     if not force and (out / "manifest.json").is_file():
         manifest = read_json(out / "manifest.json")
         if manifest.get("config_hash") == config_hash and manifest.get(
@@ -146,6 +67,7 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": run_dir.name,
+        "dataset": cfg.dataset or raw.source.get("dataset", ""),
         "config_hash": config_hash,
         "protocol": to_dict(cfg),
         "source": raw.source,
@@ -182,6 +104,18 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
     return manifest
 
 
+def _hashed_settings(cfg: PrepareConfig) -> dict:
+    """The settings as hashed before `dataset` and column detection existed, so that an
+    unchanged run (e.g. the demo's ml-100k) keeps its config hash and is reused."""
+    settings = to_dict(cfg)
+    for key, legacy in LEGACY_COLUMNS.items():
+        if settings[key] == "auto":
+            settings[key] = legacy
+    if not settings["dataset"]:
+        del settings["dataset"]
+    return settings
+
+
 def _input_stamp(cfg: PrepareConfig) -> list[list]:
     """(path, size, mtime) of each input file (a folder source: the files directly in it)."""
     paths = [Path(p) for p in (cfg.source, cfg.items) if p and Path(p).exists()]
@@ -192,12 +126,19 @@ def _input_stamp(cfg: PrepareConfig) -> list[list]:
 
 def summary(manifest: dict) -> str:
     c, p = manifest["counts"], manifest["protocol"]
-    return (
-        f"{manifest['name']}: {c['users']:,} users, {c['items']:,} items, "
+    dataset = manifest.get("dataset")
+    line = (
+        f"{manifest['name']}{f' ({dataset})' if dataset else ''}: {c['users']:,} users, "
+        f"{c['items']:,} items, "
         f"{c['interactions']:,} interactions ({c['train_examples']:,} training examples); "
         f"cold ({p['cold_mode']}): {c['cold_items']:,} items, {c['cold_test_users']:,} test users; "
         f"k-core {p['kcore']}, history {p['max_history']}"
     )
+    source = manifest.get("source", {})
+    if source.get("detected"):
+        picked = ", ".join(f"{role}={source['columns'][role]!r}" for role in source["detected"])
+        line += f"\ncolumns detected: {picked} (set user_col, item_col, time_col to change)"
+    return line
 
 
 def load_dataset(run_dir: str | Path) -> Dataset:

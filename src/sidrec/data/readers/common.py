@@ -1,0 +1,240 @@
+"""What every reader shares: `RawData`, streaming file access with a progress bar, id
+columns that share one string object per distinct id, time parsing, and the error helpers.
+
+Memory: a reader never holds a parsed record per line. It keeps, per interaction, two
+references to pooled id strings and one float (~24 bytes plus the pooled strings), so ten
+million reviews take a few hundred MB before the protocol runs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from sidrec.errors import SidrecError
+
+PROGRESS_MIN_BYTES = 32 << 20  # a bar for files from 32 MB (on a terminal only)
+CHUNK_ROWS = 1 << 20  # rows per chunk for the tables read with pandas
+
+
+@dataclass
+class RawData:
+    interactions: pd.DataFrame  # user (str), item (str), timestamp (float); rows in file order
+    items: pd.DataFrame  # item_id (str), text (str)
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SIDREC_CACHE", Path.home() / ".cache" / "sidrec"))
+
+
+# ---------------------------------------------------------------- streaming files
+
+
+class _Counted(io.RawIOBase):
+    """A raw binary file whose reads advance a progress bar (compressed bytes for .gz)."""
+
+    def __init__(self, raw: io.BufferedReader, bar: tqdm) -> None:
+        self._raw, self._bar = raw, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        self._bar.update(n or 0)
+        return n or 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+            self._bar.close()
+        super().close()
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """`path` as a binary stream, decompressed when it ends in .gz; a tqdm bar (stderr, on a
+    terminal, cleared when done) for files of 32 MB or more."""
+    if not path.is_file():
+        raise SidrecError(f"{path}: file not found; check the path")
+    stream: io.BufferedIOBase = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    size = path.stat().st_size
+    if size >= PROGRESS_MIN_BYTES:
+        bar = tqdm(total=size, desc=f"reading {path.name}", unit="B", unit_scale=True,
+                   leave=False, disable=None)
+        stream = io.BufferedReader(_Counted(stream, bar), 1 << 20)  # type: ignore[arg-type]
+    if path.name.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+    return stream
+
+
+def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOWrapper:
+    return io.TextIOWrapper(open_binary(path), encoding=encoding, newline="")
+
+
+def numbered_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(line number, line) for every non-blank line, streamed."""
+    with open_text(path, encoding) as f:
+        try:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+        except UnicodeDecodeError as e:
+            raise SidrecError(f"{path}: not {encoding} text ({e.reason}); check the file") \
+                from None
+        except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+            raise SidrecError(f"{path}: cannot read ({e}); the file may be truncated") \
+                from None
+
+
+def csv_chunks(
+    path: Path, columns: list[str], sep: str = ","
+) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(first line number, chunk of string columns) from a headed CSV, streamed."""
+    with open_binary(path) as stream:
+        try:
+            reader = pd.read_csv(stream, sep=sep, usecols=columns, dtype=str,
+                                 keep_default_na=False, chunksize=CHUNK_ROWS)
+            first = 2
+            for chunk in reader:
+                yield first, chunk
+                first += len(chunk)
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
+            raise SidrecError(f"{path}: cannot read table ({_first_line(e)})") from None
+
+
+def read_header(path: Path, sep: str = ",") -> list[str]:
+    with open_binary(path) as stream:
+        try:
+            return list(pd.read_csv(stream, sep=sep, nrows=0, dtype=str).columns)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+                OSError, EOFError) as e:
+            raise SidrecError(f"{path}: cannot read table ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------- pooled id columns
+
+
+class Pool:
+    """One `str` object per distinct id, so a column of millions of ids holds references."""
+
+    def __init__(self) -> None:
+        self._strings: dict[str, str] = {}
+
+    def __call__(self, value: Any) -> str:
+        s = str(value)
+        return self._strings.setdefault(s, s)
+
+    def column(self, values: Iterable[Any]) -> np.ndarray:
+        """[n] object array of pooled strings for a chunk of ids."""
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+        pooled = np.array([self(u) for u in uniques], dtype=object)
+        return pooled[codes]
+
+
+def interactions_frame(users: Any, items: Any, times: Any) -> pd.DataFrame:
+    return pd.DataFrame({
+        "user": np.asarray(users, dtype=object),
+        "item": np.asarray(items, dtype=object),
+        "timestamp": np.asarray(times, dtype=np.float64),
+    })
+
+
+def keep_earliest(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Drop repeated (user, item) rows, keeping the earliest (ties: the first in the file).
+
+    Returns the rows left, in file order, and how many were dropped.
+    """
+    users, _ = pd.factorize(df["user"])
+    items, uniq_items = pd.factorize(df["item"])
+    key = users.astype(np.int64) * max(len(uniq_items), 1) + items
+    order = np.lexsort((np.arange(len(df)), df["timestamp"].to_numpy(), key))
+    first = np.ones(len(df), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    kept = np.sort(order[first])
+    return df.iloc[kept].reset_index(drop=True), len(df) - len(kept)
+
+
+# ---------------------------------------------------------------- values and errors
+
+
+def column(names: list[str], name: str, where: Any) -> int:
+    if name not in names:
+        raise SidrecError(
+            f"{where}: unknown column {name!r}; the file has: {', '.join(map(str, names))}"
+        )
+    return names.index(name)
+
+
+def number(value: Any, where: Any, lineno: int, name: str) -> float:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        result = math.nan
+    if not math.isfinite(result):  # "nan" parses, but would sort as the last interaction
+        raise SidrecError(
+            f"{where}:{lineno}: field {name!r} is not numeric ({value!r}); expected a number"
+        )
+    return result
+
+
+def iso_date(value: Any, where: Any, lineno: int, name: str) -> float:
+    """Seconds since 1970 (UTC) of an ISO date or date-time string."""
+    try:
+        text = str(value).strip()
+        moment = (datetime.fromisoformat(text) if "T" in text or " " in text
+                  else datetime.combine(date.fromisoformat(text), datetime.min.time()))
+    except ValueError:
+        raise SidrecError(
+            f"{where}:{lineno}: field {name!r} is not a date ({value!r}); "
+            "expected an ISO date such as 2017-12-17"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class TimeColumn:
+    """Times of a table column, chunk by chunk: all numbers, or all ISO dates (told by the
+    first value). The first bad value is an error naming the file, line and column."""
+
+    def __init__(self, where: Any, name: str) -> None:
+        self.where, self.name = where, name
+        self.dates: bool | None = None
+
+    def __call__(self, values: pd.Series, first_line: int) -> np.ndarray:
+        raw = values.astype(str).str.strip()
+        if self.dates is None and len(raw):
+            self.dates = not math.isfinite(pd.to_numeric(raw.iloc[0], errors="coerce"))
+        if self.dates:
+            moments = pd.to_datetime(raw, format="ISO8601", utc=True, errors="coerce")
+            bad = moments.isna().to_numpy()
+            seconds = ((moments - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+            out, what = seconds.to_numpy(dtype=np.float64, na_value=np.nan), "an ISO date"
+        else:
+            out = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            bad, what = ~np.isfinite(out), "numeric"
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            kind = "dates" if self.dates else "numbers"
+            raise SidrecError(
+                f"{self.where}:{first_line + row}: column {self.name!r} is not {what} "
+                f"({values.iloc[row]!r}); timestamps must be {kind} in every row"
+            )
+        return out
