@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import sid_batch, sid_catalogue
 
 from sidrec.config import from_dict
 from sidrec.errors import SidrecError
-from sidrec.models.base import Catalogue, NoInference
+from sidrec.models.base import NoInference
 from sidrec.models.liger import (
     LIGER,
     DenseSID,
@@ -27,33 +28,6 @@ TINY_INFERENCE = LIGERInference(beam=5, hybrid_k=5)
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "sidrec" / "configs"
 
 
-def catalogue(n: int = 30, n_cold: int = 6, seed: int = 0) -> Catalogue:
-    g = torch.Generator().manual_seed(seed)
-    prefix = torch.stack([torch.randint(0, 4, (n,), generator=g) for _ in range(2)], dim=1)
-    collision = torch.zeros(n, dtype=torch.int64)
-    seen: dict[tuple, int] = {}
-    for i, row in enumerate(prefix.tolist()):
-        collision[i] = seen.get(tuple(row), 0)
-        seen[tuple(row)] = int(collision[i]) + 1
-    cold = torch.zeros(n, dtype=torch.bool)
-    cold[:n_cold] = True
-    return Catalogue(
-        n_users=10, item_text=[f"item {i}" for i in range(n)], cold=cold,
-        popularity=(~cold).float(), text_emb=torch.randn(n, 12, generator=g),
-        sids=torch.cat([prefix, collision[:, None]], dim=1),
-        codebook_sizes=(4, 4, int(collision.max()) + 1),
-    )
-
-
-def batch(cat: Catalogue, b: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    warm = (~cat.cold).nonzero()[:, 0]
-    history = warm[torch.randint(0, len(warm), (b, 5), generator=g)]
-    history[: b // 2, :2] = -1
-    target = warm[torch.randint(0, len(warm), (b,), generator=g)]
-    return {"history": history, "target": target, "user": torch.arange(b)}
-
-
 def test_hybrid_retrieves_cold_targets_the_beam_cannot():
     # A perfect dense head: the target (a cold item) has the highest dense score.
     cold = torch.tensor([False, False, False, True, True])
@@ -68,9 +42,9 @@ def test_hybrid_retrieves_cold_targets_the_beam_cannot():
 
 
 def test_hybrid_with_full_beam_is_dense_ranking_on_beam_union_cold():
-    cat = catalogue()
+    cat = sid_catalogue(text_dim=12)
     model = LIGER(TINY, cat).eval()
-    b = batch(cat)
+    b = sid_batch(cat)
     n = cat.n_items
     beam_items, _ = model.recommend(b["history"], b["user"], n,
                                     LIGERInference(mode="generative", beam=n))
@@ -86,10 +60,10 @@ def test_hybrid_with_full_beam_is_dense_ranking_on_beam_union_cold():
 
 
 def test_cold_items_never_enter_the_dense_softmax():
-    cat = catalogue()
+    cat = sid_catalogue(text_dim=12)
     torch.manual_seed(0)
     model = LIGER(TINY, cat)
-    b = batch(cat)
+    b = sid_batch(cat)
     before = model(b)["loss_dense"]
     model.text_emb[cat.cold] = torch.randn(int(cat.cold.sum()), 12) * 100  # only cold rows
     torch.testing.assert_close(model(b)["loss_dense"], before)
@@ -98,10 +72,10 @@ def test_cold_items_never_enter_the_dense_softmax():
 
 
 def test_both_losses_fall_on_a_tiny_batch():
-    cat = catalogue()
+    cat = sid_catalogue(text_dim=12)
     torch.manual_seed(0)
     model = LIGER(TINY, cat)
-    b = batch(cat)
+    b = sid_batch(cat)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = model(b)
     assert set(first) == {"loss", "loss_gen", "loss_dense"}
@@ -117,9 +91,9 @@ def test_both_losses_fall_on_a_tiny_batch():
 
 @pytest.mark.parametrize("mode", ["hybrid", "generative", "dense"])
 def test_modes_return_k_items(mode):
-    cat = catalogue()
+    cat = sid_catalogue(text_dim=12)
     model = LIGER(TINY, cat).eval()
-    b = batch(cat)
+    b = sid_batch(cat)
     items, scores = model.recommend(b["history"], b["user"], 5,
                                     LIGERInference(mode=mode, beam=5, hybrid_k=5))
     assert items.shape == scores.shape == (8, 5)
@@ -127,15 +101,15 @@ def test_modes_return_k_items(mode):
 
 
 def test_dense_sid_trains_the_dense_head_only():
-    cat = catalogue()
+    cat = sid_catalogue(text_dim=12)
     own = {f.name for f in fields(DenseSIDConfig)}
     model = DenseSID(DenseSIDConfig(**{k: v for k, v in TINY.__dict__.items() if k in own}), cat)
-    out = model(batch(cat))
+    out = model(sid_batch(cat))
     assert set(out) == {"loss", "loss_dense"}
     assert model.variants() == {"": NoInference()}
     assert not any("decoder" in name for name, _ in model.named_parameters())
-    items, scores = model.recommend(batch(cat)["history"], torch.arange(8), 5)
-    torch.testing.assert_close(scores, model.score(batch(cat)["history"], torch.arange(8))
+    items, scores = model.recommend(sid_batch(cat)["history"], torch.arange(8), 5)
+    torch.testing.assert_close(scores, model.score(sid_batch(cat)["history"], torch.arange(8))
                                .gather(1, items))
     with pytest.raises(SidrecError, match="gen_weight"):  # no decoder: nothing to weigh
         from_dict(DenseSIDConfig, {"gen_weight": 1.0})
@@ -152,8 +126,8 @@ def test_presets_load_into_the_configs():
 def test_text_and_level_inputs_start_at_the_sid_embeddings_scale():
     # At PyTorch's default init the level embedding was N(0, 1), 50x the SID-token
     # embeddings, and the encoder could hardly read the SIDs.
-    cat = catalogue()
+    cat = sid_catalogue(text_dim=12)
     torch.manual_seed(0)
     model = LIGER(TINY, cat)
-    extras = model.encoder.text_inputs(batch(cat)["history"], model.text_emb)
+    extras = model.encoder.text_inputs(sid_batch(cat)["history"], model.text_emb)
     assert extras.std() < 2 * model.tokens.emb.weight.std()

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import sid_batch, sid_catalogue
 from torch.testing import assert_close
 
 from sidrec.config import from_dict, to_dict
@@ -25,34 +26,6 @@ TINY = TIGERConfig(
     dropout=0.0, user_buckets=16, max_history=5,
 )
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "sidrec" / "configs"
-
-
-def catalogue(n: int = 30, sizes=(4, 4), n_cold: int = 6, seed: int = 0) -> Catalogue:
-    """n items with random (prefix, collision) SIDs; the first n_cold items are cold."""
-    g = torch.Generator().manual_seed(seed)
-    prefix = torch.stack([torch.randint(0, s, (n,), generator=g) for s in sizes], dim=1)
-    collision = torch.zeros(n, dtype=torch.int64)
-    seen: dict[tuple, int] = {}
-    for i, row in enumerate(prefix.tolist()):
-        collision[i] = seen.get(tuple(row), 0)
-        seen[tuple(row)] = int(collision[i]) + 1
-    sids = torch.cat([prefix, collision[:, None]], dim=1)
-    cold = torch.zeros(n, dtype=torch.bool)
-    cold[:n_cold] = True
-    return Catalogue(
-        n_users=10, item_text=[f"item {i}" for i in range(n)], cold=cold,
-        popularity=(~cold).float(), sids=sids,
-        codebook_sizes=(*sizes, int(collision.max()) + 1),
-    )
-
-
-def batch(cat: Catalogue, b: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    warm = (~cat.cold).nonzero()[:, 0]
-    history = warm[torch.randint(0, len(warm), (b, 5), generator=g)]
-    history[: b // 2, :2] = -1  # some short histories (left padding)
-    target = warm[torch.randint(0, len(warm), (b,), generator=g)]
-    return {"history": history, "target": target, "user": torch.arange(b)}
 
 
 @pytest.fixture(autouse=True)
@@ -76,9 +49,9 @@ def test_registered_names_and_presets_match_yaml():
 
 
 def test_overfits_a_tiny_batch():
-    cat = catalogue()
+    cat = sid_catalogue()
     model = TIGER(TINY, cat)
-    data = batch(cat)
+    data = sid_batch(cat)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for _ in range(80):
@@ -95,9 +68,9 @@ def test_overfits_a_tiny_batch():
 
 
 def test_wide_beam_equals_exact_scores():
-    cat = catalogue()
+    cat = sid_catalogue()
     model = TIGER(TINY, cat)
-    data = batch(cat, b=4)
+    data = sid_batch(cat, b=4)
     exact = model.exact_scores(data["history"], data["user"], chunk=7)  # (B, n_items)
     assert exact.shape == (4, cat.n_items) and (exact < 0).all()
     out = model.generate(data["history"], data["user"], {"include_cold": True}, beam=cat.n_items)
@@ -117,9 +90,9 @@ def test_wide_beam_equals_exact_scores():
 
 
 def test_constrained_recommend_never_returns_cold_items():
-    cat = catalogue()
+    cat = sid_catalogue()
     model = TIGER(TINY, cat)
-    data = batch(cat)
+    data = sid_batch(cat)
     items, scores = model.recommend(data["history"], data["user"], k=cat.n_items)
     n_warm = int((~cat.cold).sum())
     valid = items[:, :n_warm]
@@ -131,9 +104,9 @@ def test_constrained_recommend_never_returns_cold_items():
 
 
 def test_unconstrained_reports_invalid_sids():
-    cat = catalogue(n=12, sizes=(4, 4))  # 12 valid SIDs of 16 * collisions sequences
+    cat = sid_catalogue(n=12, sizes=(4, 4))  # 12 valid SIDs of 16 * collisions sequences
     model = TIGER(TINY, cat)
-    data = batch(cat)
+    data = sid_batch(cat)
     free = TIGERInference(beam=20, constrained=False)
     out = model.generate(data["history"], data["user"], free)
     assert out.n_invalid == int((out.items < 0).sum()) > 0
@@ -145,11 +118,11 @@ def test_unconstrained_reports_invalid_sids():
 
 
 def test_tiger_t_uses_one_atomic_token_per_item():
-    cat = catalogue()
+    cat = sid_catalogue()
     cat.sids, cat.codebook_sizes = None, ()  # TIGER (T) needs no tokenizer
     model = TIGERT(TIGERTConfig(**TINY.__dict__), cat)
     assert not TIGERT.needs_sids and model.tokens.sizes == (cat.n_items,)
-    data = batch(cat)
+    data = sid_batch(cat)
     exact = model.exact_scores(data["history"], data["user"])
     assert_close(exact.logsumexp(1), torch.zeros(len(exact)), atol=1e-5, rtol=0)
     items, scores = model.recommend(data["history"], data["user"], k=5)
@@ -157,11 +130,11 @@ def test_tiger_t_uses_one_atomic_token_per_item():
     assert_close(scores, exact.gather(1, items))
     assert model.variants() == {"": TIGERInference()}
     with pytest.raises(SidrecError, match="cannot rank items added after training"):
-        model.set_catalogue(catalogue(n=31))
+        model.set_catalogue(sid_catalogue(n=31))
 
 
 def test_missing_sids_and_unknown_options_are_user_errors():
-    cat = catalogue()
+    cat = sid_catalogue()
     model = TIGER(TINY, cat)
     history, users = torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, dtype=torch.long)
     with pytest.raises(SidrecError, match="bem"):
@@ -174,14 +147,14 @@ def test_missing_sids_and_unknown_options_are_user_errors():
 
 
 def test_new_items_can_be_reached_after_set_catalogue():
-    cat = catalogue(n=30)
+    cat = sid_catalogue(n=30)
     old = Catalogue(  # the model was trained when only the first 24 items existed
         n_users=10, item_text=cat.item_text[:24], cold=cat.cold[:24],
         popularity=cat.popularity[:24], sids=cat.sids[:24], codebook_sizes=cat.codebook_sizes,
     )
     model = TIGER(TINY, old)
     model.set_catalogue(cat)
-    data = batch(cat)
+    data = sid_batch(cat)
     every = TIGERInference(include_cold=True)
     items, _ = model.recommend(data["history"], data["user"], k=30, inference=every)
     assert set(items[0].tolist()) == set(range(30))

@@ -6,78 +6,20 @@ import json
 from collections import Counter
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from conftest import toy_dataset, write_run
 from safetensors.torch import load_file
 
 from sidrec.checkpoint import load_model
-from sidrec.data.dataset import FORMAT_VERSION, Dataset
 from sidrec.errors import SidrecError
 from sidrec.evaluate import evaluate, evaluate_run
-from sidrec.io import read_json, save_npy, write_json
+from sidrec.io import read_json, save_npy
 from sidrec.presets import TrainConfig, resolve_config, split_overrides
 from sidrec.train import lr_at, train, window_examples
 
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 1, "d_ff": 16, "max_len": 8}
 FAST = {"batch_size": 16, "warmup_steps": 2, "device": "cpu", "num_threads": 1}
-
-
-def toy_dataset(n_users: int = 24, n_items: int = 15, seed: int = 0, max_history: int = 4):
-    """Sequences that mostly follow item -> item + 1, so a model can learn something."""
-    rng = np.random.default_rng(seed)
-    seqs = []
-    for _ in range(n_users):
-        n = int(rng.integers(4, 12))
-        seq = [int(rng.integers(0, n_items))]
-        for _ in range(n - 1):
-            nxt = (seq[-1] + 1) % n_items if rng.random() < 0.8 else int(rng.integers(0, n_items))
-            seq.append(nxt)
-        seqs.append(np.asarray(seq, dtype=np.int64))
-    train = [s[:-2] for s in seqs]
-    seen = np.zeros(n_items, dtype=bool)
-    seen[np.concatenate(train)] = True
-    return Dataset(
-        name="toy",
-        item_ids=np.asarray([str(i) for i in range(n_items)], dtype=object),
-        item_text=[f"item {i}" for i in range(n_items)],
-        cold=~seen,
-        user_ids=np.asarray([str(u) for u in range(n_users)], dtype=object),
-        train=train,
-        valid=np.asarray([s[-2] for s in seqs]),
-        test=np.asarray([s[-1] for s in seqs]),
-        max_history=max_history,
-    )
-
-
-def write_run(ds: Dataset, run_dir) -> None:
-    """`run_dir/dataset/` in the layout documented in sidrec.data.dataset."""
-    root = run_dir / "dataset"
-    root.mkdir(parents=True)
-    items = {
-        "item": np.arange(ds.n_items),
-        "item_id": ds.item_ids.astype(str),
-        "text": ds.item_text,
-        "cold": ds.cold,
-    }
-    pd.DataFrame(items).to_parquet(root / "items.parquet")
-    users = {"user": np.arange(ds.n_users), "user_id": ds.user_ids.astype(str)}
-    pd.DataFrame(users).to_parquet(root / "users.parquet")
-    split = {
-        "user": np.arange(ds.n_users),
-        "train": [t.tolist() for t in ds.train],
-        "valid": ds.valid,
-        "test": ds.test,
-    }
-    pd.DataFrame(split).to_parquet(root / "split.parquet")
-    write_json(
-        root / "manifest.json",
-        {
-            "name": ds.name,
-            "format_version": FORMAT_VERSION,
-            "protocol": {"max_history": ds.max_history},
-        },
-    )
 
 
 def read_log(model_dir) -> list[dict]:
