@@ -169,3 +169,25 @@ def test_unconstrained_counts_invalid_sids_exactly():
     assert torch.isfinite(out.log_probs).all()
     constrained = beam_search(step, FixedState(), 2, beam=3, catalogue=index, allowed=index)
     assert constrained.n_invalid == 0 and constrained.items[0].tolist() == [3, 2, 1]
+
+
+def test_index_is_built_on_cpu_and_moved_whole():
+    sids = random_sids(12, (3, 3, 2), seed=4)
+    index = SidIndex(sids, (3, 3, 2), torch.arange(12) + 5)
+    assert index.device == torch.device("cpu")
+    moved = index.to("meta")  # a device without data: any tensor left behind would show
+    assert moved.device == torch.device("meta") and moved.sizes == index.sizes
+    assert all(t.device.type == "meta" for t in [*moved.keys, moved.leaf_items])
+    assert index.lookup(sids).tolist() == (torch.arange(12) + 5).tolist()  # original intact
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_index_from_cuda_inputs():
+    sids = random_sids(12, (3, 3, 2), seed=4)
+    index = SidIndex(sids.cuda(), (3, 3, 2), (torch.arange(12) + 5).cuda())
+    assert index.device.type == "cpu"
+    on_gpu = index.to("cuda")
+    assert on_gpu.lookup(sids.cuda()).tolist() == (torch.arange(12) + 5).tolist()
+    nodes = on_gpu.child(0, torch.zeros(4, dtype=torch.long, device="cuda"),
+                         torch.arange(4, device="cuda"))
+    assert nodes.device.type == "cuda" and int(nodes[3]) == -1

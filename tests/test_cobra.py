@@ -146,3 +146,33 @@ def test_merge_keeps_best_score_of_duplicates():
     out, top = _merge_candidates(items, scores, 3)
     assert out.tolist() == [[5, 3, -1]]
     torch.testing.assert_close(top[0, :2], torch.tensor([0.9, 0.5]))
+
+
+def test_sparse_id_groups_partition_the_catalogue():
+    model = small_model()
+    groups, index = model.tables()
+    sparse = model.sparse
+    group = index.lookup(sparse)  # (n_items,) group id of each item's sparse ID
+    assert (group >= 0).all() and len(index) == len(torch.unique(sparse, dim=0))
+    for g in range(len(index)):
+        members = groups.members[g][groups.members[g] >= 0]
+        assert members.tolist() == torch.nonzero(group == g).view(-1).tolist()
+        assert (sparse[members] == sparse[members[0]]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_recommend_on_cuda_matches_cpu():
+    model = small_model().eval()
+    history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    users = torch.tensor([0, 1])
+    cpu_items, _ = model.recommend(history, users, 10)
+    model.tables()  # a CPU index built first must be rebuilt on the new device
+    model = model.cuda()
+    items, scores = model.recommend(history.cuda(), users.cuda(), 10)
+    assert items.device.type == "cuda" and scores.device.type == "cuda"
+    groups, index = model.tables()
+    assert groups.members.device.type == "cuda" and index.device.type == "cuda"
+    for row in items.cpu():
+        real = row[row >= 0]
+        assert len(real) == 10 and len(set(real.tolist())) == 10 and (real < 24).all()
+    assert cpu_items.shape == items.shape

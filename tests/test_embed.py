@@ -13,16 +13,17 @@ import torch
 
 import sidrec.embed as embed_module
 from sidrec.data import Dataset, PrepareConfig, prepare
-from sidrec.device import resolve_device
-from sidrec.embed import EmbedConfig, embed, encode_texts, load_embeddings
+from sidrec.device import pick_device, resolve_device
+from sidrec.embed import EmbedConfig, embed, encode_texts
 from sidrec.errors import SidrecError
 from sidrec.io import hash_obj, read_json
+from sidrec.run import RunDir
 
 CPU = EmbedConfig(device="cpu")
 
 
 def test_ml100k_embeddings(ml100k_run: Path) -> None:
-    vectors = load_embeddings(ml100k_run)
+    vectors = RunDir(ml100k_run).load_embeddings()
     assert vectors.shape == (1682, 384) and vectors.dtype == np.float32
     assert np.isfinite(vectors).all()
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)  # normalised
@@ -50,14 +51,16 @@ def test_ml100k_second_embed_is_served_from_cache(
     (run / "embeddings.json").unlink()
     info = embed(run, CPU, progress=False)
     assert info["cached"] is True
-    np.testing.assert_array_equal(load_embeddings(run), load_embeddings(ml100k_run))
+    np.testing.assert_array_equal(
+        RunDir(run).load_embeddings(), RunDir(ml100k_run).load_embeddings()
+    )
 
 
 def test_holdout_run_shares_the_catalogue_embeddings(
     ml100k_run: Path, ml100k_holdout_run: Path
 ) -> None:
-    np.testing.assert_array_equal(load_embeddings(ml100k_holdout_run),
-                                  load_embeddings(ml100k_run))
+    np.testing.assert_array_equal(RunDir(ml100k_holdout_run).load_embeddings(),
+                                  RunDir(ml100k_run).load_embeddings())
 
 
 @pytest.mark.slow  # imports sentence-transformers and loads MiniLM: ~20 s on 2 busy cores
@@ -65,7 +68,7 @@ def test_cached_ml100k_vectors_match_the_encoder(ml100k_run: Path) -> None:
     ds = Dataset.load(ml100k_run)
     rows = [0, 1, 49, 1681]
     fresh = encode_texts([ds.item_text[i] for i in rows], CPU, progress=False)
-    np.testing.assert_allclose(fresh, load_embeddings(ml100k_run)[rows], atol=1e-4)
+    np.testing.assert_allclose(fresh, RunDir(ml100k_run).load_embeddings()[rows], atol=1e-4)
 
 
 def _tiny_run(root: Path, titles: list[str]) -> Path:
@@ -87,7 +90,7 @@ def test_encoder_in_a_fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     run = _tiny_run(tmp_path / "a", titles)
     info = embed(run, CPU, progress=False)
     assert info["cached"] is False and (info["items"], info["dim"]) == (3, 384)
-    vectors = load_embeddings(run)
+    vectors = RunDir(run).load_embeddings()
     texts = Dataset.load(run).item_text
     assert texts == [f"Title: {t}" for t in titles]
     sims = vectors @ vectors.T
@@ -96,13 +99,15 @@ def test_encoder_in_a_fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # the same catalogue elsewhere comes from the cache, bit for bit
     other = _tiny_run(tmp_path / "b", titles)
     assert embed(other, CPU, progress=False)["cached"] is True
-    np.testing.assert_array_equal(load_embeddings(other), vectors)
+    np.testing.assert_array_equal(RunDir(other).load_embeddings(), vectors)
     # another text is another cache entry, and the run's embeddings are replaced
     shutil.rmtree(tmp_path / "b")
     changed = _tiny_run(tmp_path / "b", [*titles[:2], "hammer"])
     assert embed(changed, CPU, progress=False)["cached"] is False
     assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 2
-    np.testing.assert_allclose(load_embeddings(changed)[:2], vectors[:2], atol=1e-4)
+    np.testing.assert_allclose(
+        RunDir(changed).load_embeddings()[:2], vectors[:2], atol=1e-4
+    )
 
 
 def test_embed_cli(cli: Callable, ml100k_run: Path, copy_run: Callable) -> None:
@@ -148,6 +153,42 @@ def test_resolve_device() -> None:
             resolve_device("cuda:1")
 
 
+def test_pick_device_is_pure() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1) if threads > 1 else 2)
+    before = torch.get_num_threads()
+    try:
+        assert pick_device("cpu") == torch.device("cpu")
+        assert pick_device(torch.device("cpu")).type == "cpu"
+        assert torch.get_num_threads() == before  # only resolve_device sets threads
+        for bad in ("gpu", "cudax", "cuda:x"):
+            with pytest.raises(SidrecError, match="device must be auto, cpu or cuda"):
+                pick_device(bad)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_load_embeddings_before_embed(tmp_path: Path) -> None:
-    with pytest.raises(SidrecError, match="run `sidrec embed"):
-        load_embeddings(tmp_path)
+    with pytest.raises(SidrecError, match=f"{tmp_path}/embeddings.npy.*run `sidrec embed"):
+        RunDir(tmp_path).load_embeddings()
+
+
+def test_load_embeddings_checks(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    np.save(run.embeddings, np.ones((3, 4), dtype=np.float64))
+    vectors = run.load_embeddings(3)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 4) and vectors.flags.writeable
+    with pytest.raises(SidrecError, match=r"expected shape \[5, d\].*sidrec embed"):
+        run.load_embeddings(5)
+    np.save(run.embeddings, np.ones(3))
+    with pytest.raises(SidrecError, match="2-d"):
+        run.load_embeddings()
+    bad = np.ones((3, 4), dtype=np.float32)
+    bad[1, 2] = np.inf
+    np.save(run.embeddings, bad)
+    with pytest.raises(SidrecError, match="row 1 contains inf"):
+        run.load_embeddings()
+    run.embeddings.write_bytes(b"not numpy at all\n\nsecond line")
+    with pytest.raises(SidrecError, match="not a readable .npy array") as err:
+        run.load_embeddings()
+    assert "\n" not in str(err.value)

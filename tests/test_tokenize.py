@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from sidrec.errors import SidrecError
+from sidrec.io import write_json
+from sidrec.run import RunDir
 from sidrec.tokenize import (
     RQKMeansConfig,
     RQKMeansTokenizer,
     RQVAEConfig,
     RQVAETokenizer,
     build_tokenizer,
-    load_sids,
     load_tokenizer,
     run_tokenize,
     sids_for_new_items,
@@ -154,8 +155,8 @@ def test_stage_fits_on_warm_items_only(cfg, tmp_path):
 
     # Warm SIDs do not depend on the cold vectors at all.
     run_tokenize(make_run(tmp_path, x, cold, "near"), cfg, device="cpu", progress=False)
-    far_sids, _ = load_sids(tmp_path / "far")
-    near_sids, _ = load_sids(tmp_path / "near")
+    far_sids, _ = RunDir(tmp_path / "far").load_sids()
+    near_sids, _ = RunDir(tmp_path / "near").load_sids()
     np.testing.assert_array_equal(far_sids[~cold], near_sids[~cold])
 
 
@@ -172,6 +173,9 @@ def test_stage_outputs_unique_sids_and_cache(tmp_path):
     assert len(np.unique(sids, axis=0)) == 300  # warm + cold all unique
     assert info["codebook_sizes"] == [4, 4, int(sids[:, -1].max()) + 1]
     assert info["codebook_sizes"][-1] == info["diagnostics"]["max_items_per_prefix"]
+    loaded, sizes = RunDir(run).load_sids(300)
+    np.testing.assert_array_equal(loaded, sids)
+    assert list(sizes) == info["codebook_sizes"]
     assert (run / "plots" / "codebook_usage.png").is_file()
     tok = load_tokenizer(run / "tokenizer")
     np.testing.assert_array_equal(tok.encode(x), sids[:, :2])  # cold encoded, not refitted
@@ -225,7 +229,7 @@ def test_bad_inputs(tmp_path):
         run_tokenize(run, TINY_KM)
     bad[3, 5] = np.nan
     np.save(run / "embeddings.npy", bad)
-    with pytest.raises(SidrecError, match=r"row 3 \(item 3\) contains NaN"):
+    with pytest.raises(SidrecError, match=r"embeddings.npy: row 3 contains NaN"):
         run_tokenize(run, TINY_KM)
     np.save(run / "embeddings.npy", x[:-1])
     with pytest.raises(SidrecError, match="re-run `sidrec embed"):
@@ -235,6 +239,25 @@ def test_bad_inputs(tmp_path):
         run_tokenize(all_cold, TINY_KM)
     with pytest.raises(SidrecError, match="no tokenizer checkpoint"):
         load_tokenizer(tmp_path / "nowhere")
+
+
+def test_load_sids_checks(tmp_path):
+    run = RunDir(tmp_path)
+    with pytest.raises(SidrecError, match=r"sids.npy: no semantic IDs; run `sidrec tokenize"):
+        run.load_sids()
+    sids = np.array([[0, 1, 0], [0, 1, 1], [3, 0, 0]])
+    np.save(run.sids, sids)
+    assert run.load_sids(3)[1] == (4, 2, 2)  # without tokenizer.json: largest code + 1
+    write_json(run.tokenizer_info, {"codebook_sizes": [8, 8]})  # collision column appended
+    assert run.load_sids()[1] == (8, 8, 2)
+    write_json(run.tokenizer_info, {"codebook_sizes": [2, 8, 2]})  # code 3 >= 2
+    with pytest.raises(SidrecError, match="codebook_sizes .* do not match"):
+        run.load_sids()
+    with pytest.raises(SidrecError, match=r"expected integer shape \[4, n_codes\]"):
+        run.load_sids(4)
+    np.save(run.sids, -sids)
+    with pytest.raises(SidrecError, match="negative codes"):
+        run.load_sids()
 
 
 def test_presets():
@@ -254,5 +277,5 @@ def test_real_movielens_codebooks_do_not_collapse(method, ml100k_holdout_run, tm
     shutil.copy(ml100k_holdout_run / "embeddings.npy", run / "embeddings.npy")
     info = run_tokenize(run, tokenizer_config(method, "small"), progress=False)
     assert info["diagnostics"]["levels"][0]["usage"] >= 0.6
-    sids, _ = load_sids(run)
+    sids, _ = RunDir(run).load_sids()
     assert len(np.unique(sids, axis=0)) == len(sids)

@@ -1,4 +1,5 @@
-"""Collision tokens, SID extension for new items, the exact SID -> item lookup, diagnostics."""
+"""Collision tokens, SID extension for new items, the exact SID -> item lookup (SidIndex) of
+tokenizer output, diagnostics."""
 
 import numpy as np
 import pytest
@@ -7,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidrec.errors import SidrecError
+from sidrec.models.beam import SidIndex
 from sidrec.tokenize import (
-    SIDIndex,
     add_collision_tokens,
     assign_sids,
     codebook_sizes,
@@ -79,25 +80,32 @@ def test_extend_equals_numbering_the_concatenation(rows, split):
 @settings(max_examples=40, deadline=None)
 @given(codes_strategy)
 def test_sid_index_round_trip(rows):
-    sids = add_collision_tokens(np.array(rows, dtype=np.int64))
-    sizes = codebook_sizes(sids, codebook_size=3)
-    index = SIDIndex(sids, sizes)
-    np.testing.assert_array_equal(index.lookup(sids), np.arange(len(sids)))
-    torch_items = index.lookup(torch.from_numpy(sids))
-    assert torch_items.tolist() == list(range(len(sids)))
-    missing = sids.copy()
+    sids = torch.from_numpy(add_collision_tokens(np.array(rows, dtype=np.int64)))
+    sizes = codebook_sizes(sids.numpy(), codebook_size=3)
+    index = SidIndex(sids, sizes)
+    assert index.lookup(sids).tolist() == list(range(len(sids)))
+    missing = sids.clone()
     missing[:, -1] += sizes[-1]  # a collision number nobody has (outside the vocabulary)
+    assert (index.lookup(missing) == -1).all()
+    missing = sids.clone()
+    missing[:, 0] = -1  # a negative code
     assert (index.lookup(missing) == -1).all()
 
 
 def test_sid_index_misses_and_shapes():
-    sids = np.array([[0, 1, 0], [0, 1, 1], [2, 0, 0]])
-    index = SIDIndex(sids, [3, 2, 2])
-    queries = np.array([[[2, 0, 0], [1, 1, 0]], [[0, 1, 1], [-1, 0, 0]]])  # [2, 2, L+1]
+    sids = torch.tensor([[0, 1, 0], [0, 1, 1], [2, 0, 0]])
+    index = SidIndex(sids, [3, 2, 2])
+    queries = torch.tensor([[[2, 0, 0], [1, 1, 0]], [[0, 1, 1], [-1, 0, 0]]])  # [2, 2, L+1]
     assert index.lookup(queries).tolist() == [[2, -1], [1, -1]]
-    assert index.lookup(torch.from_numpy(queries)).tolist() == [[2, -1], [1, -1]]
-    with pytest.raises(SidrecError, match="share the SID"):
-        SIDIndex(np.array([[0, 1, 0], [0, 1, 0]]))
+    # Out-of-range codes whose flat key `parent * size + code` equals another node's:
+    # [0, 1, 2] and [0, 2, 0] would both walk to item 2's SID [2, 0, 0].
+    aliases = torch.tensor([[0, 1, 2], [0, 2, 0], [3, 0, 0], [0, 1, -1], [0, 3, 0]])
+    assert index.lookup(aliases).tolist() == [-1] * 5
+    assert SidIndex(torch.zeros(0, 3, dtype=torch.long), [3, 2, 2]).lookup(queries).eq(-1).all()
+    with pytest.raises(SidrecError, match=r"share a full SID \(e.g. items 0 and 2: \[0, 1, 0\]"):
+        SidIndex(torch.tensor([[0, 1, 0], [1, 1, 1], [0, 1, 0]]), [3, 2, 2])
+    with pytest.raises(SidrecError, match="outside the codebook sizes"):
+        SidIndex(torch.tensor([[0, 1, 2]]), [3, 2, 2])
 
 
 def test_sid_diagnostics_values(tmp_path):

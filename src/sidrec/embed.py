@@ -22,6 +22,7 @@ from sidrec.data.readers import cache_dir
 from sidrec.device import resolve_device
 from sidrec.errors import SidrecError
 from sidrec.io import hash_obj, read_json, save_npy, write_json
+from sidrec.run import RunDir
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -68,14 +69,16 @@ def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True) -> n
     return np.asarray(vectors, dtype=np.float32)
 
 
-def embed(run_dir: str | Path, cfg: EmbedConfig, progress: bool = True) -> dict:
-    """Write `embeddings.npy` + `embeddings.json` for the run's catalogue; returns the info."""
-    run_dir = Path(run_dir)
-    dataset = Dataset.load(run_dir)
+def embed(run_dir: str | Path | RunDir, cfg: EmbedConfig, progress: bool = True) -> dict:
+    """Write `embeddings.npy` + `embeddings.json` for the run's catalogue; returns the info.
+
+    Read them back with `RunDir(run_dir).load_embeddings()`.
+    """
+    run = RunDir(run_dir)
+    dataset = Dataset.load(run.root)
     text_hash = hash_obj(dataset.item_text)
-    info_path, out_path = run_dir / "embeddings.json", run_dir / "embeddings.npy"
-    if info_path.is_file() and out_path.is_file():
-        info = read_json(info_path)
+    if run.embeddings_info.is_file() and run.embeddings.is_file():
+        info = read_json(run.embeddings_info)
         if info.get("encoder") == cfg.encoder and info.get("text_hash") == text_hash:
             return {**info, "cached": True}
     cached = cache_dir() / "embeddings" / f"{hash_obj([cfg.encoder, text_hash])}.npy"
@@ -90,13 +93,6 @@ def embed(run_dir: str | Path, cfg: EmbedConfig, progress: bool = True) -> dict:
         raise SidrecError(f"encoder {cfg.encoder!r} produced non-finite vectors; try another")
     info = {"encoder": cfg.encoder, "dim": int(vectors.shape[1]), "items": len(vectors),
             "text_hash": text_hash}
-    save_npy(out_path, vectors)
-    write_json(info_path, info)
+    save_npy(run.embeddings, vectors)
+    write_json(run.embeddings_info, info)
     return {**info, "cached": from_cache}
-
-
-def load_embeddings(run_dir: str | Path) -> np.ndarray:
-    path = Path(run_dir) / "embeddings.npy"
-    if not path.is_file():
-        raise SidrecError(f"{path}: not found; run `sidrec embed {run_dir}` first")
-    return np.load(path)

@@ -11,7 +11,8 @@
       plots/              figures
 
 Every stage, the API and the analyses take a `RunDir` (or a path, made into one), so a
-file name is written once, here.
+file name is written once, here. The arrays are read only through `load_embeddings` and
+`load_sids`, which check them (`sidrec.artifacts`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from sidrec import artifacts
 from sidrec.errors import SidrecError
 
 
@@ -111,6 +115,14 @@ class RunDir:
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    def load_embeddings(self, n_items: int | None = None) -> np.ndarray:
+        """Item text vectors [n_items, d] float32, checked (`n_items` rows when given)."""
+        return artifacts.load_embeddings(self.embeddings, self.root, n_items)
+
+    def load_sids(self, n_items: int | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(SIDs [n_items, n_codes] int64, vocabulary size of each SID position), checked."""
+        return artifacts.load_sids(self.sids, self.tokenizer_info, self.root, n_items)
 
     def model(self, name: str) -> ModelDir:
         if not name or Path(name).name != name or name in (".", ".."):

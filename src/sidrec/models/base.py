@@ -17,7 +17,7 @@ Batches are dicts of tensors:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -44,7 +44,6 @@ class Catalogue:
     text_emb: torch.Tensor | None = None  # [n_items, d] frozen sentence embeddings
     sids: torch.Tensor | None = None  # [n_items, n_codes] int64, unique rows
     codebook_sizes: tuple[int, ...] = ()  # vocabulary size of each SID position
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:

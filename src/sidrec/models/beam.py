@@ -44,12 +44,16 @@ class SidIndex:
     row (default 0..n-1). `keys[t]` [n_nodes_t] holds the sorted `parent * sizes[t] + code`
     of the length-(t+1) prefixes, so a node id at level t is its position in `keys[t]`
     (the root, level -1, is node 0). `leaf_items[j]` is the item whose full SID is node j.
+
+    It is the one SID -> item index of the package (beam search, TIGER/LIGER's catalogue,
+    COBRA's sparse-ID groups). It is always built on the CPU, whatever device its inputs
+    are on; `.to(device)` moves it to where it is queried.
     """
 
     def __init__(
         self, sids: torch.Tensor, sizes: Sequence[int], items: torch.Tensor | None = None
     ) -> None:
-        sids = torch.as_tensor(sids, dtype=torch.int64)
+        sids = torch.as_tensor(sids, dtype=torch.int64).cpu()
         if sids.dim() != 2 or sids.shape[1] != len(sizes):
             raise SidrecError(
                 f"SIDs have shape {tuple(sids.shape)} but the codebook sizes {tuple(sizes)} "
@@ -62,22 +66,30 @@ class SidIndex:
                 "tokenizer disagree, re-run `sidrec tokenize`"
             )
         self.sizes = tuple(int(v) for v in sizes)
-        items = torch.arange(len(sids)) if items is None else torch.as_tensor(items).long()
+        items = torch.arange(len(sids)) if items is None else torch.as_tensor(items).long().cpu()
         self.keys: list[torch.Tensor] = []
         node = torch.zeros(len(sids), dtype=torch.int64)  # (n,) the root
         for t, size in enumerate(self.sizes):
             uniq, node = torch.unique(node * size + sids[:, t], sorted=True, return_inverse=True)
             self.keys.append(uniq)  # (n_nodes_t,)
         if len(sids) and len(self.keys[-1]) != len(sids):
+            leaf, row = torch.sort(node, stable=True)
+            j = int((leaf[1:] == leaf[:-1]).nonzero()[0, 0])  # first pair with one SID
+            a, b = int(items[row[j]]), int(items[row[j + 1]])
             raise SidrecError(
-                f"{len(sids) - len(self.keys[-1])} items share a full SID; SIDs must be unique "
-                "(the tokenizer appends a collision token), re-run `sidrec tokenize`"
+                f"{len(sids) - len(self.keys[-1])} items share a full SID (e.g. items {a} and "
+                f"{b}: {sids[row[j]].tolist()}); SIDs must be unique (the tokenizer appends a "
+                "collision token), re-run `sidrec tokenize`"
             )
         self.leaf_items = torch.full((len(sids),), -1, dtype=torch.int64)
         self.leaf_items[node] = items  # (n,)
 
     def __len__(self) -> int:
         return len(self.leaf_items)
+
+    @property
+    def device(self) -> torch.device:
+        return self.leaf_items.device
 
     def to(self, device: torch.device | str) -> SidIndex:
         out = object.__new__(SidIndex)
@@ -102,15 +114,19 @@ class SidIndex:
         return (self._find(level, cand) >= 0) & (node >= 0)[:, None]
 
     def child(self, level: int, node: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """Node reached from `node` by `code` (same shapes), -1 when not a valid prefix."""
-        found = self._find(level, node.clamp_min(0) * self.sizes[level] + code)
-        return torch.where(node >= 0, found, -1)
+        """Node reached from `node` by `code` (same shapes), -1 when not a valid prefix
+        (a code outside [0, sizes[level]) included: its key would alias another node's)."""
+        size = self.sizes[level]
+        found = self._find(level, node.clamp_min(0) * size + code.clamp(0, size - 1))
+        return torch.where((node >= 0) & (code >= 0) & (code < size), found, -1)
 
     def lookup(self, sids: torch.Tensor) -> torch.Tensor:
         """Item of each SID [..., L] -> [...] int64, -1 when it is no catalogue SID."""
         node = torch.zeros(sids.shape[:-1], dtype=torch.int64, device=sids.device)
+        if len(self.leaf_items) == 0:
+            return node - 1
         for t in range(len(self.sizes)):
-            node = self.child(t, node, sids[..., t])
+            node = self.child(t, node, sids[..., t].long())
         return torch.where(node >= 0, self.leaf_items[node.clamp_min(0)], -1)
 
 

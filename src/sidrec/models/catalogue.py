@@ -19,17 +19,13 @@ import numpy as np
 import torch
 
 from sidrec.data.dataset import Dataset
-from sidrec.errors import SidrecError
-from sidrec.io import hash_array, hash_file, hash_obj, read_json
+from sidrec.io import hash_array, hash_file, hash_obj
 from sidrec.models.base import Catalogue, Recommender
-
-EMBEDDINGS = "embeddings.npy"
-SIDS = "sids.npy"
-TOKENIZER = "tokenizer.json"
+from sidrec.run import RunDir
 
 
 def build_catalogue(
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     dataset: Dataset | None = None,
     *,
     need_text: bool = False,
@@ -39,10 +35,15 @@ def build_catalogue(
 
     Popularity counts are the training-sequence counts (0 for cold items), as Pop ranks by.
     """
-    run_dir = Path(run_dir)
-    ds = dataset if dataset is not None else Dataset.load(run_dir)
-    text_emb = _load_embeddings(run_dir, ds.n_items, need_text)
-    sids, codebook_sizes = _load_sids(run_dir, ds.n_items, need_sids)
+    run = RunDir(run_dir)
+    ds = dataset if dataset is not None else Dataset.load(run.root)
+    text_emb = sids = None
+    codebook_sizes: tuple[int, ...] = ()
+    if need_text or run.embeddings.is_file():  # present artifacts are checked all the same
+        text_emb = torch.from_numpy(run.load_embeddings(ds.n_items))
+    if need_sids or run.sids.is_file():
+        codes, codebook_sizes = run.load_sids(ds.n_items)
+        sids = torch.from_numpy(codes)
     cold = np.array(ds.cold, dtype=bool)  # a copy: arrays read from parquet are read-only
     return Catalogue(
         n_users=ds.n_users,
@@ -55,21 +56,25 @@ def build_catalogue(
     )
 
 
-def catalogue_for(cls: type[Recommender], run_dir: str | Path, dataset: Dataset) -> Catalogue:
+def catalogue_for(
+    cls: type[Recommender], run_dir: str | Path | RunDir, dataset: Dataset
+) -> Catalogue:
     """The catalogue with the artifacts that model class `cls` declares it needs."""
     return build_catalogue(
         run_dir, dataset, need_text=cls.needs_text, need_sids=bool(cls.needs_sids)
     )
 
 
-def input_fingerprint(cls: type[Recommender], run_dir: str | Path, dataset: Dataset) -> dict:
+def input_fingerprint(
+    cls: type[Recommender], run_dir: str | Path | RunDir, dataset: Dataset
+) -> dict:
     """Hashes of the inputs model class `cls` is trained on (dataset, and text / SIDs if used)."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     out = {"dataset": dataset_hash(dataset)}
     if cls.needs_text:
-        out["embeddings"] = hash_file(run_dir / EMBEDDINGS)
+        out["embeddings"] = hash_file(run.embeddings)
     if cls.needs_sids:
-        out["sids"] = hash_file(run_dir / SIDS)
+        out["sids"] = hash_file(run.sids)
     return out
 
 
@@ -88,57 +93,3 @@ def dataset_hash(ds: Dataset) -> str:
             hash_array(ds.test.astype(np.int64)),
         ]
     )
-
-
-def _load_embeddings(run_dir: Path, n_items: int, required: bool) -> torch.Tensor | None:
-    path = run_dir / EMBEDDINGS
-    if not path.is_file():
-        if required:
-            raise SidrecError(
-                f"{path}: no item text embeddings; run `sidrec embed {run_dir}` first"
-            )
-        return None
-    emb = np.load(path, mmap_mode="r")
-    if emb.ndim != 2 or emb.shape[0] != n_items:
-        raise SidrecError(
-            f"{path}: expected shape [{n_items}, d] for the {n_items} items of the dataset, "
-            f"got {list(emb.shape)}; re-run `sidrec embed {run_dir}`"
-        )
-    if not np.isfinite(emb).all():
-        raise SidrecError(f"{path}: contains NaN or inf; re-run `sidrec embed {run_dir}`")
-    return torch.from_numpy(np.array(emb, dtype=np.float32))
-
-
-def _load_sids(
-    run_dir: Path, n_items: int, required: bool
-) -> tuple[torch.Tensor | None, tuple[int, ...]]:
-    path = run_dir / SIDS
-    if not path.is_file():
-        if required:
-            raise SidrecError(f"{path}: no semantic IDs; run `sidrec tokenize {run_dir}` first")
-        return None, ()
-    sids = np.load(path)
-    if sids.ndim != 2 or sids.shape[0] != n_items or not np.issubdtype(sids.dtype, np.integer):
-        raise SidrecError(
-            f"{path}: expected integer shape [{n_items}, n_codes], got {sids.dtype} "
-            f"{list(sids.shape)}; re-run `sidrec tokenize {run_dir}`"
-        )
-    if sids.min() < 0:
-        raise SidrecError(f"{path}: negative codes; re-run `sidrec tokenize {run_dir}`")
-    n_codes = sids.shape[1]
-    # codebook sizes: tokenizer.json lists the quantiser levels; the collision column's
-    # vocabulary (max items per prefix) is appended when it is not listed there.
-    sizes = [int(s) for s in (sids.max(axis=0) + 1)]
-    tok_path = run_dir / TOKENIZER
-    if tok_path.is_file():
-        listed = [int(s) for s in read_json(tok_path).get("codebook_sizes", [])]
-        if len(listed) == n_codes - 1:
-            listed.append(sizes[-1])
-        if len(listed) != n_codes or any(m > s for m, s in zip(sizes, listed, strict=True)):
-            raise SidrecError(
-                f"{tok_path}: codebook_sizes {listed} do not match {path} "
-                f"({n_codes} columns, largest codes {[s - 1 for s in sizes]}); "
-                f"re-run `sidrec tokenize {run_dir}`"
-            )
-        sizes = listed
-    return torch.from_numpy(sids.astype(np.int64)), tuple(sizes)

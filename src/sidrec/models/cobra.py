@@ -181,10 +181,18 @@ class Cobra(Recommender):
         self._item_vectors: torch.Tensor | None = None
 
     def tables(self) -> tuple[GroupedItems, SidIndex]:
-        """Items per sparse ID and the valid sparse-ID prefixes, on the model's device."""
-        if self._tables is None or self._tables[0].members.device != self.sparse.device:
-            groups = GroupedItems(self._key(self.sparse))
-            self._tables = (groups, SidIndex(torch.unique(self.sparse, dim=0), self.sizes))
+        """Items per sparse ID and the sparse-ID index, on the model's device.
+
+        The index holds each distinct sparse ID once; its item for a sparse ID is the
+        group id (the row among the distinct IDs), so `index.lookup(codes)` keys the groups.
+        Built on the CPU and moved, as every `SidIndex`.
+        """
+        device = self.sparse.device
+        if self._tables is None or self._tables[1].device != device:
+            sparse = self.sparse.cpu()  # (n_items, L)
+            index = SidIndex(torch.unique(sparse, dim=0), self.sizes)
+            groups = GroupedItems(index.lookup(sparse).to(device))
+            self._tables = (groups, index.to(device))
         return self._tables
 
     def set_catalogue(self, catalogue: Catalogue) -> None:
@@ -197,12 +205,6 @@ class Cobra(Recommender):
     def train(self, mode: bool = True) -> Cobra:
         self._item_vectors = None  # item vectors change with the weights
         return super().train(mode)
-
-    def _key(self, codes: torch.Tensor) -> torch.Tensor:
-        key = torch.zeros(codes.shape[:-1], dtype=torch.long, device=codes.device)
-        for t, size in enumerate(self.sizes):
-            key = key * size + codes[..., t]
-        return key
 
     # ----------------------------------------------------------------- embedding
 
@@ -322,7 +324,8 @@ class Cobra(Recommender):
         if cfg.retrieval == "global":
             cand, cos = ItemIndex(vectors).search(v_hat, n_nb)  # (B*M, N)
         else:
-            cand, cos = groups.neighbours(v_hat, self._key(codes), vectors)
+            group = sparse_index.lookup(codes)  # (B*M,) -1 for no catalogue sparse ID
+            cand, cos = groups.neighbours(v_hat, group, vectors)
             if cand.shape[1] > n_nb:
                 cos, top = cos.topk(n_nb, dim=1)
                 cand = cand.gather(1, top)

@@ -1,9 +1,9 @@
-"""Semantic IDs: RQ-VAE (TIGER) and RQ-KMeans tokenizers, collision tokens, SID lookup.
+"""Semantic IDs: RQ-VAE (TIGER) and RQ-KMeans tokenizers and collision tokens.
 
 cfg = tokenizer_config("rqvae", "small", {"epochs": 500})
 info = run_tokenize("runs/ml-100k", cfg)        # writes sids.npy, tokenizer/, ...
-sids, sizes = load_sids("runs/ml-100k")         # [n_items, L+1], vocab per position
-index = SIDIndex(sids, sizes)                   # exact SID -> item
+sids, sizes = RunDir("runs/ml-100k").load_sids()  # [n_items, L+1], vocab per position
+index = SidIndex(torch.from_numpy(sids), sizes)   # exact SID -> item (sidrec.models.beam)
 tok = load_tokenizer("runs/ml-100k/tokenizer")
 new = sids_for_new_items(tok, sids, vectors)    # add_items: no refitting
 """
@@ -20,7 +20,6 @@ from sidrec.tokenize.diagnostics import diagnostics_markdown, plot_codebook_usag
 from sidrec.tokenize.rqkmeans import RQKMeansTokenizer
 from sidrec.tokenize.rqvae import RQVAE, RQVAETokenizer
 from sidrec.tokenize.sids import (
-    SIDIndex,
     add_collision_tokens,
     assign_sids,
     codebook_sizes,
@@ -29,7 +28,6 @@ from sidrec.tokenize.sids import (
 )
 from sidrec.tokenize.stage import (
     build_tokenizer,
-    load_sids,
     load_tokenizer,
     run_tokenize,
     sids_for_new_items,
@@ -42,7 +40,6 @@ __all__ = [
     "RQKMeansTokenizer",
     "RQVAEConfig",
     "RQVAETokenizer",
-    "SIDIndex",
     "Tokenizer",
     "TokenizerConfig",
     "add_collision_tokens",
@@ -52,7 +49,6 @@ __all__ = [
     "collision_tokens",
     "diagnostics_markdown",
     "extend_sids",
-    "load_sids",
     "load_tokenizer",
     "plot_codebook_usage",
     "run_tokenize",

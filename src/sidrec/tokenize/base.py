@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sidrec.config import from_dict, to_dict
+from sidrec.device import pick_device
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, read_json, write_json
 
@@ -34,7 +35,7 @@ class Tokenizer:
 
     def __init__(self, cfg: Any, device: str | torch.device | None = None) -> None:
         self.cfg = cfg
-        self.device = torch.device(device) if device else default_device()
+        self.device = pick_device(device or "auto")
         self.input_dim: int | None = None
         self.fit_log: dict[str, Any] = {}  # training summary for tokenizer.json
 
@@ -155,10 +156,6 @@ def _read_meta(path: str | Path) -> dict[str, Any]:
             f"supported {FORMAT_VERSION}; re-run `sidrec tokenize`"
         )
     return meta
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_vectors(

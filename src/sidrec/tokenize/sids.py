@@ -1,4 +1,5 @@
-"""Full semantic IDs: codes + a collision token, and the exact SID -> item lookup.
+"""Full semantic IDs: codes + a collision token (the SID -> item lookup is
+`sidrec.models.beam.SidIndex`).
 
 Items whose L codes are identical share a *prefix*. TIGER (Rajput et al. 2023, Sec. 3.1)
 appends one more token numbering the items within each prefix, so every item gets a
@@ -12,10 +13,7 @@ model later (`extend_sids`), so the SIDs of warm items never depend on the cold 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import torch
 
 from sidrec.errors import SidrecError
 
@@ -86,77 +84,3 @@ def codebook_sizes(sids: np.ndarray, codebook_size: int) -> list[int]:
     """Vocabulary size of each SID position: K per code level, then max items per prefix."""
     levels = sids.shape[1] - 1
     return [int(codebook_size)] * levels + [int(sids[:, -1].max(initial=-1)) + 1]
-
-
-class SIDIndex:
-    """Exact SID -> dense item id lookup by binary search over mixed-radix keys.
-
-    Each full SID (s_1..s_{L+1}) is packed into one int64 key with radices `sizes`
-    (the vocabulary size of each position); keys are sorted once, and `lookup` of any
-    batch of SIDs is one `searchsorted` (numpy or torch, on the tensor's device).
-    """
-
-    def __init__(self, sids: np.ndarray, sizes: Sequence[int] | None = None) -> None:
-        sids = np.asarray(sids, dtype=np.int64)
-        if sids.ndim != 2:
-            raise SidrecError(f"tokenize: SIDs must be a 2-d array [n, L+1], got {sids.shape}")
-        if sizes is None:
-            sizes = (
-                (sids.max(axis=0, initial=-1) + 1).tolist() if len(sids) else [1] * sids.shape[1]
-            )
-        self.sizes = np.asarray(sizes, dtype=np.int64)
-        if len(self.sizes) != sids.shape[1]:
-            raise ValueError(f"{len(self.sizes)} sizes for SIDs of length {sids.shape[1]}")
-        if np.log2(np.maximum(self.sizes, 1)).sum() >= 62:
-            raise ValueError(f"SID space {self.sizes.tolist()} does not fit in an int64 key")
-        if len(sids) and ((sids < 0).any() or (sids >= self.sizes).any()):
-            raise SidrecError(
-                "tokenize: SIDs outside their codebook sizes; re-run `sidrec tokenize`"
-            )
-        # place value of each position: key = sum_j s_j * weights_j
-        self.weights = np.cumprod(np.append(self.sizes[1:], 1)[::-1])[::-1].copy()
-        keys = sids @ self.weights
-        order = np.argsort(keys, kind="stable")
-        self.keys = keys[order]  # [n] sorted
-        self.items = order.astype(np.int64)  # [n] item id of each sorted key
-        dup = np.flatnonzero(self.keys[1:] == self.keys[:-1])
-        if len(dup):
-            a, b = self.items[dup[0]], self.items[dup[0] + 1]
-            raise SidrecError(
-                f"tokenize: items {a} and {b} share the SID {sids[a].tolist()}; "
-                "SIDs must be unique — re-run `sidrec tokenize`"
-            )
-        self._torch_cache: dict[torch.device, tuple[torch.Tensor, ...]] = {}
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def lookup(self, sids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Item ids [...] of SIDs [..., L+1]; -1 where no item has that SID."""
-        if isinstance(sids, torch.Tensor):
-            return self._lookup_torch(sids)
-        sids = np.asarray(sids, dtype=np.int64)
-        if len(self.keys) == 0:
-            return np.full(sids.shape[:-1], -1, dtype=np.int64)
-        valid = ((sids >= 0) & (sids < self.sizes)).all(axis=-1)
-        keys = np.clip(sids, 0, self.sizes - 1) @ self.weights
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        found = valid & (self.keys[pos] == keys)
-        return np.where(found, self.items[pos], -1)
-
-    def _lookup_torch(self, sids: torch.Tensor) -> torch.Tensor:
-        dev = sids.device
-        if dev not in self._torch_cache:
-            self._torch_cache[dev] = tuple(
-                torch.from_numpy(a).to(dev)
-                for a in (self.keys, self.items, self.sizes, self.weights)
-            )
-        keys_t, items_t, sizes_t, weights_t = self._torch_cache[dev]
-        sids = sids.long()
-        if len(keys_t) == 0:
-            return torch.full(sids.shape[:-1], -1, dtype=torch.long, device=dev)
-        valid = ((sids >= 0) & (sids < sizes_t)).all(dim=-1)
-        keys = (torch.minimum(sids.clamp_min(0), sizes_t - 1) * weights_t).sum(-1)
-        pos = torch.searchsorted(keys_t, keys).clamp_max(len(keys_t) - 1)
-        found = valid & (keys_t[pos] == keys)
-        return torch.where(found, items_t[pos], torch.full_like(pos, -1))

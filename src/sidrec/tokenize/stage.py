@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from sidrec.artifacts import require_file
 from sidrec.config import to_dict
 from sidrec.data.dataset import Dataset
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_dir, hash_array, hash_file, hash_obj, read_json, save_npy, write_json
-from sidrec.tokenize.base import FORMAT_VERSION, Tokenizer, _read_meta, check_vectors
+from sidrec.run import RunDir
+from sidrec.tokenize.base import FORMAT_VERSION, Tokenizer, _read_meta
 from sidrec.tokenize.config import TokenizerConfig, check_config
 from sidrec.tokenize.diagnostics import plot_codebook_usage, reconstruction_error, sid_diagnostics
 from sidrec.tokenize.rqkmeans import RQKMeansTokenizer
@@ -66,22 +68,8 @@ def sids_for_new_items(
     return extend_sids(existing_sids, tokenizer.encode(vectors))
 
 
-def load_sids(run_dir: str | Path) -> tuple[np.ndarray, list[int]]:
-    """(SIDs [n_items, L+1] int64, codebook_sizes) of a tokenized run directory."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "sids.npy").is_file() or not (run_dir / "tokenizer.json").is_file():
-        raise SidrecError(
-            f"{run_dir}: no semantic IDs (sids.npy + tokenizer.json); "
-            f"run `sidrec tokenize {run_dir}` first"
-        )
-    sids = np.load(run_dir / "sids.npy", allow_pickle=False)
-    return sids.astype(np.int64, copy=False), list(
-        read_json(run_dir / "tokenizer.json")["codebook_sizes"]
-    )
-
-
 def run_tokenize(
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     cfg: TokenizerConfig,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -89,36 +77,22 @@ def run_tokenize(
 ) -> dict[str, Any]:
     """Fit the tokenizer on warm items and write the SIDs; returns `tokenizer.json`'s content
     plus `"cached": bool` (True when an up-to-date result was reused)."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     check_config(cfg)
-    emb_path = run_dir / "embeddings.npy"
-    if not emb_path.is_file():
-        raise SidrecError(f"{emb_path}: no item embeddings; run `sidrec embed {run_dir}` first")
-    dataset = Dataset.load(run_dir)
+    require_file(run.embeddings, "item text embeddings", f"sidrec embed {run}")
+    dataset = Dataset.load(run.root)
     cold = np.asarray(dataset.cold, dtype=bool)
 
     config_hash = hash_obj({"format": FORMAT_VERSION, "method": cfg.method, "config": to_dict(cfg)})
-    inputs = {"embeddings": hash_file(emb_path), "cold": hash_array(cold)}
-    cached = _cached(run_dir, config_hash, inputs)
+    inputs = {"embeddings": hash_file(run.embeddings), "cold": hash_array(cold)}
+    cached = _cached(run, config_hash, inputs)
     if cached is not None and not force:
         return {**cached, "cached": True}
 
-    try:
-        emb = np.load(emb_path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise SidrecError(
-            f"{emb_path}: not a readable .npy array ({e}); re-run `sidrec embed`"
-        ) from None
-    if emb.ndim != 2 or len(emb) != len(cold):
-        raise SidrecError(
-            f"{emb_path}: shape {emb.shape} but the dataset has {len(cold)} items; "
-            f"re-run `sidrec embed {run_dir}` after `sidrec data prepare`"
-        )
-    emb = check_vectors(emb, what=emb_path.name, row_names=dataset.item_ids)
+    emb = run.load_embeddings(len(cold))  # [n_items, d] float32, finite
     warm = emb[~cold]  # [n_warm, d]: the only rows the tokenizer ever sees while fitting
 
-    device = torch.device(device) if device else None
-    tokenizer = build_tokenizer(cfg, device)
+    tokenizer = build_tokenizer(cfg, device)  # device None: auto
     start = time.perf_counter()
     tokenizer.fit(warm, progress=progress)
     fit_seconds = time.perf_counter() - start
@@ -134,14 +108,15 @@ def run_tokenize(
     }
     diag["warm_levels"] = sid_diagnostics(codes[~cold], cfg.codebook_size)["levels"]
 
-    emb_meta_path = run_dir / "embeddings.json"
     record = {
         "format_version": FORMAT_VERSION,
         "method": cfg.method,
         "config": to_dict(cfg),
         "config_hash": config_hash,
         "inputs": inputs,
-        "embeddings_meta": read_json(emb_meta_path) if emb_meta_path.is_file() else None,
+        "embeddings_meta": (
+            read_json(run.embeddings_info) if run.embeddings_info.is_file() else None
+        ),
         "n_items": int(len(emb)),
         "n_warm": int((~cold).sum()),
         "n_cold": int(cold.sum()),
@@ -157,27 +132,26 @@ def run_tokenize(
         },
     }
 
-    with atomic_dir(run_dir / "tokenizer") as tmp:
+    with atomic_dir(run.tokenizer) as tmp:
         tokenizer.save(tmp)
-    save_npy(run_dir / "sids.npy", sids)
+    save_npy(run.sids, sids)
     plot_codebook_usage(
         codes,
         cfg.codebook_size,
-        run_dir / "plots" / "codebook_usage.png",
+        run.plot("codebook_usage"),
         title=f"{dataset.name}: {cfg.method} {cfg.levels}x{cfg.codebook_size}",
     )
-    write_json(run_dir / "tokenizer.json", record)  # last: marks the stage complete
+    write_json(run.tokenizer_info, record)  # last: marks the stage complete
     return {**record, "cached": False}
 
 
-def _cached(run_dir: Path, config_hash: str, inputs: dict[str, str]) -> dict[str, Any] | None:
-    path = run_dir / "tokenizer.json"
-    if not path.is_file() or not (run_dir / "sids.npy").is_file():
+def _cached(run: RunDir, config_hash: str, inputs: dict[str, str]) -> dict[str, Any] | None:
+    if not run.tokenizer_info.is_file() or not run.sids.is_file():
         return None
-    if not (run_dir / "tokenizer" / "model.safetensors").is_file():
+    if not (run.tokenizer / "model.safetensors").is_file():
         return None
     try:
-        record = read_json(path)
+        record = read_json(run.tokenizer_info)
     except ValueError:
         return None
     if record.get("config_hash") != config_hash or record.get("inputs") != inputs:

@@ -1,0 +1,101 @@
+"""The one loader per array artifact of a run directory: item embeddings and semantic IDs.
+
+`RunDir.load_embeddings` and `RunDir.load_sids` call these; every stage, model and
+analysis reads the files through them, so a missing, truncated or stale file is the same
+one-line SidrecError (naming the file and the command that rewrites it) wherever it is met.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sidrec.errors import SidrecError
+from sidrec.io import read_json
+
+
+def require_file(path: Path, what: str, command: str) -> None:
+    """A SidrecError naming `path` and the command that writes it, unless it is a file."""
+    if not path.is_file():
+        raise SidrecError(f"{path}: no {what}; run `{command}` first")
+
+
+def read_npy(path: Path, command: str, mmap: bool = False) -> np.ndarray:
+    """`np.load(path)` (no pickles); an unreadable file is a one-line SidrecError."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SidrecError(
+            f"{path}: not a readable .npy array ({first}); re-run `{command}`"
+        ) from None
+
+
+def load_embeddings(path: Path, run: Path, n_items: int | None = None) -> np.ndarray:
+    """Item text vectors [n_items, d] float32 from `path` (the run's `embeddings.npy`).
+
+    Checked: the file exists, is 2-d, has `n_items` rows when given, and is finite.
+    """
+    command = f"sidrec embed {run}"
+    require_file(path, "item text embeddings", command)
+    emb = read_npy(path, command, mmap=True)
+    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.number):
+        raise SidrecError(
+            f"{path}: expected a numeric 2-d array [n_items, d], got {emb.dtype} "
+            f"{list(emb.shape)}; re-run `{command}`"
+        )
+    if n_items is not None and emb.shape[0] != n_items:
+        raise SidrecError(
+            f"{path}: expected shape [{n_items}, d] for the {n_items} items of the dataset, "
+            f"got {list(emb.shape)}; re-run `{command}` after `sidrec data prepare`"
+        )
+    emb = np.array(emb, dtype=np.float32)  # a copy in memory, off the memory map
+    finite = np.isfinite(emb).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        bad = "NaN" if np.isnan(emb[row]).any() else "inf"
+        raise SidrecError(
+            f"{path}: row {row} contains {bad} ({int((~finite).sum())} bad rows in all); "
+            f"re-run `{command}`"
+        )
+    return emb
+
+
+def load_sids(
+    path: Path, tokenizer_info: Path, run: Path, n_items: int | None = None
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(SIDs [n_items, n_codes] int64, vocabulary size of each position) from `path`.
+
+    The sizes are `tokenizer_info`'s `codebook_sizes` (the quantiser levels; the collision
+    column's vocabulary, the most items per prefix, is appended when not listed there),
+    checked against the codes; without that file, the largest code + 1 per column.
+    """
+    command = f"sidrec tokenize {run}"
+    require_file(path, "semantic IDs", command)
+    sids = read_npy(path, command)
+    if sids.ndim != 2 or not np.issubdtype(sids.dtype, np.integer) or (
+        n_items is not None and sids.shape[0] != n_items
+    ):
+        rows = n_items if n_items is not None else "n_items"
+        raise SidrecError(
+            f"{path}: expected integer shape [{rows}, n_codes], got {sids.dtype} "
+            f"{list(sids.shape)}; re-run `{command}`"
+        )
+    sids = sids.astype(np.int64, copy=False)
+    if sids.size and sids.min() < 0:
+        raise SidrecError(f"{path}: negative codes; re-run `{command}`")
+    n_codes = sids.shape[1]
+    sizes = [int(s) for s in (sids.max(axis=0, initial=-1) + 1)]
+    if tokenizer_info.is_file():
+        listed = [int(s) for s in read_json(tokenizer_info).get("codebook_sizes", [])]
+        if len(listed) == n_codes - 1:
+            listed.append(sizes[-1])
+        if len(listed) != n_codes or any(m > s for m, s in zip(sizes, listed, strict=True)):
+            raise SidrecError(
+                f"{tokenizer_info}: codebook_sizes {listed} do not match {path} "
+                f"({n_codes} columns, largest codes {[s - 1 for s in sizes]}); "
+                f"re-run `{command}`"
+            )
+        sizes = listed
+    return sids, tuple(sizes)
