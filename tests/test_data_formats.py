@@ -124,19 +124,20 @@ def test_amazon_2023_5core_after_keeping_the_earliest_review(tmp_path: Path) -> 
     assert split_by_id(ds) == {"V": (["B"], "C", "D"), "W": (["B"], "C", "D")}
 
 
-def test_amazon_2023_lab_split_files_give_back_the_lab_split(tmp_path: Path) -> None:
+@pytest.mark.parametrize("csv", [".csv", ".csv.gz"])
+def test_amazon_2023_lab_split_files_give_back_the_lab_split(tmp_path: Path, csv: str) -> None:
     folder = tmp_path / "benchmark" / "5core" / "last_out_w_his"
     head = "user_id,parent_asin,rating,timestamp,history"
-    write(folder / "All_Beauty.train.csv", [head, "A,X1,5.0,1000,", "A,X2,4.0,2000,X1",
-                                            "B,X2,3.0,1500,", "B,X3,3.0,1500,X2"])
-    write(folder / "All_Beauty.valid.csv", [head, "A,X3,5.0,3000,X1 X2",
-                                            "B,X1,2.0,1500,X2 X3"])  # same ms as train
-    write(folder / "All_Beauty.test.csv", [head, "A,X4,1.0,4000,X1 X2 X3",
-                                           "B,X4,1.0,1600,X2 X3 X1"])
+    write(folder / f"All_Beauty.train{csv}", [head, "A,X1,5.0,1000,", "A,X2,4.0,2000,X1",
+                                              "B,X2,3.0,1500,", "B,X3,3.0,1500,X2"])
+    write(folder / f"All_Beauty.valid{csv}", [head, "A,X3,5.0,3000,X1 X2",
+                                              "B,X1,2.0,1500,X2 X3"])  # same ms as train
+    write(folder / f"All_Beauty.test{csv}", [head, "A,X4,1.0,4000,X1 X2 X3",
+                                             "B,X4,1.0,1600,X2 X3 X1"])
     write(folder / "meta_All_Beauty.jsonl",
           [json.dumps({"parent_asin": f"X{i}", "title": f"Lipstick n\u00b0{i}"})
            for i in range(1, 5)])
-    ds = prepared(folder / "All_Beauty.test.csv", tmp_path)
+    ds = prepared(folder / f"All_Beauty.test{csv}", tmp_path)
     assert split_by_id(ds) == {"A": (["X1", "X2"], "X3", "X4"), "B": (["X2", "X3"], "X1", "X4")}
     assert ds.item_text[0] == "Title: Lipstick n\u00b01"
     assert ds.manifest["dataset"] == "amazon-2023/All_Beauty"
@@ -356,11 +357,17 @@ def test_bad_steam_review(fail: Callable, tmp_path: Path, line: str, needle: str
     assert f"{reviews}{needle}" in fail(tmp_path / "st")
 
 
-def test_truncated_gzip(fail: Callable, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_damaged_gzip(fail: Callable, tmp_path: Path, damage: str) -> None:
     reviews = write(tmp_path / "a" / "Toys.jsonl.gz", REVIEWS_2023 * 50)
-    reviews.write_bytes(reviews.read_bytes()[:-40])
+    data = reviews.read_bytes()
+    middle = len(data) // 2
+    reviews.write_bytes(data[:-40] if damage == "truncated" else
+                        data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64])
+                        + data[middle + 64:])
     write(tmp_path / "a" / "meta_Toys.jsonl.gz", META_2023)
-    assert f"{reviews}: cannot read" in fail(reviews)
+    msg = fail(reviews)  # a corrupt block may decode to garbage first: any one-line error
+    assert f"{reviews}: cannot read" in msg if damage == "truncated" else str(reviews) in msg
 
 
 def test_bad_iso_date_in_a_table(fail: Callable, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import gzip
 import io
 import math
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -75,8 +76,23 @@ def open_binary(path: Path) -> io.BufferedIOBase:
                    leave=False, disable=None)
         stream = io.BufferedReader(_Counted(stream, bar), 1 << 20)  # type: ignore[arg-type]
     if path.name.endswith(".gz"):
-        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+        stream = _GzipOwning(stream)
     return stream
+
+
+class _GzipOwning(gzip.GzipFile):
+    """A GzipFile that also closes the file (and progress bar) it reads from, which
+    GzipFile(fileobj=...) leaves open."""
+
+    def __init__(self, source: io.BufferedIOBase) -> None:
+        super().__init__(fileobj=source, mode="rb")
+        self._source = source
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._source.close()
 
 
 def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOWrapper:
@@ -93,7 +109,7 @@ def numbered_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, s
         except UnicodeDecodeError as e:
             raise SidrecError(f"{path}: not {encoding} text ({e.reason}); check the file") \
                 from None
-        except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
             raise SidrecError(f"{path}: cannot read ({e}); the file may be truncated") \
                 from None
 
@@ -110,7 +126,7 @@ def csv_chunks(
             for chunk in reader:
                 yield first, chunk
                 first += len(chunk)
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, zlib.error) as e:
             raise SidrecError(f"{path}: cannot read table ({_first_line(e)})") from None
 
 
@@ -119,7 +135,7 @@ def read_header(path: Path, sep: str = ",") -> list[str]:
         try:
             return list(pd.read_csv(stream, sep=sep, nrows=0, dtype=str).columns)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-                OSError, EOFError) as e:
+                OSError, EOFError, zlib.error) as e:
             raise SidrecError(f"{path}: cannot read table ({_first_line(e)})") from None
 
 
