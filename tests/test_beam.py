@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from sidrec.errors import SidrecError
-from sidrec.models.beam import SidIndex, beam_search, exact_scores
+from sidrec.models.beam import INVALID_ITEM, SidIndex, beam_search, exact_scores
 
 
 def random_sids(n: int, sizes: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -165,7 +165,7 @@ def test_unconstrained_counts_invalid_sids_exactly():
     best = [space[i] for i in scores.topk(3).indices.tolist()]  # (2,1), (2,0), (1,1)
     expect_invalid = sum(a == 2 for a, _ in best)
     assert out.n_invalid == 2 * expect_invalid == 4
-    assert out.items[:, :2].eq(-1).all() and out.items[:, 2].eq(3).all()
+    assert out.items[:, :2].eq(INVALID_ITEM).all() and out.items[:, 2].eq(3).all()
     assert torch.isfinite(out.log_probs).all()
     constrained = beam_search(step, FixedState(), 2, beam=3, catalogue=index, allowed=index)
     assert constrained.n_invalid == 0 and constrained.items[0].tolist() == [3, 2, 1]
@@ -191,3 +191,30 @@ def test_index_from_cuda_inputs():
     nodes = on_gpu.child(0, torch.zeros(4, dtype=torch.long, device="cuda"),
                          torch.arange(4, device="cuda"))
     assert nodes.device.type == "cuda" and int(nodes[3]) == -1
+
+
+def test_excluded_items_are_masked_inside_the_search():
+    """Excluding items = searching a catalogue without them: the full beam width still
+    goes to other items (masking after the search would leave holes)."""
+    sizes = (4, 3, 3)
+    sids = random_sids(25, sizes, seed=4)
+    model = TinyRnn(sizes, n_users=5, seed=5)
+    index = SidIndex(sids, sizes)
+    g = torch.Generator().manual_seed(6)
+    seen = torch.randint(0, 25, (5, 4), generator=g)  # per-user items to exclude
+    seen[0, 2:] = -1  # padding
+    banned = sids[seen.clamp_min(0)].masked_fill((seen < 0)[..., None], -1)
+    for allowed in (index, None):
+        out = beam_search(model.step, RnnState(model.h0), 5, beam=8, catalogue=index,
+                          allowed=allowed, exclude=banned)
+        for u in range(5):
+            gone = set(seen[u][seen[u] >= 0].tolist())
+            keep = torch.tensor([i for i in range(25) if i not in gone])
+            alone = SidIndex(sids[keep], sizes, keep)
+            one = RnnState(model.h0[u : u + 1])
+            want = beam_search(model.step, one, 1, beam=8, catalogue=index,
+                               allowed=alone if allowed is not None else None, exclude=None)
+            if allowed is not None:
+                assert torch.equal(out.items[u], want.items[0])
+                assert_close(out.log_probs[u], want.log_probs[0])
+            assert not gone & set(out.items[u].tolist())

@@ -97,9 +97,9 @@ def test_training_layout_matches_incremental_decoding():
     # same tokens: the training pass's prediction for the last item equals prefill + step.
     model = small_model().eval()
     history = torch.tensor([[-1, 3, 5, 7]])
-    x, pad = model._cascade(history, model.item_vectors()[history.clamp_min(0)])
+    x, pad = model._cascade(history, model.item_vectors()[history.clamp_min(0)], shift=1)
     _, cache = model.decoder.prefill(x, pad)
-    h = model.decoder.step(model._sparse_tokens(model.sparse[9][None], 4), cache)
+    h = model.decoder.step(model._sparse_tokens(model.sparse[9][None], 0), cache)
     torch.testing.assert_close(model.dense_head(h[:, -1]),
                                _dense_prediction(model, torch.tensor([[-1, 3, 5, 7, 9]])))
 

@@ -23,12 +23,18 @@ from sidrec.evaluate import (
     target_ranks,
 )
 from sidrec.io import read_json
-from sidrec.models.base import Catalogue, Recommender
+from sidrec.models.base import (
+    INVALID_ITEM,
+    Catalogue,
+    InferenceConfig,
+    Recommender,
+    mask_history,
+)
 from sidrec.report import aggregate, format_table, save_metrics
 
 
 @dataclass(frozen=True)
-class Sign:
+class Sign(InferenceConfig):
     sign: float = 1.0
 
 
@@ -73,7 +79,10 @@ class FixedScores(Recommender):
         self._variants = variants or {"": Sign()}
 
     def recommend(self, history, users, k, inference=None):
-        scores = self.table[users] * self._inference(inference).sign
+        inference = self._inference(inference)
+        scores = self.table[users] * inference.sign
+        if inference.exclude_history:
+            scores = mask_history(scores, history)
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         return top.indices, top.values
 
@@ -207,6 +216,32 @@ def test_large_k_beyond_catalogue_and_variants():
     assert "fixed [down]" in table and "–" in table
 
 
+def test_history_masked_variant_invalid_and_cold_slots():
+    # user 0 has seen items 0, 1 (its two best-scored); user 1 items 2, 3
+    ds = make_dataset([[0, 1], [2, 3]], [4, 5], [6, 7], n_items=10)
+    scores = torch.tensor([[9.0, 8, 0, 0, 0, 0, 7, 0, 0, 0], [0, 0, 9, 8, 0, 0, 0, 7, 0, 0]])
+    model = FixedScores(scores, ds)
+    result = evaluate(model, ds, "test", ks=(1, 3))
+    assert [r["variant"] for r in result["rows"]] == [""] * 3 + ["excl. history"] * 3
+    plain = result["rows"][0]
+    masked = result["rows"][3]
+    assert plain["recall@1"] == 0.0 and plain["recall@3"] == 1.0  # targets 6, 7 at rank 3
+    assert masked["recall@1"] == 1.0  # with the seen items masked the targets come first
+    assert result["inference"]["excl. history"]["exclude_history"] is True
+    # items 4..9 never occur in training: the cold pool is 6; each top-10 holds them all
+    assert result["cold_pool"] == 6
+    assert plain["cold_slots@10"] == 6 and plain["random_cold@10"] == 1.0
+    assert plain["invalid@3"] == 0.0
+
+
+def test_invalid_sids_are_counted_as_misses_and_reported():
+    items = torch.tensor([[INVALID_ITEM, 3, -1], [2, INVALID_ITEM, INVALID_ITEM]])
+    scores = torch.tensor([[-math.inf, -1.0, -math.inf], [-0.5, -math.inf, -math.inf]])
+    out = subset_metrics(items, scores, torch.tensor([3, 2]), (3,), n_items=5)
+    assert out["invalid@3"] == pytest.approx(3 / 6) and out["filled@3"] == pytest.approx(2 / 6)
+    assert out["recall@3"] == 1.0 and out["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+
+
 # ---------------------------------------------------------------- the split protocol
 
 
@@ -215,7 +250,7 @@ def test_test_target_never_in_history_and_splits_not_mixed():
     ds = make_dataset(train, valid=[3, 7], test=[4, 8], n_items=10, max_history=5)
 
     oracle_test = Recorder(ds, ds.test)
-    result = evaluate(oracle_test, ds, "test", ks=(1,))
+    result = evaluate(oracle_test, ds, "test", ks=(1,), variants=[""])
     histories = torch.cat(oracle_test.seen)
     assert histories.tolist() == [[-1, 0, 1, 2, 3], [-1, -1, 5, 6, 7]]  # valid item last
     for h, target in zip(histories, ds.test, strict=True):
@@ -223,7 +258,7 @@ def test_test_target_never_in_history_and_splits_not_mixed():
     assert result["rows"][0]["recall@1"] == 1.0
 
     oracle_valid = Recorder(ds, ds.valid)
-    result = evaluate(oracle_valid, ds, "valid", ks=(1,))
+    result = evaluate(oracle_valid, ds, "valid", ks=(1,), variants=[""])
     histories = torch.cat(oracle_valid.seen)
     assert histories.tolist() == [[-1, -1, 0, 1, 2], [-1, -1, -1, 5, 6]]
     assert result["rows"][0]["recall@1"] == 1.0

@@ -269,7 +269,8 @@ def test_train_then_evaluate_run_from_disk(tmp_path):
     train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 2}, None, progress=False)
     for name in ("pop", "sasrec"):
         metrics = evaluate_run(tmp_path, name, "test", ks=(5, 10), device="cpu")
-        assert [r["subset"] for r in metrics["rows"]] == ["overall", "in-set", "cold"]
+        assert [r["subset"] for r in metrics["rows"]] == ["overall", "in-set", "cold"] * 2
+        assert [r["variant"] for r in metrics["rows"]][3:] == ["excl. history"] * 3
     store = read_json(tmp_path / "metrics.json")
     assert sorted(store["models"]) == ["pop", "sasrec"]
     results = (tmp_path / "results.md").read_text()
@@ -283,7 +284,8 @@ def test_evaluate_takes_inference_settings_and_records_them(tmp_path, cli):
     write_run(ds, tmp_path)
     train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, progress=False)
     metrics = evaluate_run(tmp_path, "sasrec", "test", ks=(5,), device="cpu")
-    assert metrics["inference"] == {"": {}}
+    assert metrics["inference"] == {"": {"exclude_history": False},
+                                    "excl. history": {"exclude_history": True}}
     # SASRec has no inference settings: an unknown one is the same error for every model
     with pytest.raises(SidrecError, match="unknown setting 'beam' for NoInference"):
         evaluate_run(tmp_path, "sasrec", "test", device="cpu", inference={"beam": 50})

@@ -18,14 +18,23 @@ all metrics are computed from that [U, k] matrix at once (no loop per user):
 - coverage@C: distinct items in the top-C lists of the users in a row / n_items.
 - filled@k: mean fraction of the k slots holding a real item (< 1 when a generative
   model returns fewer items than asked, e.g. invalid SIDs dropped).
+- invalid@k: mean fraction of the k slots holding a generated SID that is no catalogue
+  item (`INVALID_ITEM`; unconstrained decoding, the paper's protocol).
+- cold_slots@C: mean number of cold items in a top-C list. With P cold items in the
+  pool (`cold_pool`), filling those slots at random would already find a cold target
+  with probability cold_slots / P: that chance level is `random_cold@C`, to read beside
+  the cold row's recall@C (in `natural` mode every cold item is some user's target).
 
 Rows: one per (variant of `model.variants()`, subset), with subsets "overall",
 "in-set" (the split's target is warm: seen in training) and "cold" (the target is a
-cold-start item). An empty subset is reported with n = 0 and NaN metrics.
+cold-start item). An empty subset is reported with n = 0 and NaN metrics. The first
+variant is also reported with the user's own history masked (`exclude_history`, label
+"excl. history"); the other rows follow the paper protocol, which does not mask.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -39,7 +48,7 @@ import torch
 from sidrec.config import to_dict
 from sidrec.data.dataset import Dataset, Split
 from sidrec.errors import SidrecError
-from sidrec.models.base import Recommender
+from sidrec.models.base import INVALID_ITEM, Recommender
 from sidrec.run import RunDir
 
 SUBSETS = ("overall", "in-set", "cold")
@@ -93,24 +102,35 @@ def subset_metrics(
     ks: Sequence[int],
     n_items: int,
     coverage_k: int = 10,
+    cold: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Recall@K, NDCG@K for each K, coverage@coverage_k and filled@max(ks) of one user set."""
+    """Recall@K, NDCG@K for each K, coverage@coverage_k, filled@ and invalid@max(ks) of
+    one user set; with the catalogue's `cold` [n_items] bool, also cold_slots@ and
+    random_cold@coverage_k (see the module docstring)."""
     n = int(targets.shape[0])
     out: dict[str, float] = {"n": n}
+    kmax = max(ks)
     if n == 0:
         for k in ks:
             out[f"recall@{k}"] = math.nan
             out[f"ndcg@{k}"] = math.nan
-        out[f"coverage@{coverage_k}"] = math.nan
-        out[f"filled@{max(ks)}"] = math.nan
-        return out
+        names = [f"coverage@{coverage_k}", f"filled@{kmax}", f"invalid@{kmax}"]
+        if cold is not None:
+            names += [f"cold_slots@{coverage_k}", f"random_cold@{coverage_k}"]
+        return {**out, **dict.fromkeys(names, math.nan)}
     ranks = target_ranks(items, scores, targets)
     for k in ks:
         out[f"recall@{k}"] = recall_at(ranks, k).mean().item()
         out[f"ndcg@{k}"] = ndcg_at(ranks, k).mean().item()
     out[f"coverage@{coverage_k}"] = coverage_at(items, coverage_k, n_items)
-    kmax = max(ks)
     out[f"filled@{kmax}"] = (items[:, :kmax] >= 0).float().mean().item()
+    out[f"invalid@{kmax}"] = (items[:, :kmax] == INVALID_ITEM).float().mean().item()
+    if cold is not None:
+        top = items[:, :coverage_k]
+        slots = (cold[top.clamp_min(0)] & (top >= 0)).sum(dim=1).float()  # [U]
+        pool = int(cold.sum())
+        out[f"cold_slots@{coverage_k}"] = slots.mean().item()
+        out[f"random_cold@{coverage_k}"] = (slots / pool).mean().item() if pool else math.nan
     return out
 
 
@@ -180,12 +200,17 @@ def evaluate(
         device = next((t.device for t in tensors), torch.device("cpu"))
     histories, targets, users = dataset.eval_examples(split)
     targets_t = torch.as_tensor(targets)
-    cold_target = torch.from_numpy(np.array(dataset.cold, dtype=bool))[targets_t]  # [U]
+    cold = torch.from_numpy(np.array(dataset.cold, dtype=bool))  # [n_items]
+    cold_target = cold[targets_t]  # [U]
     masks = {"overall": torch.ones_like(cold_target), "in-set": ~cold_target, "cold": cold_target}
     kmax = max(max(ks), coverage_k)
 
-    all_variants = model.variants()
-    if variants is not None:
+    all_variants = dict(model.variants())
+    if variants is None:  # the headline variant again, with the user's history masked
+        first, inference = next(iter(all_variants.items()))
+        label = f"{first}, excl. history" if first else "excl. history"
+        all_variants[label] = dataclasses.replace(inference, exclude_history=True)
+    else:
         wanted = list(variants)
         unknown = [v for v in wanted if v not in all_variants]
         if unknown:
@@ -209,9 +234,8 @@ def evaluate(
             for subset, mask in masks.items():
                 row = {"variant": label, "subset": subset}
                 row.update(
-                    subset_metrics(
-                        items[mask], scores[mask], targets_t[mask], ks, dataset.n_items, coverage_k
-                    )
+                    subset_metrics(items[mask], scores[mask], targets_t[mask], ks,
+                                   dataset.n_items, coverage_k, cold=cold)
                 )
                 rows.append(row)
     finally:
@@ -223,6 +247,7 @@ def evaluate(
         "split": split,
         "ks": ks,
         "coverage_k": coverage_k,
+        "cold_pool": int(cold.sum()),
         "rows": rows,
         "inference": {label: to_dict(cfg) for label, cfg in all_variants.items()},
         "users_per_s": n_calls / seconds if seconds > 0 else math.inf,

@@ -119,9 +119,9 @@ def _cell(value: Any, sd: Any, digits: int) -> str:
 def _column_order(name: str) -> tuple[int, int, int]:
     # recall@5, ndcg@5, recall@10, ndcg@10, ..., then coverage and filled
     kind, _, k = name.partition("@")
-    group, within = {"recall": (0, 0), "ndcg": (0, 1), "coverage": (1, 0), "filled": (2, 0)}.get(
-        kind, (3, 0)
-    )
+    order = {"recall": (0, 0), "ndcg": (0, 1), "coverage": (1, 0), "filled": (2, 0),
+             "invalid": (2, 1), "cold_slots": (3, 0), "random_cold": (3, 1)}
+    group, within = order.get(kind, (4, 0))
     return (group, int(k) if k.isdigit() else 0, within)
 
 

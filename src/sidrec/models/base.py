@@ -17,7 +17,7 @@ Batches are dicts of tensors:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -28,9 +28,25 @@ from sidrec.errors import SidrecError
 Batch = dict[str, torch.Tensor]
 
 
+# Item ids in a recommendation: -1 = no item (a dead beam, fewer candidates than k),
+# INVALID_ITEM = a generated SID that is no catalogue item (unconstrained decoding).
+INVALID_ITEM = -2
+
+
 @dataclass(frozen=True)
-class NoInference:
-    """The inference config of models with nothing to choose at inference time."""
+class InferenceConfig:
+    """What every model's inference config has; each model's `Inference` extends it."""
+
+    # Never recommend an item of the user's own history (RecBole masks it for sequential
+    # models). The headline protocol does not mask (TIGER's); beam search masks inside the
+    # search, so no beam is spent on a seen item.
+    # (keyword-only, so a subclass's own fields keep their positions)
+    exclude_history: bool = field(default=False, kw_only=True)
+
+
+@dataclass(frozen=True)
+class NoInference(InferenceConfig):
+    """The inference config of models with nothing else to choose at inference time."""
 
 
 @dataclass
@@ -112,10 +128,12 @@ class Recommender(nn.Module):
 
         Rows may contain -1 items (with score -inf) when a model returns fewer than k.
         """
-        self._inference(inference)
+        inference = self._inference(inference)
         scores = self.score(history, users)
+        if inference.exclude_history:
+            scores = mask_history(scores, history)
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        return top.indices, top.values
+        return top.indices.masked_fill(top.values == float("-inf"), -1), top.values
 
     @torch.no_grad()
     def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
@@ -137,6 +155,14 @@ class Recommender(nn.Module):
                 "use a text- or SID-based model (dense-text, liger, cobra)"
             )
         self.catalogue = catalogue
+
+
+def mask_history(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """scores [B, n_items] with the items of each row's history [B, L] (-1 = padding) set
+    to -inf."""
+    rows = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
+    real = history >= 0
+    return scores.index_put((rows[real], history[real]), scores.new_tensor(float("-inf")))
 
 
 def item_padding(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

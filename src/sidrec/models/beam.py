@@ -130,8 +130,11 @@ class SidIndex:
         return torch.where(node >= 0, self.leaf_items[node.clamp_min(0)], -1)
 
 
+INVALID_ITEM = -2  # = sidrec.models.base.INVALID_ITEM (beam.py imports nothing of models)
+
+
 class BeamResult(NamedTuple):
-    items: torch.Tensor  # [B, beam] int64 catalogue item, -1 where none (invalid or dead)
+    items: torch.Tensor  # [B, beam] int64 catalogue item; -2 an invalid SID, -1 a dead beam
     log_probs: torch.Tensor  # [B, beam] sequence log-probability, best first
     n_invalid: int  # returned sequences with a finite score that are no catalogue SID
     sids: torch.Tensor  # [B, beam, L] the decoded code sequences
@@ -150,6 +153,7 @@ def beam_search(
     catalogue: SidIndex,
     allowed: SidIndex | None = None,
     reorder: Callable[[Any, torch.Tensor], Any] = _reorder,
+    exclude: torch.Tensor | None = None,
 ) -> BeamResult:
     """Beam search of width `beam` for `n_users` users at once.
 
@@ -158,7 +162,12 @@ def beam_search(
     order by `reorder(state, parent_rows)`. `catalogue` maps the final SIDs to items;
     `allowed` (or None for unconstrained decoding) is the prefix index the beams must stay
     in, e.g. the warm items only. Beams that run out of valid extensions (fewer valid
-    sequences than `beam`) come back as item -1 with log-prob -inf.
+    sequences than `beam`) come back as item -1 with log-prob -inf; a finished SID that is
+    no catalogue item (unconstrained decoding) as `INVALID_ITEM`.
+
+    `exclude` [B, H, L] holds per user the SIDs that must not be completed (e.g. the
+    history's items; rows with a negative code are ignored): at the last level their
+    completions are masked inside the search, so no beam is spent on them.
     """
     sizes = catalogue.sizes
     device = catalogue.leaf_items.device
@@ -167,6 +176,8 @@ def beam_search(
     node = torch.zeros(n_users, 1, dtype=torch.int64, device=device)  # (B, w) prefix node
     prev = torch.full((n_users,), -1, dtype=torch.int64, device=device)
     users = torch.arange(n_users, device=device)[:, None]  # (B, 1)
+    walk = allowed if allowed is not None else catalogue  # the index whose nodes are tracked
+    banned = None if exclude is None else _last_level_keys(walk, exclude)  # (B, H) sorted
     for t, size in enumerate(sizes):
         logp, state = step_fn(prev, t, state)  # (B*w, V)
         w = scores.shape[1]
@@ -174,6 +185,10 @@ def beam_search(
         if allowed is not None:
             ok = allowed.children_mask(t, node.view(-1)).view(n_users, w, size)
             cand = cand.masked_fill(~ok, float("-inf"))
+        if banned is not None and t == len(sizes) - 1:
+            keys = node[:, :, None] * size + torch.arange(size, device=device)  # (B, w, V)
+            cand = cand.masked_fill(_member(banned, keys.view(n_users, -1)).view_as(cand)
+                                    & (node >= 0)[:, :, None], float("-inf"))
         top, idx = cand.view(n_users, w * size).topk(min(beam, w * size), dim=1)  # (B, k)
         if top.shape[1] < beam:  # fewer candidates than beams (tiny vocabularies)
             short = beam - top.shape[1]
@@ -181,17 +196,36 @@ def beam_search(
             idx = torch.cat([idx, idx.new_zeros(n_users, short)], dim=1)
         parent, code = idx // size, idx % size  # (B, beam)
         seqs = torch.cat([seqs[users, parent], code[..., None]], dim=2)  # (B, beam, t+1)
-        if allowed is not None:
-            node = allowed.child(t, node[users, parent], code)  # (B, beam)
+        if allowed is not None or banned is not None:
+            node = walk.child(t, node[users, parent], code)  # (B, beam)
         scores = top
         prev = code.view(-1)
         if t + 1 < len(sizes):  # the last step's cache is never read again
             state = reorder(state, (users * w + parent).view(-1))
     items = catalogue.lookup(seqs)  # (B, beam)
     finite = torch.isfinite(scores)
-    n_invalid = int(((items < 0) & finite).sum())
-    items = torch.where(finite, items, -1)
-    return BeamResult(items, scores, n_invalid, seqs)
+    invalid = (items < 0) & finite
+    items = torch.where(invalid, INVALID_ITEM, torch.where(finite, items, -1))
+    return BeamResult(items, scores, int(invalid.sum()), seqs)
+
+
+def _last_level_keys(index: SidIndex, sids: torch.Tensor) -> torch.Tensor:
+    """Sorted keys `parent_node * V_last + last_code` [B, H] of SIDs [B, H, L] under
+    `index` (-1 where a SID is no prefix path of the index, or has a negative code)."""
+    node = torch.zeros(sids.shape[:-1], dtype=torch.int64, device=sids.device)
+    for t in range(len(index.sizes) - 1):
+        node = index.child(t, node, sids[..., t].clamp_min(0))
+    node = torch.where((sids < 0).any(-1), -1, node)
+    keys = torch.where(node >= 0, node * index.sizes[-1] + sids[..., -1], -1)
+    return keys.sort(dim=1).values
+
+
+def _member(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """keys [B, N] found in the row's sorted_keys [B, H] -> [B, N] bool."""
+    if sorted_keys.shape[1] == 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    pos = torch.searchsorted(sorted_keys, keys).clamp_max(sorted_keys.shape[1] - 1)
+    return sorted_keys.gather(1, pos) == keys
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender, init_weights
+from sidrec.models.base import Batch, Catalogue, InferenceConfig, Recommender, init_weights
 from sidrec.models.beam import SidIndex, beam_search
 from sidrec.models.heads import mlp
 from sidrec.models.retrieval import GroupedItems, ItemIndex
@@ -64,7 +64,7 @@ class CobraConfig:
 
 
 @dataclass(frozen=True)
-class CobraInference:
+class CobraInference(InferenceConfig):
     """How a trained COBRA decodes (not part of what was trained)."""
 
     mode: Mode = "fusion"  # the others are inference-time ablation switches
@@ -209,12 +209,18 @@ class Cobra(Recommender):
     # ----------------------------------------------------------------- embedding
 
     def _cascade(
-        self, items: torch.Tensor, vectors: torch.Tensor
+        self, items: torch.Tensor, vectors: torch.Tensor, shift: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """items [B, n] (-1 = padding), their v [B, n, d] -> (tokens [B, n*(L+1), d], padding)."""
+        """items [B, n] (-1 = padding), their v [B, n, d] -> (tokens [B, n*(L+1), d], padding).
+
+        Positions count back from the item being predicted (position 0), as SASRec's and
+        TIGER's do, so the padding width never changes a result: the training window ends
+        with its target (shift 0), a history at inference one item earlier (shift 1).
+        """
         b, n = items.shape
         pad = items < 0  # (B, n)
-        pos = self.pos_emb(torch.arange(n, device=items.device))  # (n, d)
+        back = torch.arange(n - 1, -1, -1, device=items.device) + shift
+        pos = self.pos_emb(back)  # (n, d)
         sparse = self.code_emb(self.sparse[items.clamp_min(0)] + self.offsets)  # (B, n, L, d)
         sparse = sparse + self.type_emb.weight[: self.levels]
         dense = self.dense_in(vectors) + self.type_emb.weight[self.levels]  # (B, n, d)
@@ -295,14 +301,14 @@ class Cobra(Recommender):
         history = history[:, -self.cfg.max_len :]
         b, n = history.shape
         vectors = self.item_vectors()
-        x, pad = self._cascade(history, vectors[history.clamp_min(0)])
+        x, pad = self._cascade(history, vectors[history.clamp_min(0)], shift=1)
         hidden, cache = self.decoder.prefill(x, pad)
         first = torch.log_softmax(self.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
 
         def step(prev: torch.Tensor, t: int, state: KVCache):
             if t == 0:
                 return first, state
-            h = self.decoder.step(self._code_token(prev, t - 1, n), state)  # (N, 1, d)
+            h = self.decoder.step(self._code_token(prev, t - 1, 0), state)  # (N, 1, d)
             return torch.log_softmax(self.sparse_heads[t](h[:, -1]), dim=-1), state
 
         groups, sparse_index = self.tables()
@@ -314,13 +320,16 @@ class Cobra(Recommender):
                         own_v=[None] * len(self.decoder.blocks), prefix_k=cache.prefix_k,
                         prefix_v=cache.prefix_v, prefix_pad=cache.prefix_pad)
         codes = result.sids.reshape(b * m, self.levels)
-        h = self.decoder.step(self._sparse_tokens(codes, n), fresh)  # (B*M, L, d)
+        h = self.decoder.step(self._sparse_tokens(codes, 0), fresh)  # (B*M, L, d)
         v_hat = self.dense_head(h[:, -1])  # (B*M, d)
         valid = torch.isfinite(result.log_probs).view(-1)
         if mode == "no-sparse":
             # Dense only: the best beam's v̂ against the whole catalogue.
-            ids, cos = ItemIndex(vectors).search(v_hat.view(b, m, -1)[:, 0], k)
-            return ids, cos
+            extra = n if cfg.exclude_history else 0  # room for the seen items dropped below
+            ids, cos = ItemIndex(vectors).search(v_hat.view(b, m, -1)[:, 0], k + extra)
+            if cfg.exclude_history:
+                cos = cos.masked_fill(_seen(ids, history), float("-inf"))
+            return _merge_candidates(ids, cos, k)
         if cfg.retrieval == "global":
             cand, cos = ItemIndex(vectors).search(v_hat, n_nb)  # (B*M, N)
         else:
@@ -331,17 +340,26 @@ class Cobra(Recommender):
                 cand = cand.gather(1, top)
         cos = cos.masked_fill(~valid[:, None] | (cand < 0), float("-inf"))
         cand, cos = cand.view(b, m, -1), cos.view(b, m, -1)
+        if cfg.exclude_history:  # seen items are no candidates: BeamFusion never sees them
+            cos = cos.masked_fill(_seen(cand.view(b, -1), history).view_as(cos), float("-inf"))
         if mode == "no-beamfusion":
             scores = cos  # rank the beams' candidates by cosine alone
         else:
             psi = 0.0 if mode == "no-dense" else cfg.psi
             scores = beam_fusion(result.log_probs, cos, cfg.tau, psi)
-            scores = torch.where(torch.isfinite(cos), scores, torch.full_like(scores, -1.0))
+            # a dead beam's or a missing candidate's item is no recommendation
+            scores = scores.masked_fill(~torch.isfinite(cos), float("-inf"))
         return _merge_candidates(cand.view(b, -1), scores.view(b, -1), k)
 
     def _code_token(self, prev: torch.Tensor, level: int, position: int) -> torch.Tensor:
         x = self.code_emb(prev + self.offsets[level]) + self.type_emb.weight[level]
         return (x + self.pos_emb.weight[position])[:, None]  # (N, 1, d)
+
+
+def _seen(items: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """items [B, C] that occur in the row's history [B, L] -> [B, C] bool."""
+    real = history >= 0
+    return ((items[:, :, None] == history[:, None, :]) & real[:, None, :]).any(-1)
 
 
 def _merge_candidates(

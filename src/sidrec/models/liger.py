@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender
+from sidrec.models.base import Batch, Catalogue, Recommender, mask_history
 from sidrec.models.beam import BeamResult
 from sidrec.models.heads import DenseHead
 from sidrec.models.sid_parts import (
@@ -99,9 +99,11 @@ class LIGER(Recommender):
         text = catalogue_text(catalogue, self.name)  # (n_items, d_text)
         codes, sizes = catalogue_sids(catalogue, self.name)
         d_text = text.shape[1]
-        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets)
+        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets,
+                                anonymous_user=cfg.user_dropout > 0)
         self.encoder = SIDEncoder(self.tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
-                                  d_text=d_text, text_hidden=cfg.text_hidden)
+                                  d_text=d_text, text_hidden=cfg.text_hidden,
+                                  user_dropout=cfg.user_dropout)
         self.gen = GenerativeSIDHead(self.tokens, cfg.stack(cfg.n_decoder_layers), catalogue.cold)
         self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
         self.register_buffer("text_emb", text, persistent=False)
@@ -149,8 +151,9 @@ class LIGER(Recommender):
         with eval_mode(self):
             memory, pad = self.encode(history, users)
             width = inference.beam if beam is None else beam
+            exclude = history if inference.exclude_history else None
             return self.gen.generate(memory, pad, width, inference.constrained,
-                                     inference.include_cold)
+                                     inference.include_cold, exclude)
 
     @torch.no_grad()
     def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
@@ -168,9 +171,11 @@ class LIGER(Recommender):
             out = self.generate(history, users, inference, beam=max(inference.beam, k))
             return self.gen.top_k(out, k)
         dense = self.score(history, users)  # (B, n_items)
+        if inference.exclude_history:
+            dense = mask_history(dense, history)
         if inference.mode == "dense":
             top = torch.topk(dense, min(k, dense.shape[1]), dim=1)
-            return top.indices, top.values
+            return top.indices.masked_fill(top.values == float("-inf"), -1), top.values
         kk = inference.hybrid_k
         beam_items, _ = self.gen.top_k(self.generate(history, users, inference,
                                                      beam=max(inference.beam, kk)), kk)
@@ -225,9 +230,11 @@ class DenseSID(Recommender):
         text = catalogue_text(catalogue, self.name)  # (n_items, d_text)
         codes, sizes = catalogue_sids(catalogue, self.name)
         d_text = text.shape[1]
-        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets)
+        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets,
+                                anonymous_user=cfg.user_dropout > 0)
         self.encoder = SIDEncoder(self.tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
-                                  d_text=d_text, text_hidden=cfg.text_hidden)
+                                  d_text=d_text, text_hidden=cfg.text_hidden,
+                                  user_dropout=cfg.user_dropout)
         self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
         self.register_buffer("text_emb", text, persistent=False)
         self.register_buffer("cold", catalogue.cold.bool(), persistent=False)

@@ -50,7 +50,8 @@ class Pop(Recommender):
     def recommend(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._inference(inference)
+        if self._inference(inference).exclude_history:
+            return Recommender.recommend(self, history, users, k, inference)
         top = self.order[: min(k, self.order.numel())]  # [k]
         items = top.expand(history.shape[0], -1)  # [B, k]
         return items, self.popularity[items]

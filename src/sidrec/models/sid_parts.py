@@ -7,6 +7,12 @@ From TIGER (Rajput et al., "Recommender Systems with Generative Retrieval", Neur
 Sec. 3-4):
 - `SIDEncoder` reads the user's history as SID tokens (each item = its n_codes codes, the
   last one the collision token), prefixed by a hashed user token (2,000 buckets, Sec. 4).
+  With `user_dropout` > 0 the vocabulary also holds one reserved *anonymous* user token:
+  in training, each example's user token is replaced by it with that probability, so the
+  model learns to recommend from the history alone; at inference a user unknown to the
+  training data (dense id -1, e.g. a new visitor of `sidrec serve`) reads that token. A
+  model trained without it (user_dropout = 0) reads training user 0's bucket for an
+  unknown user, as sidrec did before: a train/serve skew that a retrain removes.
   With a text input (LIGER, Yang et al., arXiv 2411.18814, Sec. 4.1) every token of an
   item also carries an MLP projection of the item's text embedding (the same vector for
   all its codes) and a code-level position embedding.
@@ -17,6 +23,7 @@ Sec. 3-4):
 - `SIDTokens` is the vocabulary both read, with its one embedding table (so encoder and
   decoder inputs share it, as in TIGER's T5):
       0 PAD | 1 BOS | 2 .. 2+sum(V_t): code c at level t -> 2 + offset_t + c | user buckets
+      | the anonymous user (only with user dropout)
   The head's output layer scores the sum(V_t) code tokens; at level t only level t's codes
   compete.
 
@@ -63,6 +70,10 @@ class SIDEncoderConfig:
     n_encoder_layers: int = 4
     dropout: float = 0.1
     user_buckets: int = 2000  # hashed user-id token prepended to the history; 0 = none
+    # Probability that a training example reads the reserved anonymous user token instead
+    # of its user's bucket: the token that users unseen in training read. 0 = the paper
+    # (no such token); the cpu and paper presets use 0.1.
+    user_dropout: float = 0.0
     max_history: int = 20  # items read (the most recent ones)
 
     def stack(self, n_layers: int) -> StackConfig:
@@ -115,11 +126,13 @@ class SIDTokens(nn.Module):
     """Item -> SID tokens, user -> bucket token, and the embedding table of both.
 
     codes [n_items, n_codes] int64 (code t in [0, sizes[t])) is a buffer, replaced by
-    `set_codes` when the catalogue grows.
+    `set_codes` when the catalogue grows. `anonymous_user` adds the reserved token that
+    user id -1 (unknown) reads; without it, -1 reads user 0's bucket.
     """
 
     def __init__(
-        self, codes: torch.Tensor, sizes: tuple[int, ...], d_model: int, user_buckets: int
+        self, codes: torch.Tensor, sizes: tuple[int, ...], d_model: int, user_buckets: int,
+        anonymous_user: bool = False,
     ) -> None:
         super().__init__()
         self.sizes = tuple(sizes)
@@ -127,10 +140,11 @@ class SIDTokens(nn.Module):
         self.n_code_tokens = sum(sizes)
         self.first_user = FIRST_CODE + self.n_code_tokens
         self.user_buckets = user_buckets
+        self.anonymous = self.first_user + user_buckets if anonymous_user else None
         offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)  # (n_codes,)
         self.register_buffer("offsets", offsets, persistent=False)
         self.register_buffer("codes", codes, persistent=False)  # (n_items, n_codes)
-        self.emb = nn.Embedding(self.first_user + user_buckets, d_model)
+        self.emb = nn.Embedding(self.first_user + user_buckets + int(anonymous_user), d_model)
         self.apply(init_weights)
 
     def set_codes(self, codes: torch.Tensor, sizes: tuple[int, ...]) -> None:
@@ -147,8 +161,12 @@ class SIDTokens(nn.Module):
         return FIRST_CODE + self.offsets + codes
 
     def user_tokens(self, users: torch.Tensor) -> torch.Tensor:
-        """Dense user ids [B] -> bucket token ids [B]."""
-        return self.first_user + user_bucket(users, self.user_buckets)
+        """Dense user ids [B] (-1: unknown) -> token ids [B]: the user's bucket, or the
+        anonymous token for -1 (user 0's bucket when the model has none)."""
+        tokens = self.first_user + user_bucket(users.clamp_min(0), self.user_buckets)
+        if self.anonymous is None:
+            return tokens
+        return tokens.masked_fill(users < 0, self.anonymous)
 
 
 class SIDEncoder(nn.Module):
@@ -156,14 +174,19 @@ class SIDEncoder(nn.Module):
 
     `d_text` > 0 adds LIGER's text input: `text_in` = mlp(d_text, text_hidden, d) of the
     item's text embedding and a code-level position, on every token of the item.
+    `user_dropout` > 0 (training only) swaps a user's token for the anonymous one (the
+    tokens must have it).
     """
 
     def __init__(
         self, tokens: SIDTokens, stack: StackConfig, max_history: int, d_text: int = 0,
-        text_hidden: int = 0,
+        text_hidden: int = 0, user_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if user_dropout > 0 and tokens.user_buckets > 0 and tokens.anonymous is None:
+            raise ValueError("user_dropout needs SIDTokens(..., anonymous_user=True)")
         self.max_history = max_history
+        self.user_dropout = user_dropout
         n_codes, d = tokens.n_codes, stack.d_model
         self.pos = nn.Embedding(1 + max_history * n_codes, d)  # 0: the user token
         self.layers = Encoder(stack)
@@ -205,6 +228,9 @@ class SIDEncoder(nn.Module):
                 raise ValueError("this encoder reads item text: pass text_emb")
             x = x + self.text_inputs(history, text_emb)  # (B, L'*n_codes, d)
         if self.tokens.user_buckets > 0:
+            if self.training and self.user_dropout > 0:  # users unseen in training
+                drop = torch.rand(users.shape, device=device) < self.user_dropout  # (B,)
+                users = users.masked_fill(drop, -1)
             u = self.tokens.emb(self.tokens.user_tokens(users)) + self.pos.weight[0]  # (B, d)
             x = torch.cat([u[:, None], x], dim=1)  # (B, S, d)
             pad = torch.cat([pad.new_zeros(len(pad), 1), pad], dim=1)  # (B, S)
@@ -326,14 +352,21 @@ class GenerativeSIDHead(nn.Module):
 
     def generate(
         self, memory: torch.Tensor, pad: torch.Tensor, beam: int, constrained: bool,
-        include_cold: bool,
+        include_cold: bool, exclude: torch.Tensor | None = None,
     ) -> BeamResult:
-        """Beam search of the next item's SID: items / log-probs [B, beam], n_invalid."""
+        """Beam search of the next item's SID: items / log-probs [B, beam], n_invalid.
+        `exclude` [B, H] (-1 = none): items whose SIDs the search must not complete."""
         device = memory.device
         catalogue = self.index(True, device)
         allowed = self.index(include_cold, device) if constrained else None
         cache = self.decoder.start(memory, pad)
-        return beam_search(self._step, cache, len(memory), beam, catalogue, allowed)
+        banned = None
+        if exclude is not None:
+            exclude = exclude.to(device)
+            banned = self.tokens.codes[exclude.clamp_min(0)]  # (B, H, L)
+            banned = banned.masked_fill((exclude < 0)[..., None], -1)
+        return beam_search(self._step, cache, len(memory), beam, catalogue, allowed,
+                           exclude=banned)
 
     def top_k(self, out: BeamResult, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first k of a beam as (items [B, k], scores [B, k]): an invalid SID keeps its

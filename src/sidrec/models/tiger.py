@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender
+from sidrec.models.base import Batch, Catalogue, InferenceConfig, Recommender
 from sidrec.models.beam import BeamResult
 from sidrec.models.sid_parts import (
     GenerativeSIDHead,
@@ -43,7 +43,7 @@ class TIGERConfig(SIDEncoderConfig):
 
 
 @dataclass(frozen=True)
-class TIGERInference:
+class TIGERInference(InferenceConfig):
     """How a trained TIGER decodes (not part of what was trained)."""
 
     beam: int = 20  # beam width of `recommend` (at least k is used)
@@ -53,10 +53,12 @@ class TIGERInference:
 
 
 PRESETS: dict[str, TIGERConfig] = {
-    "paper": TIGERConfig(),
+    # The paper's sizes + user-token dropout (sid_parts: the anonymous user token).
+    "paper": TIGERConfig(user_dropout=0.1),
     # Small enough for MovieLens-100k on 2 CPU cores (see configs/tiger.yaml).
     "cpu": TIGERConfig(
-        d_model=64, n_heads=4, head_dim=16, d_ff=256, n_encoder_layers=2, n_decoder_layers=2
+        d_model=64, n_heads=4, head_dim=16, d_ff=256, n_encoder_layers=2, n_decoder_layers=2,
+        user_dropout=0.1,
     ),
 }
 
@@ -78,8 +80,10 @@ class TIGER(Recommender):
     def __init__(self, cfg: TIGERConfig, catalogue: Catalogue) -> None:
         super().__init__(cfg, catalogue)
         codes, sizes = self.item_codes(catalogue)
-        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets)
-        self.encoder = SIDEncoder(self.tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history)
+        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets,
+                                anonymous_user=cfg.user_dropout > 0)
+        self.encoder = SIDEncoder(self.tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
+                                  user_dropout=cfg.user_dropout)
         self.gen = GenerativeSIDHead(self.tokens, cfg.stack(cfg.n_decoder_layers), catalogue.cold)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -110,8 +114,9 @@ class TIGER(Recommender):
         with eval_mode(self):
             memory, pad = self.encode(history, users)
             width = inference.beam if beam is None else beam
+            exclude = history if inference.exclude_history else None
             return self.gen.generate(memory, pad, width, inference.constrained,
-                                     inference.include_cold)
+                                     inference.include_cold, exclude)
 
     @torch.no_grad()
     def recommend(
