@@ -5,15 +5,15 @@ import math
 import pytest
 import torch
 
+from sidrec.errors import SidrecError
 from sidrec.models.base import Catalogue
 from sidrec.models.cobra import (
     Cobra,
     CobraConfig,
     CobraInference,
-    _merge_candidates,
     beam_fusion,
 )
-from sidrec.models.retrieval import GroupedItems
+from sidrec.models.retrieval import GroupedItems, merge_candidates
 
 SIZES = (4, 4, 3)  # 2 sparse levels x 4 codes + collision token
 
@@ -143,7 +143,7 @@ def test_group_retrieval_can_return_cold_items():
 def test_merge_keeps_best_score_of_duplicates():
     items = torch.tensor([[5, 3, 5, -1]])
     scores = torch.tensor([[0.2, 0.5, 0.9, 1.0]])
-    out, top = _merge_candidates(items, scores, 3)
+    out, top = merge_candidates(items, scores, 3)
     assert out.tolist() == [[5, 3, -1]]
     torch.testing.assert_close(top[0, :2], torch.tensor([0.9, 0.5]))
 
@@ -176,3 +176,56 @@ def test_recommend_on_cuda_matches_cpu():
         real = row[row >= 0]
         assert len(real) == 10 and len(set(real.tolist())) == 10 and (real < 24).all()
     assert cpu_items.shape == items.shape
+
+
+@pytest.mark.parametrize("tokens", ["sparse", "dense"])
+def test_trained_ablations_train_and_recommend(tokens):
+    """w/o dense: no item encoder, no dense loss, full SIDs decoded (a decoder-only TIGER);
+    w/o sparse: no sparse tokens or heads, v̂ from the last dense token."""
+    model = small_model(tokens=tokens)
+    names = {name.split(".")[0] for name, _ in model.named_parameters()}
+    if tokens == "sparse":
+        assert "item_encoder" not in names and "dense_head" not in names
+        assert model.levels == 3  # the collision token too: a full SID names one item
+    else:
+        assert not list(model.sparse_heads.parameters()) and model.levels == 0
+    batch = {"history": torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6], [-1, -1, 8, 9]]),
+             "target": torch.tensor([3, 7, 10]), "user": torch.tensor([0, 1, 2])}
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = model(batch)
+    assert set(first) == {"loss", "loss_sparse" if tokens == "sparse" else "loss_dense"}
+    for _ in range(60):
+        opt.zero_grad()
+        model(batch)["loss"].backward()
+        opt.step()
+    assert model(batch)["loss"] < 0.5 * first["loss"]
+    model.eval()
+    history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    items, scores = model.recommend(history, torch.tensor([0, 1]), 10)
+    assert ((items >= 0) & (items < 24)).all()
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    masked = CobraInference(exclude_history=True)
+    items, _ = model.recommend(history, torch.tensor([0, 1]), 10, masked)
+    for row, seen in zip(items.tolist(), history.tolist(), strict=True):
+        assert not set(row) & {i for i in seen if i >= 0}
+    assert model.variants() == {"": model.inference}
+
+
+def test_group_sizes_are_reported_and_coarser_sparse_ids_hold_more_items():
+    fine = small_model().diagnostics()
+    coarse = small_model(sparse_levels=1).diagnostics()
+    # the catalogue's codes: level 0 = item % 4, level 1 = (item // 4) % 4, 24 items
+    assert fine["groups"] == 16 and coarse["groups"] == 4
+    assert coarse["items_per_group_mean"] == 6.0 and coarse["items_alone"] == 0.0
+    with pytest.raises(SidrecError, match="sparse_levels=3"):
+        small_model(sparse_levels=3)
+
+
+def test_padding_width_does_not_change_a_recommendation():
+    model = small_model().eval()
+    short = torch.tensor([[0, 1, 2]])
+    wide = torch.tensor([[-1, -1, -1, 0, 1, 2]])
+    a = model.recommend(short, torch.tensor([0]), 5)
+    b = model.recommend(wide, torch.tensor([0]), 5)
+    assert torch.equal(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])

@@ -248,6 +248,7 @@ def evaluate(
         "ks": ks,
         "coverage_k": coverage_k,
         "cold_pool": int(cold.sum()),
+        "diagnostics": model.diagnostics(),
         "rows": rows,
         "inference": {label: to_dict(cfg) for label, cfg in all_variants.items()},
         "users_per_s": n_calls / seconds if seconds > 0 else math.inf,

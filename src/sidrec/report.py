@@ -139,10 +139,19 @@ def render_report(manifest: dict, cold_mode: str, settings: str,
         f"test users). {settings}",
         "",
         "Rows: overall / in-set (test target seen in training) / cold (target never seen "
-        "in training). Generative models: items the beam does not return are misses.",
+        "in training). Generative models: items the beam does not return are misses. "
+        "Rows labelled `excl. history` mask the user's own history (RecBole's protocol, "
+        "masked inside the beam search); every other row does not (TIGER's protocol, the "
+        "headline). `invalid@K`: share of the top-K slots holding a generated SID that is "
+        "no item (unconstrained decoding). `cold_slots@10`: cold items per top-10; "
+        f"`random_cold@10`: the cold recall@10 that filling those slots at random from the "
+        f"{results[0].get('cold_pool', 0) if results else 0:,} cold items would reach, the "
+        "chance level for the cold rows. Variants marked `(inference)` switch a part off "
+        "in one trained model; the trained ablations are models of their own.",
         "",
         table,
         "",
+        *diagnostics_lines(results),
         f"Models trained and evaluated {parallelism}"
         + ("; decode speeds are measured beside the other workers, so they are below an "
            "idle machine's." if workers > 1 else "."),
@@ -157,6 +166,17 @@ def render_report(manifest: dict, cold_mode: str, settings: str,
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
               f"Total wall time: {total / 60:.1f} min.", ""]
     return "\n".join(lines)
+
+
+def diagnostics_lines(results: list[dict[str, Any]]) -> list[str]:
+    """One line per model that reports facts to read its rows with (`diagnostics()`)."""
+    lines = []
+    for r in results:
+        facts = r.get("diagnostics") or {}
+        if facts:
+            text = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items())
+            lines.append(f"- {r['display_name']}: {text}")
+    return [*lines, ""] if lines else []
 
 
 def write_plots(run: RunDir, results: list[dict[str, Any]]) -> list[str]:

@@ -140,6 +140,11 @@ class Recommender(nn.Module):
         """Scores of every catalogue item [B, n_items], for models that have them."""
         raise NotImplementedError(f"{self.name} does not produce a full score matrix")
 
+    def diagnostics(self) -> dict[str, Any]:
+        """Facts about the trained model that its results should be read with (e.g. COBRA's
+        sparse-ID group sizes); the evaluator records them beside the metrics."""
+        return {}
+
     def variants(self) -> dict[str, Any]:
         """Inference configs the evaluator reports as separate rows: label -> config.
 

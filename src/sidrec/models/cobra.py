@@ -16,15 +16,24 @@ Loss = L_sparse + dense_weight * L_dense; the item encoder is trained with both.
 decoder-only, one causal pass over a window supervises every item in it (as SASRec), so
 an epoch covers every training interaction at the cost of one pass per `max_history`.
 
-Item encoder (`item_encoder`): "transformer" = a light transformer over the item's text
-tokens (all-MiniLM-L6-v2's word-piece vocabulary) with a [CLS] output, as in the paper;
-"projection" = a trainable MLP over the frozen sentence embedding (the cheap preset).
+Item encoder (`item_encoder`, `models/item_encoder.py`): a light transformer over the
+item's text tokens, as in the paper, or a trainable MLP over the frozen sentence embedding.
 
 Inference is coarse-to-fine (Sec. 3.3): beam search the top-M sparse IDs, generate v̂_k
 for each, take the items under that sparse ID (or the global nearest neighbours) and fuse
 with BeamFusion (`beam_fusion`). Cold items have a sparse ID and a dense vector, so they
-can be retrieved. NOTE: the ablations are inference switches of one trained model
-(`variants`), not separately trained models as in the paper's Table 4.
+can be retrieved. The sparse ID must be coarse enough that its groups hold several items
+(`sparse_levels`; the group sizes are in `diagnostics()`), or BeamFusion over one
+candidate does nothing.
+
+Ablations (the paper's Table 4) are separately *trained* models, set by `tokens`:
+- `cobra-no-dense` (`tokens: sparse`): no dense token and no dense loss; the item is its
+  full SID, decoded by beam search: the decoder-only TIGER control, which shows what the
+  cascade adds over decoder-only training;
+- `cobra-no-sparse` (`tokens: dense`): no sparse tokens; v̂ of the next item from the
+  last dense token, retrieved from all items by nearest neighbours.
+The inference-time switches of one trained COBRA (`variants`) stay beside them, labelled
+"(inference)"; "no-beamfusion" ranks the beams' candidates by cosine alone.
 """
 
 from __future__ import annotations
@@ -37,14 +46,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, InferenceConfig, Recommender, init_weights
 from sidrec.models.beam import SidIndex, beam_search
 from sidrec.models.heads import mlp
-from sidrec.models.retrieval import GroupedItems, ItemIndex
-from sidrec.models.transformer import Decoder, Encoder, KVCache, StackConfig
+from sidrec.models.item_encoder import ItemEncoder
+from sidrec.models.retrieval import (
+    GroupedItems,
+    ItemIndex,
+    merge_candidates,
+    nearest,
+    seen_in_history,
+)
+from sidrec.models.transformer import Decoder, KVCache, StackConfig
 
 Mode = Literal["fusion", "no-dense", "no-sparse", "no-beamfusion"]
+Tokens = Literal["cascade", "sparse", "dense"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,11 @@ class CobraConfig:
     text_tokens: int = 32  # item text truncated to this many word pieces
     temperature: float = 0.07  # InfoNCE
     dense_weight: float = 1.0
+    # What an item is in the sequence: [sparse ID, v] (COBRA), its full SID only (the
+    # trained w/o-dense ablation), or v only (w/o sparse); see the module docstring.
+    tokens: Tokens = "cascade"
+    # Leading SID levels that form the sparse ID (0: every level but the collision token).
+    sparse_levels: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,53 +115,6 @@ def beam_fusion(
     return w[:, :, None] * p
 
 
-class ItemEncoder(nn.Module):
-    """Item text -> dense vector v [n_items, d_model] (the trainable half of the cascade)."""
-
-    def __init__(self, cfg: CobraConfig, catalogue: Catalogue) -> None:
-        super().__init__()
-        self.kind = cfg.item_encoder
-        self.text_tokens = cfg.text_tokens
-        if self.kind == "projection":
-            if catalogue.text_emb is None:
-                raise ValueError("item_encoder=projection needs embeddings.npy (sidrec embed)")
-            dim = catalogue.text_emb.shape[1]
-            self.proj = mlp(dim, 2 * cfg.d_model, cfg.d_model)
-        else:
-            self.tokenizer = _wordpiece_tokenizer()
-            self.tok = nn.Embedding(self.tokenizer.vocab_size, cfg.d_model, padding_idx=0)
-            self.pos = nn.Embedding(cfg.text_tokens, cfg.d_model)
-            self.encoder = Encoder(StackConfig(cfg.text_layers, cfg.d_model, cfg.n_heads,
-                                               cfg.head_dim, cfg.d_ff, cfg.dropout))
-            self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        self.set_catalogue(catalogue)
-
-    def set_catalogue(self, catalogue: Catalogue) -> None:
-        if self.kind == "projection":
-            self.register_buffer("text_emb", catalogue.text_emb.float(), persistent=False)
-        else:
-            enc = self.tokenizer(catalogue.item_text, max_length=self.text_tokens,
-                                 truncation=True, padding="max_length", return_tensors="pt")
-            self.register_buffer("token_ids", enc["input_ids"], persistent=False)
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """items [...] dense ids -> v [..., d_model]."""
-        if self.kind == "projection":
-            return self.proj(self.text_emb[items])
-        ids = self.token_ids[items.reshape(-1)]  # (n, T) word pieces, [CLS] first
-        x = self.tok(ids) + self.pos.weight[: ids.shape[1]]
-        h = self.encoder(x, ids == 0)  # (n, T, d)
-        return self.out(h[:, 0]).view(*items.shape, -1)  # [CLS] output
-
-
-def _wordpiece_tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    from sidrec.embed import DEFAULT_ENCODER, resolve_encoder
-
-    return AutoTokenizer.from_pretrained(resolve_encoder(DEFAULT_ENCODER))
-
-
 @register
 class Cobra(Recommender):
     name = "cobra"
@@ -151,20 +127,31 @@ class Cobra(Recommender):
 
     def __init__(self, cfg: CobraConfig, catalogue: Catalogue) -> None:
         super().__init__(cfg, catalogue)
-        self.levels = len(catalogue.codebook_sizes) - 1  # sparse ID = codes w/o collision
+        n_sid = len(catalogue.codebook_sizes) if cfg.tokens != "dense" else 0
+        if cfg.sparse_levels >= n_sid and cfg.tokens == "cascade":
+            raise SidrecError(
+                f"{self.name}: sparse_levels={cfg.sparse_levels} but the SIDs have "
+                f"{n_sid - 1} levels before the collision token; use 1..{n_sid - 1}"
+            )
+        # S sparse tokens and D (0 or 1) dense tokens per item
+        self.levels = {"cascade": cfg.sparse_levels or n_sid - 1, "sparse": n_sid,
+                       "dense": 0}[cfg.tokens]
+        self.has_dense = cfg.tokens != "sparse"
+        self.slots = self.levels + int(self.has_dense)
         self.sizes = tuple(catalogue.codebook_sizes[: self.levels])
-        offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
-        self.register_buffer("offsets", offsets, persistent=False)  # (L,)
+        offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)[: self.levels]
+        self.register_buffer("offsets", offsets, persistent=False)  # (S,)
         d = cfg.d_model
-        self.code_emb = nn.Embedding(sum(self.sizes), d)
-        self.type_emb = nn.Embedding(self.levels + 1, d)  # L sparse slots + the dense slot
+        self.code_emb = nn.Embedding(max(1, sum(self.sizes)), d)
+        self.type_emb = nn.Embedding(self.slots, d)  # S sparse slots (+ the dense slot)
         self.pos_emb = nn.Embedding(cfg.max_len + 1, d)
-        self.dense_in = nn.Linear(d, d)
-        self.item_encoder = ItemEncoder(cfg, catalogue)
+        if self.has_dense:
+            self.dense_in = nn.Linear(d, d)
+            self.item_encoder = ItemEncoder(cfg, catalogue)
+            self.dense_head = mlp(d, d, d)
         self.decoder = Decoder(StackConfig(cfg.n_layers, d, cfg.n_heads, cfg.head_dim,
                                            cfg.d_ff, cfg.dropout), cross_attention=False)
         self.sparse_heads = nn.ModuleList(nn.Linear(d, v) for v in self.sizes)
-        self.dense_head = mlp(d, d, d)
         self.drop = nn.Dropout(cfg.dropout)
         # At PyTorch's N(0, 1) embedding default the type and position embeddings dwarfed
         # dense_in(v), the item's text in its dense token (ML-100k seed 0 test NDCG@10:
@@ -175,8 +162,9 @@ class Cobra(Recommender):
     # ----------------------------------------------------------------- catalogue tables
 
     def _set_tables(self, catalogue: Catalogue) -> None:
-        sparse = catalogue.sids[:, : self.levels].long()
-        self.register_buffer("sparse", sparse, persistent=False)  # (n_items, L)
+        sparse = (catalogue.sids[:, : self.levels].long() if self.levels
+                  else torch.zeros(catalogue.n_items, 0, dtype=torch.long))
+        self.register_buffer("sparse", sparse, persistent=False)  # (n_items, S)
         self._tables: tuple[GroupedItems, SidIndex] | None = None
         self._item_vectors: torch.Tensor | None = None
 
@@ -189,15 +177,28 @@ class Cobra(Recommender):
         """
         device = self.sparse.device
         if self._tables is None or self._tables[1].device != device:
-            sparse = self.sparse.cpu()  # (n_items, L)
+            sparse = self.sparse.cpu()  # (n_items, S)
             index = SidIndex(torch.unique(sparse, dim=0), self.sizes)
             groups = GroupedItems(index.lookup(sparse).to(device))
             self._tables = (groups, index.to(device))
         return self._tables
 
+    def diagnostics(self) -> dict[str, Any]:
+        """How many items share a sparse ID: BeamFusion needs groups of several."""
+        if not self.levels:
+            return {}
+        groups, _ = self.tables()
+        sizes = (groups.members >= 0).sum(dim=1).float()  # (G,)
+        return {"sparse_id": f"{self.levels} levels of {list(self.sizes)} codes",
+                "groups": len(sizes), "items_per_group_mean": round(sizes.mean().item(), 2),
+                "items_per_group_median": sizes.median().item(),
+                "items_per_group_max": int(sizes.max()),
+                "items_alone": round((sizes == 1).sum().item() / self.catalogue.n_items, 3)}
+
     def set_catalogue(self, catalogue: Catalogue) -> None:
         super().set_catalogue(catalogue)
-        self.item_encoder.set_catalogue(catalogue)
+        if self.has_dense:
+            self.item_encoder.set_catalogue(catalogue)
         device = self.offsets.device
         self._set_tables(catalogue)
         self.to(device)
@@ -209,9 +210,10 @@ class Cobra(Recommender):
     # ----------------------------------------------------------------- embedding
 
     def _cascade(
-        self, items: torch.Tensor, vectors: torch.Tensor, shift: int = 0
+        self, items: torch.Tensor, vectors: torch.Tensor | None, shift: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """items [B, n] (-1 = padding), their v [B, n, d] -> (tokens [B, n*(L+1), d], padding).
+        """items [B, n] (-1 = padding), their v [B, n, d] -> (tokens [B, n*T, d], padding),
+        T = S sparse + D dense tokens per item.
 
         Positions count back from the item being predicted (position 0), as SASRec's and
         TIGER's do, so the padding width never changes a result: the training window ends
@@ -220,13 +222,16 @@ class Cobra(Recommender):
         b, n = items.shape
         pad = items < 0  # (B, n)
         back = torch.arange(n - 1, -1, -1, device=items.device) + shift
-        pos = self.pos_emb(back)  # (n, d)
-        sparse = self.code_emb(self.sparse[items.clamp_min(0)] + self.offsets)  # (B, n, L, d)
-        sparse = sparse + self.type_emb.weight[: self.levels]
-        dense = self.dense_in(vectors) + self.type_emb.weight[self.levels]  # (B, n, d)
-        x = torch.cat([sparse, dense[:, :, None]], dim=2) + pos[:, None]  # (B, n, L+1, d)
-        x = x.view(b, n * (self.levels + 1), -1)
-        return self.drop(x), pad.repeat_interleave(self.levels + 1, dim=1)
+        parts = []
+        if self.levels:
+            sparse = self.code_emb(self.sparse[items.clamp_min(0)] + self.offsets)  # (B,n,S,d)
+            parts.append(sparse + self.type_emb.weight[: self.levels])
+        if self.has_dense:
+            dense = self.dense_in(vectors) + self.type_emb.weight[self.levels]  # (B, n, d)
+            parts.append(dense[:, :, None])
+        x = torch.cat(parts, dim=2) + self.pos_emb(back)[:, None]  # (B, n, T, d)
+        x = x.view(b, n * self.slots, -1)
+        return self.drop(x), pad.repeat_interleave(self.slots, dim=1)
 
     def _sparse_tokens(self, codes: torch.Tensor, position: int) -> torch.Tensor:
         """codes [N, t] of the next item (levels 0..t-1) -> tokens [N, t, d]."""
@@ -239,41 +244,48 @@ class Cobra(Recommender):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Every item of the window with a predecessor is a target (`trains_every_position`).
 
-        Cascade of items s_1..s_m (history + target), token j of item i at i*(L+1)+j:
-        the dense token of s_{i-1} predicts code 0 of s_i, code t-1 of s_i predicts code t,
-        and the last code of s_i predicts v̂_i, which has seen s_i's codes but not its v.
+        Items s_1..s_m (history + target), token j of item i at i*T+j: the last token of
+        s_{i-1} predicts code 0 of s_i, code t-1 of s_i predicts code t, and the last code of
+        s_i predicts v̂_i, which has seen s_i's codes but not its v (w/o sparse: the dense
+        token of s_{i-1} predicts v̂_i).
         """
         seq = torch.cat([batch["history"], batch["target"][:, None]], dim=1)
         seq = seq[:, -(self.cfg.max_len + 1):]  # (B, m)
         b, m = seq.shape
-        L = self.levels
+        S, T = self.levels, self.slots
         real = seq >= 0
         items = seq.clamp_min(0)
         # v of each distinct item once: the in-batch InfoNCE candidates and the inputs.
         uniq, inverse = torch.unique(items, return_inverse=True)  # (U,), (B, m)
-        v = self.item_encoder(uniq)  # (U, d)
-        x, pad = self._cascade(seq, v[inverse])
-        h = self.decoder(x, pad).view(b, m, L + 1, -1)  # (B, m, L+1, d)
+        v = self.item_encoder(uniq) if self.has_dense else None  # (U, d)
+        x, pad = self._cascade(seq, v[inverse] if v is not None else None)
+        h = self.decoder(x, pad).view(b, m, T, -1)  # (B, m, T, d)
         is_target = real[:, :-1]  # s_i (i >= 1) whose predecessor is real
-        codes = self.sparse[items[:, 1:]][is_target]  # (N, L)
-        inputs = torch.cat([h[:, :-1, L:], h[:, 1:, : L - 1]], dim=2)[is_target]  # (N, L, d)
-        sparse_loss = sum(
-            F.cross_entropy(head(inputs[:, t]), codes[:, t])
-            for t, head in enumerate(self.sparse_heads)
-        ) / L
-        v_hat = F.normalize(self.dense_head(h[:, 1:, L - 1][is_target]), dim=-1)  # (N, d)
-        logits = v_hat @ F.normalize(v, dim=-1).T / self.cfg.temperature  # (N, U)
-        positive = inverse[:, 1:][is_target]  # (N,)
-        # Negatives: the batch's other items, minus those of the target's own sequence.
-        rows = torch.arange(b, device=seq.device)[:, None].expand(b, m)  # (B, m)
-        in_seq = torch.zeros(b, len(uniq), dtype=torch.bool, device=seq.device)
-        in_seq[rows[real], inverse[real]] = True  # (B, U)
-        row = rows[:, 1:][is_target]  # (N,)
-        excluded = in_seq[row] | ~in_seq.any(0)  # padding-only columns are not items
-        excluded[torch.arange(len(row)), positive] = False
-        dense_loss = F.cross_entropy(logits.masked_fill(excluded, float("-inf")), positive)
-        total = sparse_loss + self.cfg.dense_weight * dense_loss
-        return {"loss": total, "loss_sparse": sparse_loss, "loss_dense": dense_loss}
+        terms: dict[str, torch.Tensor] = {}
+        if S:
+            codes = self.sparse[items[:, 1:]][is_target]  # (N, S)
+            inputs = torch.cat([h[:, :-1, T - 1 :], h[:, 1:, : S - 1]], dim=2)[is_target]
+            terms["loss_sparse"] = sum(
+                F.cross_entropy(head(inputs[:, t]), codes[:, t])
+                for t, head in enumerate(self.sparse_heads)
+            ) / S
+        if v is not None:
+            source = h[:, 1:, S - 1] if S else h[:, :-1, T - 1]  # (B, m-1, d)
+            v_hat = F.normalize(self.dense_head(source[is_target]), dim=-1)  # (N, d)
+            logits = v_hat @ F.normalize(v, dim=-1).T / self.cfg.temperature  # (N, U)
+            positive = inverse[:, 1:][is_target]  # (N,)
+            # Negatives: the batch's other items, minus those of the target's own sequence.
+            rows = torch.arange(b, device=seq.device)[:, None].expand(b, m)  # (B, m)
+            in_seq = torch.zeros(b, len(uniq), dtype=torch.bool, device=seq.device)
+            in_seq[rows[real], inverse[real]] = True  # (B, U)
+            row = rows[:, 1:][is_target]  # (N,)
+            excluded = in_seq[row] | ~in_seq.any(0)  # padding-only columns are not items
+            excluded[torch.arange(len(row)), positive] = False
+            terms["loss_dense"] = F.cross_entropy(
+                logits.masked_fill(excluded, float("-inf")), positive)
+        total = terms.get("loss_sparse", 0.0) + self.cfg.dense_weight * terms.get(
+            "loss_dense", 0.0)
+        return {"loss": total, **terms}
 
     # ----------------------------------------------------------------- inference
 
@@ -286,23 +298,29 @@ class Cobra(Recommender):
         return self._item_vectors
 
     def variants(self) -> dict[str, Any]:
+        """The model's own inference, then (full COBRA only) the inference-time switches;
+        the trained ablations are the models cobra-no-dense and cobra-no-sparse."""
         own = self.inference
-        return {"": own, **{m: replace(own, mode=m)
-                            for m in ("no-dense", "no-sparse", "no-beamfusion")}}
+        if self.cfg.tokens != "cascade":
+            return {"": own}
+        return {"": own, "no-dense (inference)": replace(own, mode="no-dense"),
+                "no-sparse (inference)": replace(own, mode="no-sparse"),
+                "no-beamfusion": replace(own, mode="no-beamfusion")}
 
     @torch.no_grad()
     def recommend(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self._inference(inference)
-        mode = cfg.mode
-        n_nb = cfg.neighbours
-        width = max(cfg.beam, math.ceil(k / n_nb))  # M grows with K
         history = history[:, -self.cfg.max_len :]
-        b, n = history.shape
-        vectors = self.item_vectors()
-        x, pad = self._cascade(history, vectors[history.clamp_min(0)], shift=1)
+        b = len(history)
+        vectors = self.item_vectors() if self.has_dense else None
+        x, pad = self._cascade(
+            history, vectors[history.clamp_min(0)] if vectors is not None else None, shift=1)
         hidden, cache = self.decoder.prefill(x, pad)
+        if not self.levels:  # w/o sparse: the next item's v̂ from the last dense token
+            v_hat = self.dense_head(hidden[:, -1])
+            return nearest(v_hat, vectors, k, history if cfg.exclude_history else None)
         first = torch.log_softmax(self.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
 
         def step(prev: torch.Tensor, t: int, state: KVCache):
@@ -313,23 +331,40 @@ class Cobra(Recommender):
 
         groups, sparse_index = self.tables()
         allowed = sparse_index if cfg.constrained else None
+        if not self.has_dense:  # w/o dense: the beam decodes full SIDs (decoder-only TIGER)
+            exclude = None
+            if cfg.exclude_history:
+                exclude = self.sparse[history.clamp_min(0)].masked_fill(
+                    (history < 0)[..., None], -1)
+            result = beam_search(step, cache, b, max(cfg.beam, k), sparse_index, allowed,
+                                 exclude=exclude)
+            items = groups.members[result.items.clamp_min(0), 0].masked_fill(
+                result.items < 0, -1)  # each full SID is one item's group
+            return items[:, :k], result.log_probs[:, :k].masked_fill(items[:, :k] < 0,
+                                                                       float("-inf"))
+        return self._fuse(step, cache, b, history, vectors, k, cfg)
+
+    def _fuse(self, step: Any, cache: KVCache, b: int, history: torch.Tensor,
+              vectors: torch.Tensor, k: int, cfg: CobraInference,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coarse to fine: top-M sparse IDs, v̂_k for each, candidates, BeamFusion."""
+        mode, n_nb = cfg.mode, cfg.neighbours
+        width = max(cfg.beam, math.ceil(k / n_nb))  # M grows with K
+        groups, sparse_index = self.tables()
+        allowed = sparse_index if cfg.constrained else None
         result = beam_search(step, cache, b, width, sparse_index, allowed)
         m = result.sids.shape[1]
-        # v̂_k: the history prefix (shared, cached) + the beam's L sparse tokens.
+        # v̂_k: the history prefix (shared, cached) + the beam's S sparse tokens.
         fresh = KVCache(own_k=[None] * len(self.decoder.blocks),
                         own_v=[None] * len(self.decoder.blocks), prefix_k=cache.prefix_k,
                         prefix_v=cache.prefix_v, prefix_pad=cache.prefix_pad)
         codes = result.sids.reshape(b * m, self.levels)
-        h = self.decoder.step(self._sparse_tokens(codes, 0), fresh)  # (B*M, L, d)
+        h = self.decoder.step(self._sparse_tokens(codes, 0), fresh)  # (B*M, S, d)
         v_hat = self.dense_head(h[:, -1])  # (B*M, d)
+        seen = history if cfg.exclude_history else None
+        if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
+            return nearest(v_hat.view(b, m, -1)[:, 0], vectors, k, seen)
         valid = torch.isfinite(result.log_probs).view(-1)
-        if mode == "no-sparse":
-            # Dense only: the best beam's v̂ against the whole catalogue.
-            extra = n if cfg.exclude_history else 0  # room for the seen items dropped below
-            ids, cos = ItemIndex(vectors).search(v_hat.view(b, m, -1)[:, 0], k + extra)
-            if cfg.exclude_history:
-                cos = cos.masked_fill(_seen(ids, history), float("-inf"))
-            return _merge_candidates(ids, cos, k)
         if cfg.retrieval == "global":
             cand, cos = ItemIndex(vectors).search(v_hat, n_nb)  # (B*M, N)
         else:
@@ -340,8 +375,9 @@ class Cobra(Recommender):
                 cand = cand.gather(1, top)
         cos = cos.masked_fill(~valid[:, None] | (cand < 0), float("-inf"))
         cand, cos = cand.view(b, m, -1), cos.view(b, m, -1)
-        if cfg.exclude_history:  # seen items are no candidates: BeamFusion never sees them
-            cos = cos.masked_fill(_seen(cand.view(b, -1), history).view_as(cos), float("-inf"))
+        if seen is not None:  # seen items are no candidates: BeamFusion never sees them
+            gone = seen_in_history(cand.view(b, -1), seen).view_as(cos)
+            cos = cos.masked_fill(gone, float("-inf"))
         if mode == "no-beamfusion":
             scores = cos  # rank the beams' candidates by cosine alone
         else:
@@ -349,36 +385,36 @@ class Cobra(Recommender):
             scores = beam_fusion(result.log_probs, cos, cfg.tau, psi)
             # a dead beam's or a missing candidate's item is no recommendation
             scores = scores.masked_fill(~torch.isfinite(cos), float("-inf"))
-        return _merge_candidates(cand.view(b, -1), scores.view(b, -1), k)
+        return merge_candidates(cand.view(b, -1), scores.view(b, -1), k)
 
     def _code_token(self, prev: torch.Tensor, level: int, position: int) -> torch.Tensor:
         x = self.code_emb(prev + self.offsets[level]) + self.type_emb.weight[level]
         return (x + self.pos_emb.weight[position])[:, None]  # (N, 1, d)
 
 
-def _seen(items: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-    """items [B, C] that occur in the row's history [B, L] -> [B, C] bool."""
-    real = history >= 0
-    return ((items[:, :, None] == history[:, None, :]) & real[:, None, :]).any(-1)
+@dataclass(frozen=True)
+class CobraNoDenseConfig(CobraConfig):
+    tokens: Tokens = "sparse"
 
 
-def _merge_candidates(
-    items: torch.Tensor, scores: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k distinct items from candidates [B, C] (-1 = none); an item's best score counts."""
-    scores = scores.masked_fill(items < 0, float("-inf"))
-    order = scores.argsort(dim=1, descending=True)
-    items, scores = items.gather(1, order), scores.gather(1, order)
-    # After sorting, keep the first occurrence of each item in a row.
-    srt, idx = items.sort(dim=1, stable=True)
-    dup_sorted = torch.zeros_like(srt, dtype=torch.bool)
-    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
-    dup = torch.zeros_like(dup_sorted).scatter(1, idx, dup_sorted)
-    scores = scores.masked_fill(dup | (items < 0), float("-inf"))
-    top, pos = scores.topk(min(k, scores.shape[1]), dim=1)
-    out = items.gather(1, pos).masked_fill(~torch.isfinite(top), -1)
-    if out.shape[1] < k:
-        pad = k - out.shape[1]
-        out = F.pad(out, (0, pad), value=-1)
-        top = F.pad(top, (0, pad), value=float("-inf"))
-    return out, top
+@register
+class CobraNoDense(Cobra):
+    """COBRA w/o dense (trained): full SIDs only, no item encoder, no dense loss."""
+
+    name = "cobra-no-dense"
+    Config = CobraNoDenseConfig
+    needs_text = False
+
+
+@dataclass(frozen=True)
+class CobraNoSparseConfig(CobraConfig):
+    tokens: Tokens = "dense"
+
+
+@register
+class CobraNoSparse(Cobra):
+    """COBRA w/o sparse (trained): dense tokens only, nearest-neighbour retrieval."""
+
+    name = "cobra-no-sparse"
+    Config = CobraNoSparseConfig
+    needs_sids = False

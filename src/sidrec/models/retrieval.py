@@ -1,5 +1,5 @@
 """Dense retrieval shared by Dense, LIGER and COBRA: cosine top-k, re-ranking a candidate
-set, and nearest neighbours among the items that share a sparse ID.
+set, and nearest neighbours among the items that share a sparse ID, and merging candidate lists.
 
 Small catalogues are searched exactly with a matrix product; `ItemIndex` switches to a
 faiss HNSW index when the catalogue is large (`exact_below`), since a brute-force
@@ -89,3 +89,41 @@ class GroupedItems:
         vecs = F.normalize(item_vectors, dim=-1)[members.clamp_min(0)]  # (Q, W, d)
         cos = torch.einsum("qd,qwd->qw", F.normalize(queries, dim=-1), vecs)
         return members, cos.masked_fill(members < 0, float("-inf"))
+
+
+def seen_in_history(items: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """items [B, C] that occur in the row's history [B, L] -> [B, C] bool."""
+    real = history >= 0
+    return ((items[:, :, None] == history[:, None, :]) & real[:, None, :]).any(-1)
+
+
+def merge_candidates(
+    items: torch.Tensor, scores: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k distinct items from candidates [B, C] (-1 = none); an item's best score counts."""
+    scores = scores.masked_fill(items < 0, float("-inf"))
+    order = scores.argsort(dim=1, descending=True)
+    items, scores = items.gather(1, order), scores.gather(1, order)
+    # After sorting, keep the first occurrence of each item in a row.
+    srt, idx = items.sort(dim=1, stable=True)
+    dup_sorted = torch.zeros_like(srt, dtype=torch.bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    dup = torch.zeros_like(dup_sorted).scatter(1, idx, dup_sorted)
+    scores = scores.masked_fill(dup | (items < 0), float("-inf"))
+    top, pos = scores.topk(min(k, scores.shape[1]), dim=1)
+    out = items.gather(1, pos).masked_fill(~torch.isfinite(top), -1)
+    if out.shape[1] < k:
+        pad = k - out.shape[1]
+        out = F.pad(out, (0, pad), value=-1)
+        top = F.pad(top, (0, pad), value=float("-inf"))
+    return out, top
+
+
+def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int,
+            history: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k items by cosine to queries [B, d]; without the history's items if given."""
+    extra = history.shape[1] if history is not None else 0  # room for the seen items
+    ids, cos = ItemIndex(vectors).search(queries, min(k + extra, len(vectors)))
+    if history is not None:
+        cos = cos.masked_fill(seen_in_history(ids, history), float("-inf"))
+    return merge_candidates(ids, cos, k)
