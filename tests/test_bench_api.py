@@ -66,7 +66,7 @@ def test_bench_writes_report_and_plots(bench_run: dict) -> None:
     run = Path(bench_run["run_dir"])
     report = (run / "bench.md").read_text()
     for label in ("pop", "sasrec (CE)", "dense-text", "tiger", "liger [hybrid K=20]",
-                  "liger [generative]", "liger [dense]", "cobra", "cobra [no-dense]"):
+                  "liger [generative]", "liger [dense]", "cobra", "cobra [no-dense (inference)]", "cobra [excl. history]"):
         assert f"| {label} " in report, label
     assert "| cold |" in report and "| in-set |" in report
     for plot in ("recall_at_k.png", "inset_vs_cold.png", "codebook_usage.png"):
@@ -92,11 +92,13 @@ def test_api_round_trip_with_new_item(bench_run: dict, model: str) -> None:
     out = rec.recommend(["i01", "i03", "i05"], k=5)
     assert len(out) == 5 and all(isinstance(i, str) and i.startswith("i") for i, _ in out)
     assert [s for _, s in out] == sorted((s for _, s in out), reverse=True)
-    rec.add_items([{"id": "new-1", "text": "Title: Film number 99; Genres: space opera"}])
+    # Added items belong to the run (added_items.parquet): each model adds its own.
+    new = f"new-{model}"
+    rec.add_items([{"id": new, "text": "Title: Film number 99; Genres: space opera"}])
     wide = {"beam": 64} if model != "dense-text" else None
-    everything = rec.recommend(["i01", "i03", "i05"], k=N_ITEMS + 1, inference=wide)
-    assert "new-1" in [i for i, _ in everything]
-    batch = rec.recommend_batch([["i01"], [], ["new-1"]], k=3)
+    everything = rec.recommend(["i01", "i03", "i05"], k=N_ITEMS + 3, inference=wide)
+    assert new in [i for i, _ in everything]
+    batch = rec.recommend_batch([["i01"], [], [new]], k=3)
     assert len(batch) == 3 and all(len(r) == 3 for r in batch)
 
 

@@ -63,7 +63,8 @@ def test_liger_hybrid_recommends_cold_items_and_keeps_tiger_in_set(results: dict
 
 
 def test_cobra_and_its_ablations_are_reported(results: dict) -> None:
-    for variant in ("", "no-dense", "no-sparse", "no-beamfusion"):
+    for variant in ("", "no-dense (inference)", "no-sparse (inference)", "no-beamfusion",
+                    "excl. history"):
         assert row(results, "cobra", variant, "overall")["n"] == 943
         assert row(results, "cobra", variant, "cold")["n"] == 44
         assert row(results, "cobra", variant, "overall")["recall@20"] > 0.0
