@@ -8,20 +8,29 @@ PIP_FLAGS := -c constraints.txt $(if $(WHEELS),--find-links $(WHEELS))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(PIP_FLAGS) -e '.[dev]'
+	$(BIN)/pip install --quiet $(PIP_FLAGS) -e '.[dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sidrec bench --profile demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q
+
+# tests/test_serve_explorer.py drives Debian's Chromium through Selenium; CI runs as root.
+browser:
+	@command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "make: no chromedriver (apt-get install chromium chromium-driver);" \
+	    "the explorer's browser test will skip"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done

@@ -2,54 +2,125 @@
 
     rec = sidrec.load("runs/ml-100k/models/liger")
     rec.recommend(history=["50", "172"], k=10)          # [(item_id, score), ...]
+    rec.recommend(["50", "172"], user_id="196")         # a training user's own user token
     rec.recommend_batch([["50"], ["1", "2"]], k=10)
-    rec.add_items([{"id": "new-1", "text": "Title: …"}])  # searchable at once
+    rec.add_items([{"id": "new-1", "text": "Title: …"}])  # recommendable at once, persisted
+
+Users: a user id known from training reads its own hashed user token (TIGER, LIGER); any
+other user id, or none, reads the model's anonymous user token, the one user-token dropout
+trained (`sidrec.models.sid_parts`). Models without user tokens ignore users.
 
 New items go through the run's own encoder and tokenizer (fitted on warm items, never
 refitted), so they get a text vector and a semantic ID exactly like the cold items of the
-evaluation split. Models that can only rank items seen in training (Pop, SASRec, TIGER)
-refuse `add_items` with a clear error.
+evaluation split (`sidrec.added_items`). They are written to the run directory
+(`added_items.parquet`) before anyone can see them, and `load` re-applies them, so a
+restarted server serves them too. Models that can only rank items seen in training (Pop,
+SASRec, TIGER (T)) refuse `add_items` with a clear error.
+
+Threads: one Service may be shared. A recommendation and a catalogue swap never overlap
+(one lock), so a recommendation sees the catalogue before an add or after it, never half
+of it. Adds run one at a time and encode their items before they take that lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
+import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from sidrec import added_items
+from sidrec.added_items import Encoder, NewItems, no_items
 from sidrec.data.dataset import pad_histories
 from sidrec.errors import SidrecError
 from sidrec.models.base import Recommender
 from sidrec.run import ModelDir, RunDir
+
+ON_UNKNOWN = ("error", "skip")
 
 
 class Recommendations(list):
     """A list of (item_id, score) pairs, best first."""
 
 
+@dataclass(frozen=True)
+class CatalogueView:
+    """What a reader needs of the catalogue, replaced whole after an add: a thread can read
+    it without a lock and never see an add half done."""
+
+    item_ids: tuple[str, ...]
+    titles: tuple[str, ...]
+    cold: tuple[bool, ...]
+    popularity: tuple[float, ...]
+    n_trained: int
+
+    def extended(self, new: NewItems) -> CatalogueView:
+        """This view with added items (cold, popularity 0) appended."""
+        m = len(new)
+        return CatalogueView(self.item_ids + new.ids,
+                             self.titles + tuple(title_of(t) for t in new.texts),
+                             self.cold + (True,) * m, self.popularity + (0.0,) * m,
+                             self.n_trained)
+
+    def describe(self, idx: int) -> dict[str, Any]:
+        return {"id": self.item_ids[idx], "title": self.titles[idx],
+                "cold": self.cold[idx], "added": idx >= self.n_trained}
+
+
+def title_of(text: str) -> str:
+    """An item's display title: the `Title: …` field of its text (`sidrec.data.text`),
+    else its first field."""
+    for part in text.split("; "):
+        label, sep, value = part.partition(": ")
+        if sep and label.strip().lower() == "title":
+            return value.strip()
+    return text.split("; ")[0][:120]
+
+
 class Service:
     def __init__(self, model: Recommender, item_ids: Sequence[str], run_dir: str | Path | RunDir,
-                 max_history: int, on_unknown: str = "error") -> None:
-        if on_unknown not in ("error", "skip"):
-            raise SidrecError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
+                 max_history: int, on_unknown: str = "error",
+                 user_ids: Sequence[str] = ()) -> None:
+        _check_on_unknown(on_unknown)
         self.model = model.eval()
         self.run = RunDir(run_dir)
         self.max_history = max_history
         self.on_unknown = on_unknown
         self.item_ids = [str(i) for i in item_ids]
         self.index = {item: i for i, item in enumerate(self.item_ids)}
+        self.user_index = {str(u): i for i, u in enumerate(user_ids)}
+        self.n_trained_items = len(self.item_ids)
+        self.view = self._snapshot()
+        self.added: NewItems = no_items()
+        self.n_invalid = 0  # generated SIDs that were no catalogue item (unconstrained)
+        self._lock = threading.RLock()  # a recommendation vs. a catalogue swap
+        self._add_lock = threading.Lock()  # one add at a time
+        self._encoder = Encoder(self.run)
+        self._fingerprint: dict[str, str | None] | None = None
+        self._added_stamp: tuple[int, int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
 
     @property
     def device(self) -> torch.device:
         params = list(self.model.parameters())
         return params[0].device if params else torch.device("cpu")
 
-    def _encode_history(self, history: Sequence[str], row: int) -> list[int]:
+    # ------------------------------------------------------------ recommending
+
+    def _encode_history(self, history: Sequence[str], row: int, on_unknown: str) -> list[int]:
         out, unknown = [], []
         for item in history:
             idx = self.index.get(str(item))
@@ -58,7 +129,7 @@ class Service:
             else:
                 out.append(idx)
         if unknown:
-            if self.on_unknown == "error":
+            if on_unknown == "error":
                 raise SidrecError(
                     f"history {row}: unknown item id {unknown[0]!r} ({len(unknown)} unknown); "
                     "add it with add_items() or load with on_unknown='skip'"
@@ -67,14 +138,21 @@ class Service:
                           stacklevel=3)
         return out
 
+    def user(self, user_id: str | int | None) -> int:
+        """The dense training id of `user_id`, or -1 (anonymous) for None or a new user."""
+        return -1 if user_id is None else self.user_index.get(str(user_id), -1)
+
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int = 10,
-                        exclude_seen: bool = False,
-                        inference: dict[str, Any] | None = None) -> list[Recommendations]:
+                        exclude_seen: bool = False, inference: dict[str, Any] | None = None,
+                        users: Sequence[str | int | None] | None = None,
+                        on_unknown: str | None = None) -> list[Recommendations]:
         """Top-k (item id, score) lists for several histories. `inference` overrides the
         model's inference settings for this call (e.g. {"beam": 50}); an unknown one is an
-        error that lists the valid ones."""
-        if k < 1:
-            raise SidrecError(f"k must be >= 1, got {k}")
+        error that lists the valid ones. `users` gives each history's user id (None: an
+        anonymous user); `exclude_seen` leaves out the items of each history."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise SidrecError(f"k must be an integer >= 1, got {k!r}")
+        k = int(k)
         if isinstance(histories, str | bytes):
             raise SidrecError("recommend_batch expects a list of histories (lists of item ids)")
         for row, history in enumerate(histories):
@@ -83,34 +161,54 @@ class Service:
                     f"histories[{row}]: expected a list of item ids, got {history!r}; e.g. "
                     "recommend_batch([['50', '172'], ['1']])"
                 )
+        if users is not None and len(users) != len(histories):
+            raise SidrecError(f"users: {len(users)} user ids for {len(histories)} histories")
+        mode = self.on_unknown if on_unknown is None else on_unknown
+        _check_on_unknown(mode)
         settings = self.model.inference_with(inference)
-        encoded = [self._encode_history(h, row) for row, h in enumerate(histories)]
+        with self._lock:
+            encoded = [self._encode_history(h, row, mode) for row, h in enumerate(histories)]
+            dense_users = [self.user(u) for u in users] if users is not None \
+                else [-1] * len(encoded)
+            return self._recommend(encoded, dense_users, k, exclude_seen, settings)
+
+    def _recommend(self, encoded: list[list[int]], users: list[int], k: int,
+                   exclude_seen: bool, settings: Any) -> list[Recommendations]:
         results: list[Recommendations] = [Recommendations() for _ in encoded]
         with_history = [i for i, h in enumerate(encoded) if h]
         popular = self._popular(k)
         for i, h in enumerate(encoded):
             if not h:  # no usable history: the popularity fallback
                 results[i] = Recommendations(popular)
-        if with_history:
-            hist = torch.as_tensor(
-                pad_histories([encoded[i] for i in with_history], self.max_history),
-                device=self.device)
-            users = torch.zeros(len(with_history), dtype=torch.long, device=self.device)
-            extra = self.max_history if exclude_seen else 0
-            items, scores = self.model.recommend(hist, users, k + extra, settings)
-            for row, i in enumerate(with_history):
-                seen = set(encoded[i]) if exclude_seen else set()
-                pairs = [(self.item_ids[it], float(s))
-                         for it, s in zip(items[row].tolist(), scores[row].tolist(), strict=True)
-                         if it >= 0 and it not in seen]
-                results[i] = Recommendations(pairs[:k])
+        if not with_history:
+            return results
+        extra = 0
+        if exclude_seen:  # ask for as many more as could be dropped, and mask where possible
+            extra = max(len(set(encoded[i])) for i in with_history)
+            if "exclude_history" in {f.name for f in dataclasses.fields(settings)}:
+                settings = dataclasses.replace(settings, exclude_history=True)
+        hist = torch.as_tensor(
+            pad_histories([encoded[i] for i in with_history], self.max_history),
+            device=self.device)
+        user_rows = torch.as_tensor([users[i] for i in with_history], dtype=torch.long,
+                                    device=self.device)
+        items, scores = self.model.recommend(hist, user_rows, k + extra, settings)
+        self.n_invalid += int((items < -1).sum())
+        for row, i in enumerate(with_history):
+            seen = set(encoded[i]) if exclude_seen else set()
+            pairs = [(self.item_ids[it], float(s))
+                     for it, s in zip(items[row].tolist(), scores[row].tolist(), strict=True)
+                     if it >= 0 and it not in seen]
+            results[i] = Recommendations(pairs[:k])
         return results
 
     def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = False,
-                  inference: dict[str, Any] | None = None) -> Recommendations:
+                  inference: dict[str, Any] | None = None, user_id: str | int | None = None,
+                  on_unknown: str | None = None) -> Recommendations:
         if isinstance(history, str):
             raise SidrecError("history must be a list of item ids, not a single string")
-        return self.recommend_batch([history], k, exclude_seen, inference)[0]
+        return self.recommend_batch([history], k, exclude_seen, inference, [user_id],
+                                    on_unknown)[0]
 
     def _popular(self, k: int) -> list[tuple[str, float]]:
         pop = self.model.catalogue.popularity
@@ -118,63 +216,153 @@ class Service:
         return [(self.item_ids[i], float(s)) for i, s in
                 zip(top.indices.tolist(), top.values.tolist(), strict=True)]
 
-    def add_items(self, items: Sequence[dict[str, str]]) -> None:
-        """Make new items recommendable now: embed their text, give them a semantic ID."""
-        from sidrec.embed import EmbedConfig, encode_texts
-        from sidrec.io import read_json
+    # ------------------------------------------------------------ the catalogue
 
+    # Readers below take no lock: they read `self.view`, replaced whole by an add.
+
+    def _snapshot(self) -> CatalogueView:
+        cat = self.model.catalogue
+        return CatalogueView(tuple(self.item_ids), tuple(title_of(t) for t in cat.item_text),
+                             tuple(cat.cold.tolist()), tuple(cat.popularity.tolist()),
+                             self.n_trained_items)
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        """{"id", "title", "text", "cold", "added"} of one item, or None if unknown."""
+        view, idx = self.view, self.index.get(str(item_id))
+        if idx is None or idx >= len(view.item_ids):
+            return None
+        return {**view.describe(idx), "text": self.model.catalogue.item_text[idx]}
+
+    def items(self, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """{"id", "title", "cold", "added"} of known item ids (e.g. recommended ones)."""
+        view = self.view
+        return [view.describe(self.index[str(i)]) for i in item_ids]
+
+    def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Items whose title contains `query` (any case), the most popular first, then the
+        newest; an empty query lists the most popular items."""
+        q, view = query.strip().lower(), self.view
+        hits = [i for i, t in enumerate(view.titles) if q in t.lower()]
+        hits.sort(key=lambda i: (-view.popularity[i], -i))
+        return [self.item(view.item_ids[i]) or {} for i in hits[:limit]]
+
+    def add_items(self, items: Sequence[dict[str, str]]) -> list[str]:
+        """Make new items recommendable now: embed their text, give them a semantic ID,
+        persist them to the run directory. All or nothing: a failing item adds none.
+        Returns the ids added."""
         if not self.model.supports_new_items:
             raise SidrecError(
                 f"model {self.model.name!r} ranks only items seen in training and cannot take "
                 "new items; use liger, cobra or dense-text"
             )
-        ids, texts = [], []
-        for n, item in enumerate(items):
-            if not isinstance(item, dict) or "id" not in item:
-                raise SidrecError(f"items[{n}]: expected a dict with 'id' and 'text'")
-            item_id, text = str(item["id"]), str(item.get("text") or "").strip()
-            if item_id in self.index or item_id in ids:
-                raise SidrecError(f"items[{n}]: item id {item_id!r} already exists; ids are unique")
-            if not text:
-                raise SidrecError(f"items[{n}] ({item_id!r}): empty text; give the item a text")
-            ids.append(item_id)
-            texts.append(text)
-        if not ids:
-            return
-        cat = self.model.catalogue
-        encoder = read_json(self.run.embeddings_info)["encoder"]
-        vectors = torch.as_tensor(
-            encode_texts(texts, EmbedConfig(encoder=encoder), progress=False))
-        grown: dict[str, Any] = {
-            "item_text": [*cat.item_text, *texts],
-            "cold": torch.cat([cat.cold, torch.ones(len(ids), dtype=torch.bool)]),
-            "popularity": torch.cat([cat.popularity, torch.zeros(len(ids))]),
-        }
-        if cat.text_emb is not None:
-            grown["text_emb"] = torch.cat([cat.text_emb, vectors.to(cat.text_emb)])
-        if cat.sids is not None:
-            from sidrec.tokenize import load_tokenizer, sids_for_new_items
+        if isinstance(items, dict | str | bytes):
+            raise SidrecError("add_items expects a list of {'id': ..., 'text': ...} dicts")
+        with self._add_lock, added_items.lock(self.run):
+            self._refresh_locked()  # first the items other processes added to this run
+            ids, texts = added_items.check_new(items, self.index)
+            if not ids:
+                return []
+            new = added_items.encode(self._encoder, self.model.catalogue, ids, texts)
+            self._commit(new, persist=True)
+        return ids
 
-            tokenizer = load_tokenizer(self.run.tokenizer)
-            new = sids_for_new_items(tokenizer, cat.sids.cpu().numpy(), vectors.numpy())
-            sids = np.concatenate([cat.sids.cpu().numpy(), new])
-            too_big = np.flatnonzero(sids[:, -1] >= cat.codebook_sizes[-1])
-            if len(too_big):
-                raise SidrecError(
-                    f"items[{too_big[0] - cat.n_items}]: its semantic-ID prefix is already "
-                    f"shared by {cat.codebook_sizes[-1]} items, the most the trained model "
-                    "can tell apart; retrain with the grown catalogue"
-                )
-            grown["sids"] = torch.as_tensor(sids).to(cat.sids.device)
-        self.model.set_catalogue(replace(cat, **grown))
-        self.item_ids.extend(ids)
-        self.index.update({item: len(self.index) + n for n, item in enumerate(ids)})
+    def _commit(self, new: NewItems, persist: bool) -> None:
+        """Swap in the catalogue grown by `new` (persisted first when `persist`)."""
+        with self._lock:
+            old = self.model.catalogue
+            try:
+                self.model.set_catalogue(added_items.grow(old, new))
+                if persist:
+                    added_items.write(self.run, self.added + new, self.fingerprint())
+            except BaseException:
+                self.model.set_catalogue(old)
+                raise
+            first = len(self.item_ids)
+            self.added = self.added + new
+            self.item_ids.extend(new.ids)
+            self.view = self.view.extended(new)  # first: an id in the index is in the view
+            self.index.update({item: first + n for n, item in enumerate(new.ids)})
+            if persist:
+                self._added_stamp = self._stamp()
+
+    def fingerprint(self) -> dict[str, str | None]:
+        if self._fingerprint is None:
+            self._fingerprint = added_items.fingerprint(self.run)
+        return self._fingerprint
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.run.added_items.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh(self) -> int:
+        """Apply items that another process (another server or Ray Serve replica on this
+        run directory) added since; returns how many. Cheap when nothing changed (a stat)."""
+        if not self.model.supports_new_items or self._stamp() == self._added_stamp:
+            return 0
+        if not self._add_lock.acquire(blocking=False):
+            return 0  # an add is under way here; it applies them itself
+        try:
+            return self._refresh_locked()
+        finally:
+            self._add_lock.release()
+
+    def _refresh_locked(self) -> int:
+        stamp = self._stamp()
+        if stamp == self._added_stamp:
+            return 0
+        found = added_items.read(self.run)
+        self._added_stamp = stamp
+        if found is None:
+            return 0
+        items, meta = found
+        n = len(self.added)
+        if items.ids[:n] != self.added.ids or meta.get("fingerprint") != self.fingerprint():
+            warnings.warn(f"{self.run.added_items} was rewritten by another process or for "
+                          "other embeddings; restart to serve it", stacklevel=2)
+            return 0
+        tail = items.tail(n)
+        if len(tail):
+            self._commit(tail, persist=False)
+        return len(tail)
+
+    def load_added(self) -> int:
+        """Re-apply the run's added items (at load); re-encoded from their text when the
+        run's encoder, embeddings or SIDs changed since they were added."""
+        if not self.model.supports_new_items or len(self.added):
+            return 0
+        found = added_items.read(self.run)
+        self._added_stamp = self._stamp()
+        if found is None:
+            return 0
+        items, meta = found
+        try:
+            added_items.check_new([{"id": i, "text": t} for i, t in
+                                   zip(items.ids, items.texts, strict=True)], self.index)
+        except SidrecError as e:
+            raise SidrecError(f"{self.run.added_items}: {e}") from None
+        if meta.get("fingerprint") == self.fingerprint():
+            self._commit(items, persist=False)
+            return len(items)
+        with self._add_lock, added_items.lock(self.run):
+            items = added_items.encode(self._encoder, self.model.catalogue, list(items.ids),
+                                       list(items.texts))
+            self._commit(items, persist=True)
+        return len(items)
+
+
+def _check_on_unknown(on_unknown: str) -> None:
+    if on_unknown not in ON_UNKNOWN:
+        raise SidrecError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
 
 
 def load(model_dir: str | Path, on_unknown: str = "error", device: str = "auto",
          inference: dict[str, Any] | None = None) -> Service:
-    """Load a trained model from `runs/<name>/models/<model>` for serving; `inference`
-    overrides its stored inference settings (e.g. {"beam": 50})."""
+    """Load a trained model from `runs/<name>/models/<model>` for serving, with the items
+    added to its run since training; `inference` overrides its stored inference settings
+    (e.g. {"beam": 50})."""
     from sidrec.checkpoint import load_model
     from sidrec.data.dataset import Dataset
     from sidrec.device import resolve_device
@@ -183,4 +371,7 @@ def load(model_dir: str | Path, on_unknown: str = "error", device: str = "auto",
     dataset = Dataset.load(md.run.root)
     model = load_model(md, md.run, dataset=dataset, inference=inference)
     model = model.to(resolve_device(device))
-    return Service(model, list(dataset.item_ids), md.run, dataset.max_history, on_unknown)
+    service = Service(model, list(dataset.item_ids), md.run, dataset.max_history, on_unknown,
+                      user_ids=list(dataset.user_ids))
+    service.load_added()
+    return service

@@ -126,6 +126,29 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         print(f"{item}\t{score:.4f}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from sidrec.serve import ServeSettings
+    from sidrec.serve.settings import setting_names
+
+    # key=value words are serve settings (max_wait_ms=5) or else inference settings (beam=40).
+    pairs = parse_overrides(args.overrides)
+    names = setting_names()
+    flags = {"batching": False} if args.no_batching else {}
+    settings = from_dict(ServeSettings, {**{k: v for k, v in pairs.items() if k in names},
+                                         **flags}, "serve")
+    inference = {k: v for k, v in pairs.items() if k not in names}
+    if args.ray:
+        from sidrec.serve.ray_app import serve_ray
+
+        serve_ray(args.model_dir, args.host, args.port, settings, inference,
+                  replicas=args.replicas)
+    else:
+        from sidrec.serve import serve
+
+        serve(args.model_dir, args.host, args.port, settings, inference,
+              access_log=args.access_log)
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     from sidrec.analyze import analyze_cold_start
 
@@ -216,6 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--skip-unknown", action="store_true", help="skip unknown ids (warn)")
     p.set_defaults(func=cmd_recommend, overrides=[])
+
+    p = sub.add_parser("serve", help="recommendations over HTTP (FastAPI; explorer page at /)",
+                       description="Serve a trained model: POST /v1/recommend, "
+                       "/v1/recommend/batch, /v1/items; GET /docs, /metrics, / (explorer). "
+                       "key=value sets a serve setting (max_k, max_wait_ms, threads, ...; "
+                       "sidrec/serve/settings.py) or else an inference setting (beam=40).")
+    p.add_argument("model_dir", help="runs/<name>/models/<model>")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-batching", action="store_true",
+                   help="one model call per request (dynamic batching off, for comparison)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--ray", action="store_true",
+                   help="deploy on Ray Serve (pip install 'sidrec[ray]'), a local Ray instance")
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("analyze", help="diagnostics (cold-start: generative overfitting)")
     p.add_argument("analysis", choices=["cold-start"])

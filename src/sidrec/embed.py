@@ -11,9 +11,11 @@ second run, or another run directory over the same catalogue, is instant.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,11 +55,9 @@ def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True) -> n
     """[len(texts), dim] float32 sentence embeddings."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
-    from sentence_transformers import SentenceTransformer
-
     source = resolve_encoder(cfg.encoder)
     try:
-        model = SentenceTransformer(source, device=str(resolve_device(cfg.device)))
+        model = _sentence_model(source, str(resolve_device(cfg.device)))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SidrecError(
@@ -67,6 +67,15 @@ def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True) -> n
     vectors = model.encode(texts, batch_size=cfg.batch_size, show_progress_bar=progress,
                            convert_to_numpy=True)
     return np.asarray(vectors, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _sentence_model(source: str, device: str) -> Any:
+    """The loaded encoder, kept: a server adding items one request at a time would
+    otherwise load it (~1 s) for every request."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(source, device=device)
 
 
 def embed(run_dir: str | Path | RunDir, cfg: EmbedConfig, progress: bool = True) -> dict:

@@ -5,6 +5,7 @@
       embeddings.npy      item text vectors (`sidrec embed`) + embeddings.json (encoder, hash)
       sids.npy            semantic IDs (`sidrec tokenize`) + tokenizer.json + tokenizer/
       models/<model>/     one trained model (`sidrec train`), see `ModelDir`
+      added_items.parquet items added to the trained catalogue (`sidrec.added_items`)
       metrics.json        every evaluation (`sidrec evaluate`, `sidrec bench`)
       results.md          the table of metrics.json (written by `sidrec evaluate`)
       bench.json, bench.md  the bench's settings, timings and report (`sidrec bench`)
@@ -115,6 +116,14 @@ class RunDir:
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    @property
+    def added_items(self) -> Path:  # items added after training (API / `sidrec serve`)
+        return self.root / "added_items.parquet"
+
+    @property
+    def added_items_lock(self) -> Path:  # serialises writers of `added_items`
+        return self.root / ".added_items.lock"
 
     def load_embeddings(self, n_items: int | None = None) -> np.ndarray:
         """Item text vectors [n_items, d] float32, checked (`n_items` rows when given)."""

@@ -1,0 +1,249 @@
+"""Items added to a trained model's catalogue after training, and their file in the run.
+
+A new item's text goes through the run's own encoder (the one `embeddings.json` names)
+and, when the run has SIDs, through its fitted tokenizer (never refitted), taking the next
+free collision token of its prefix (`sidrec.tokenize.extend_sids`): the path the cold
+items of the split took. No model is retrained; `grow` appends them to a `Catalogue`.
+
+`runs/<run>/added_items.parquet` (`RunDir.added_items`) holds every added item, in the
+order added, so that `sidrec.load` (and so a restarted `sidrec serve`) serves them too:
+
+    id      string          original item id (unique among the run's items)
+    text    string          the item text, as given
+    vector  float32[d]      its text vector
+    sid     int64[L+1]      its full SID (null when the run has no SIDs)
+
+The file's metadata records the encoder and the hashes of `embeddings.npy` and
+`sids.npy` the rows were computed against; when they differ from the run's (the run was
+re-embedded or re-tokenized), the items are encoded again from their text.
+
+The file is rewritten whole and atomically on each add (temporary file, then rename), so
+a reader sees all of an add or none of it; `lock` serialises writers across processes
+(several servers or Ray Serve replicas on one run directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from sidrec.errors import SidrecError
+from sidrec.io import atomic_path, hash_file, read_json
+from sidrec.models.base import Catalogue
+from sidrec.run import RunDir
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class NewItems:
+    """Items added after training: ids [m], texts [m], vectors [m, d], sids [m, L+1] or None."""
+
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    vectors: np.ndarray
+    sids: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __add__(self, other: NewItems) -> NewItems:
+        if not len(self):
+            return other
+        if not len(other):
+            return self
+        sids = None if self.sids is None or other.sids is None else np.concatenate(
+            [self.sids, other.sids])
+        return NewItems(self.ids + other.ids, self.texts + other.texts,
+                        np.concatenate([self.vectors, other.vectors]), sids)
+
+    def tail(self, start: int) -> NewItems:
+        """The items from position `start` on."""
+        sids = None if self.sids is None else self.sids[start:]
+        return NewItems(self.ids[start:], self.texts[start:], self.vectors[start:], sids)
+
+
+class ItemError(SidrecError):
+    """Item `row` of an add is at fault (`duplicate`: its id exists)."""
+
+    def __init__(self, row: int, message: str, duplicate: bool = False) -> None:
+        super().__init__(f"items[{row}]{message}")
+        self.row, self.duplicate = row, duplicate
+
+
+def no_items(dim: int = 0) -> NewItems:
+    return NewItems((), (), np.zeros((0, dim), np.float32), None)
+
+
+def check_new(items: Sequence[Any], known: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(ids, texts) of `items` ([{"id": ..., "text": ...}]); a duplicate id (with the
+    catalogue `known` or within `items`) or an empty text is an `ItemError`."""
+    ids: list[str] = []
+    texts: list[str] = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or "id" not in item:
+            raise ItemError(n, ": expected a dict with 'id' and 'text'")
+        item_id, text = str(item["id"]), str(item.get("text") or "").strip()
+        if not item_id.strip():
+            raise ItemError(n, ": empty id; give the item an id")
+        if item_id in known or item_id in ids:
+            raise ItemError(n, f": item id {item_id!r} already exists; ids are unique",
+                            duplicate=True)
+        if not text:
+            raise ItemError(n, f" ({item_id!r}): empty text; give the item a text")
+        ids.append(item_id)
+        texts.append(text)
+    return ids, texts
+
+
+class Encoder:
+    """The run's text encoder and tokenizer, loaded once on first use."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self._tokenizer: Any = None
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        """[len(texts), d] float32 with the encoder that made `embeddings.npy`."""
+        from sidrec.embed import EmbedConfig, encode_texts
+
+        if not self.run.embeddings_info.is_file():
+            raise SidrecError(f"{self.run.embeddings_info}: missing; run `sidrec embed "
+                              f"{self.run.root}` so new items can be encoded like the others")
+        encoder = read_json(self.run.embeddings_info)["encoder"]
+        threads = torch.get_num_threads()  # encode_texts sets its own; a server keeps its
+        try:
+            return encode_texts(texts, EmbedConfig(encoder=encoder, device="cpu"),
+                                progress=False)
+        finally:
+            torch.set_num_threads(threads)
+
+    def sids(self, existing: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Full SIDs [m, L+1] of new vectors, after the `existing` ones [n, L+1]."""
+        from sidrec.tokenize import load_tokenizer, sids_for_new_items
+
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.run.tokenizer, device="cpu")
+        return sids_for_new_items(self._tokenizer, existing, vectors)
+
+
+def encode(encoder: Encoder, catalogue: Catalogue, ids: list[str], texts: list[str]) -> NewItems:
+    """Vectors and SIDs of new items for `catalogue` (whose SIDs give the collision tokens)."""
+    vectors = encoder.vectors(texts)
+    sids = None
+    if catalogue.sids is not None:
+        sids = encoder.sids(catalogue.sids.cpu().numpy(), vectors)
+        limit = catalogue.codebook_sizes[-1]
+        too_big = np.flatnonzero(sids[:, -1] >= limit)
+        if len(too_big):
+            row = int(too_big[0])
+            raise ItemError(row, f" ({ids[row]!r}): its semantic-ID prefix is already shared "
+                            f"by {limit} items, the most the trained model can tell apart; "
+                            "retrain with the grown catalogue")
+    return NewItems(tuple(ids), tuple(texts), vectors, sids)
+
+
+def grow(catalogue: Catalogue, new: NewItems) -> Catalogue:
+    """`catalogue` with `new` appended: cold, popularity 0, their text vectors and SIDs."""
+    m = len(new)
+    grown: dict[str, Any] = {
+        "item_text": [*catalogue.item_text, *new.texts],
+        "cold": torch.cat([catalogue.cold, torch.ones(m, dtype=torch.bool)]),
+        "popularity": torch.cat([catalogue.popularity, torch.zeros(m)]),
+    }
+    if catalogue.text_emb is not None:
+        vectors = torch.as_tensor(new.vectors).to(catalogue.text_emb)
+        grown["text_emb"] = torch.cat([catalogue.text_emb, vectors])
+    if catalogue.sids is not None:
+        if new.sids is None:
+            raise SidrecError("the added items have no SIDs but the catalogue has; re-add them")
+        sids = torch.as_tensor(new.sids, dtype=torch.int64).to(catalogue.sids.device)
+        grown["sids"] = torch.cat([catalogue.sids, sids])
+    return replace(catalogue, **grown)
+
+
+# ---------------------------------------------------------------- the file
+
+
+def fingerprint(run: RunDir) -> dict[str, str | None]:
+    """What added items are computed against: the encoder and the base artifacts."""
+    encoder = read_json(run.embeddings_info).get("encoder") if run.embeddings_info.is_file() \
+        else None
+    return {
+        "encoder": encoder,
+        "embeddings": hash_file(run.embeddings) if run.embeddings.is_file() else None,
+        "sids": hash_file(run.sids) if run.sids.is_file() else None,
+    }
+
+
+@contextlib.contextmanager
+def lock(run: RunDir) -> Iterator[None]:
+    """An exclusive lock on the run's added items, across processes (flock)."""
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        handle = open(run.added_items_lock, "a+")  # noqa: SIM115 (held for the block)
+    except OSError as e:
+        raise SidrecError(f"{run.added_items_lock}: cannot lock the added items ({e})") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write(run: RunDir, items: NewItems, against: dict[str, str | None]) -> None:
+    """Rewrite `added_items.parquet` with `items` (all of them), atomically; `against` is
+    the run's `fingerprint` the items were computed for."""
+    d = items.vectors.shape[1] if items.vectors.ndim == 2 else 0
+    columns: dict[str, Any] = {
+        "id": pa.array(list(items.ids), pa.string()),
+        "text": pa.array(list(items.texts), pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(
+            pa.array(items.vectors.astype(np.float32).ravel(), pa.float32()), d),
+    }
+    if items.sids is not None:
+        width = items.sids.shape[1]
+        columns["sid"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(items.sids.astype(np.int64).ravel(), pa.int64()), width)
+    meta = {"format": FORMAT, "dim": d, "fingerprint": against}
+    table = pa.table(columns).replace_schema_metadata({"sidrec": json.dumps(meta)})
+    try:
+        with atomic_path(run.added_items) as tmp:
+            pq.write_table(table, tmp)
+    except OSError as e:
+        raise SidrecError(f"{run.added_items}: cannot persist the added items ({e})") from None
+
+
+def read(run: RunDir) -> tuple[NewItems, dict[str, Any]] | None:
+    """(the added items, the file's metadata), or None when the run has none."""
+    path = run.added_items
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[b"sidrec"])
+        d = int(meta["dim"])
+        vectors = table.column("vector").combine_chunks().flatten().to_numpy()
+        sids = None
+        if "sid" in table.column_names:
+            sid_col = table.column("sid").combine_chunks()
+            sids = sid_col.flatten().to_numpy().astype(np.int64).reshape(len(table), -1)
+        items = NewItems(tuple(table.column("id").to_pylist()),
+                         tuple(table.column("text").to_pylist()),
+                         vectors.astype(np.float32).reshape(len(table), d), sids)
+    except (OSError, KeyError, ValueError, TypeError, pa.ArrowException) as e:
+        raise SidrecError(f"{path}: unreadable added items ({type(e).__name__}: {e}); move it "
+                          "away to serve without them") from None
+    if meta.get("format") != FORMAT:
+        raise SidrecError(f"{path}: format {meta.get('format')!r}, not {FORMAT}; move it away")
+    return items, meta

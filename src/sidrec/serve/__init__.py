@@ -1,0 +1,75 @@
+"""`sidrec serve MODEL_DIR`: a trained model's recommendations over HTTP.
+
+FastAPI on uvicorn, one model in one process (SPEC.md, "Serving"):
+
+    POST /v1/recommend        {"history": ["50", "172"], "k": 10, "user_id": "u1",
+                               "exclude_seen": true, "options": {"beam": 40}}
+                              -> {"items": [{"id", "score", "title", "cold"}], "model", "took_ms"}
+    POST /v1/recommend/batch  {"requests": [<recommend body>, ...]} -> {"results": [...]}
+    POST /v1/items            [{"id": "...", "text": "..."}] -> added live and persisted
+    GET  /v1/items?q=toy      search by title;  GET /v1/items/{id}: one item
+    GET  /v1/info             the model, its inference settings, the limits
+    GET  /healthz, /readyz    process up; model loaded
+    GET  /metrics             Prometheus
+    GET  /docs                the OpenAPI contract;  GET /: the explorer page
+
+Modules: `settings` (limits, batching), `schemas` (the JSON contract), `worker` (dynamic
+batching on one inference thread), `app` (routes, errors, metrics), `ray_app` (the same
+app on Ray Serve, `--ray`), `static/` (the explorer page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sidrec.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from sidrec.api import Service
+
+__all__ = ["ServeSettings", "build_app", "loader", "serve"]
+
+
+def loader(model_dir: str | Path, settings: ServeSettings,
+           inference: dict[str, Any] | None = None) -> Callable[[], Service]:
+    """A function that loads the model for serving (with its run's added items)."""
+
+    def load() -> Service:
+        from sidrec.api import load as load_service
+
+        return load_service(model_dir, on_unknown=settings.on_unknown, device=settings.device,
+                            inference=inference)
+
+    return load
+
+
+def build_app(model_dir: str | Path, settings: ServeSettings | None = None,
+              inference: dict[str, Any] | None = None, preload: bool = True) -> FastAPI:
+    """The app serving `model_dir`. `preload` loads the model now (a wrong directory is an
+    error here); otherwise the worker loads it at startup and /readyz says when."""
+    from sidrec.serve.app import create_app
+    from sidrec.serve.worker import InferenceWorker
+
+    settings = settings or ServeSettings()
+    load = loader(model_dir, settings, inference)
+    if preload:
+        service = load()
+
+        def load() -> Service:
+            return service
+
+    return create_app(InferenceWorker(load, settings), settings)
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          settings: ServeSettings | None = None, inference: dict[str, Any] | None = None,
+          access_log: bool = False) -> None:
+    """Load the model, then serve it until Ctrl-C / SIGTERM."""
+    import uvicorn
+
+    app = build_app(model_dir, settings, inference)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")

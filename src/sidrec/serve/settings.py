@@ -1,0 +1,52 @@
+"""`sidrec serve` settings: request limits, dynamic batching, the inference worker.
+
+Every field can be set on the command line as `key=value` (`sidrec serve MODEL_DIR
+max_wait_ms=5 max_k=50`); the checks below make a bad value a one-line error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from sidrec.errors import SidrecError
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    # -- request limits (past them: 400, or 413 for the body)
+    max_k: int = 100  # largest k a request may ask for
+    max_history: int = 200  # items in one request's history (the model reads its last 20)
+    max_batch_requests: int = 64  # requests in one POST /v1/recommend/batch
+    max_add_items: int = 1000  # items in one POST /v1/items
+    max_body_bytes: int = 1 << 20  # request body size
+    max_option: int = 1000  # largest integer inference option (beam, hybrid_k, ...)
+    # -- dynamic batching: concurrent requests merged into one `recommend` call
+    batching: bool = True  # False: one model call per request (for comparison)
+    max_batch: int = 64  # rows of one model call; a fuller queue flushes at once
+    max_wait_ms: float = 2.0  # after the first queued request, wait this long for others
+    max_queue: int = 4096  # requests waiting for the worker before 503 (overload)
+    timeout_s: float = 30.0  # a request waits this long for its result before 504
+    # -- the inference worker (one thread runs every model call)
+    threads: int = 0  # torch CPU threads; 0 = min(4, cores)
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    on_unknown: str = "error"  # an unknown history item: 400 (error) or ignored (skip)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            lowest = 0 if f.name in ("threads", "max_wait_ms") else 1
+            if value < lowest:
+                raise SidrecError(f"serve setting {f.name}={value}: must be >= {lowest}")
+        if self.on_unknown not in ("error", "skip"):
+            raise SidrecError(f"serve setting on_unknown={self.on_unknown!r}: error or skip")
+
+    @property
+    def rows_per_call(self) -> int:
+        """Requests merged into one model call (1 with batching off)."""
+        return self.max_batch if self.batching else 1
+
+
+def setting_names() -> set[str]:
+    return {f.name for f in fields(ServeSettings)}

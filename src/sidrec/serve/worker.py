@@ -1,0 +1,223 @@
+"""Dynamic batching on one inference thread.
+
+HTTP handlers put `Query`s on a queue and await their futures; one worker thread takes
+the first waiting query, collects more for up to `max_wait_ms` (or until `max_batch` are
+in hand), and answers them with as few `Service.recommend_batch` calls as possible: one
+per group of queries that can share a call (same k, exclude_seen, on_unknown and
+inference options; user ids and histories may differ per row). Every model call runs on
+this one thread, so torch's intra-op threads (`threads`) are never oversubscribed by
+concurrent requests, and a catalogue swap (`add_items`, run on the same thread) never
+meets a batch halfway.
+
+A grouped call returns what `recommend_batch` returns for those rows offline (the model
+contract is row-independent; tests/test_serve_batching.py checks it within 1e-5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sidrec.api import Recommendations, Service
+from sidrec.errors import SidrecError
+from sidrec.serve.settings import ServeSettings
+
+log = logging.getLogger("sidrec.serve")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One recommendation request, checked (`app.check_query`)."""
+
+    history: tuple[str, ...]
+    k: int = 10
+    user_id: str | None = None
+    exclude_seen: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    on_unknown: str | None = None
+
+    def group(self) -> tuple[Any, ...]:
+        """Queries with the same group share one model call."""
+        return (json.dumps(self.options, sort_keys=True), self.k, self.exclude_seen,
+                self.on_unknown)
+
+
+def run_queries(service: Service, queries: list[Query],
+                on_call: Callable[[int], None] | None = None) -> list[Recommendations | Exception]:
+    """Answer `queries` with one `recommend_batch` per group; a failing group is retried
+    query by query, so one bad query fails alone. `on_call(rows)` sees every model call."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault(q.group(), []).append(i)
+    out: list[Recommendations | Exception] = [SidrecError("not run")] * len(queries)
+    for rows in groups.values():
+        first = queries[rows[0]]
+        try:
+            recs = service.recommend_batch(
+                [queries[i].history for i in rows], first.k, first.exclude_seen,
+                first.options or None, users=[queries[i].user_id for i in rows],
+                on_unknown=first.on_unknown)
+            if on_call:
+                on_call(len(rows))
+            for i, r in zip(rows, recs, strict=True):
+                out[i] = r
+        except Exception as e:  # each query gets its own answer
+            if len(rows) == 1:
+                out[rows[0]] = e
+            else:
+                for i in rows:
+                    out[i] = run_queries(service, [queries[i]], on_call)[0]
+    return out
+
+
+class Overloaded(Exception):
+    """The queue is full: the server answers 503."""
+
+
+@dataclass
+class _Job:
+    future: Future
+    query: Query | None = None  # a recommendation, batched
+    call: Callable[[], Any] | None = None  # anything else, run alone (add_items)
+
+
+_STOP = _Job(Future())
+
+
+class InferenceWorker:
+    """The one thread that loads the model and runs every model call.
+
+    `load` builds the `Service` on the thread (so /healthz answers while it loads);
+    `ready` is set once it is loaded, `error` holds why loading failed.
+    """
+
+    def __init__(self, load: Callable[[], Service], settings: ServeSettings,
+                 on_call: Callable[[int], None] | None = None) -> None:
+        self._load = load
+        self.settings = settings
+        self.on_call = on_call
+        self.service: Service | None = None
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=settings.max_queue)
+        self._thread = threading.Thread(target=self._run, name="sidrec-inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_STOP, timeout=timeout)
+        self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, query: Query) -> Future:
+        """Queue a recommendation; its future holds `Recommendations` or the error."""
+        return self._put(_Job(Future(), query=query))
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run `fn(*args)` on the worker thread between batches."""
+        return self._put(_Job(Future(), call=lambda: fn(*args)))
+
+    def _put(self, job: _Job) -> Future:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise Overloaded(f"{self._queue.maxsize} requests are waiting; retry later") from None
+        return job.future
+
+    # ------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        try:
+            self.service = self._load()
+        except Exception as e:  # reported by /readyz, logged
+            self.error = f"{type(e).__name__}: {e}" if not isinstance(e, SidrecError) else str(e)
+            log.error("sidrec serve: the model did not load: %s", self.error)
+            self._drain(SidrecError(f"the model did not load: {self.error}"))
+            return
+        self.ready.set()
+        pending: _Job | None = None
+        while True:
+            job = pending or self._queue.get()
+            pending = None
+            if job is _STOP:
+                break
+            if job.call is not None:
+                self._run_call(job)
+                continue
+            batch = [job]
+            pending = self._collect(batch)
+            self._run_batch(batch)
+        self._drain(SidrecError("the server is shutting down"))
+
+    def _collect(self, batch: list[_Job]) -> _Job | None:
+        """Add waiting queries to `batch` (up to max_batch, for up to max_wait_ms); returns
+        a non-query job met on the way, to run after this batch."""
+        limit = self.settings.rows_per_call
+        deadline = time.monotonic() + self.settings.max_wait_ms / 1000
+        while len(batch) < limit:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 \
+                    else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job.query is None:
+                return job
+            batch.append(job)
+        return None
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        answers = self.answer([j.query for j in live])
+        for job, answer in zip(live, answers, strict=True):
+            if isinstance(answer, Exception):
+                job.future.set_exception(answer)
+            else:
+                job.future.set_result(answer)
+
+    def answer(self, queries: list[Query]) -> list[Recommendations | Exception]:
+        """`run_queries` on the loaded service, after picking up the items that another
+        process added to the run directory. Call it on the worker thread."""
+        service = self.service
+        assert service is not None, "answer() before the model loaded"
+        try:
+            service.refresh()
+        except Exception as e:  # serving goes on with the catalogue it has
+            log.warning("sidrec serve: could not read the added items: %s", e)
+        return run_queries(service, queries, self.on_call)
+
+    def _run_call(self, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.call())
+        except Exception as e:  # the caller gets it
+            job.future.set_exception(e)
+
+    def _drain(self, error: Exception) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(error)
