@@ -43,9 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sidrec.checkpoint import load_model
 from sidrec.data import Dataset, PrepareConfig, prepare
 from sidrec.evaluate import evaluate
-from sidrec.train import load_model, train
+from sidrec.train import train
 
 # Runs inside the RecBole interpreter: this process's numpy/pandas are too new for it.
 RECBOLE_RUNNER = r'''

@@ -64,12 +64,12 @@ def overfit(model, batch, steps: int = 80, lr: float = 1e-2) -> tuple[float, flo
     model.train()
     first = None
     for _ in range(steps):
-        loss = model.loss(batch)["loss"]
+        loss = model(batch)["loss"]
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return first, model.loss(batch)["loss"].item()
+    return first, model(batch)["loss"].item()
 
 
 def test_registry_has_the_baselines():
@@ -106,6 +106,7 @@ def test_sasrec_overfits_a_tiny_batch(loss):
     # CE memorises the batch; BCE's loss keeps the noise of its sampled negatives
     assert last < (0.05 if loss == "ce" else 0.4) * first, (first, last)
     assert model.display_name == f"sasrec ({loss.upper()})"
+    assert model(tiny_batch()).keys() == {"loss", f"loss_{loss}"}
 
 
 def test_sasrec_is_causal_and_ignores_padding_width():
@@ -125,6 +126,11 @@ def test_sasrec_is_causal_and_ignores_padding_width():
     assert torch.isfinite(h).all()
 
 
+def test_sasrec_heads_must_split_d_model():
+    with pytest.raises(SidrecError, match="divisible by n_heads"):
+        build("sasrec", dataclasses.replace(TINY_SAS, n_heads=3))
+
+
 def test_sasrec_recommend_is_topk_of_score_and_truncates_long_history():
     model = build("sasrec").eval()
     batch = tiny_batch(L=20)  # longer than max_len = 12: the last 12 items are used
@@ -142,7 +148,7 @@ def test_dense_overfits_a_tiny_batch(name):
     model = build(name)
     first, last = overfit(model, tiny_batch())
     assert last < 0.1 * first, (first, last)
-    assert model.loss(tiny_batch()).keys() == {"loss", "dense"}
+    assert model(tiny_batch()).keys() == {"loss", "loss_dense"}
 
 
 def test_dense_text_scores_new_items_from_text_and_dense_refuses():
@@ -190,9 +196,10 @@ def test_sasrec_beats_pop_on_ml100k(request, tmp_path):
         run_dir = request.getfixturevalue("ml100k_run")
     except pytest.FixtureLookupError:
         pytest.skip("no ml100k_run fixture in tests/conftest.py yet")
+    from sidrec.checkpoint import load_model
     from sidrec.data.dataset import Dataset
     from sidrec.evaluate import evaluate
-    from sidrec.train import load_model, train
+    from sidrec.train import train
 
     ds = Dataset.load(run_dir)
     ndcg = {}
@@ -201,7 +208,8 @@ def test_sasrec_beats_pop_on_ml100k(request, tmp_path):
         # 10 epochs of the preset's ~24 clear the bar (NDCG@10 0.040 vs Pop's 0.022; 6 gave
         # 0.035, too close) in less than half the CI time.
         settings = {"num_threads": 1, "max_epochs": 10}
-        summary = train(name, tmp_path, None, settings, "cpu", dataset=ds, progress=False)
+        summary = train(name, tmp_path, None, settings, preset="cpu", dataset=ds,
+                        progress=False)
         model = load_model(summary["model_dir"], tmp_path, dataset=ds)
         ndcg[name] = evaluate(model, ds, "test", ks=(10,))["rows"][0]["ndcg@10"]
     assert ndcg["pop"] > 0.005  # the evaluator finds Pop's hits at all

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sidrec.models.transformer import Decoder, Encoder, StackConfig
+from sidrec.models.transformer import CausalEncoder, Decoder, Encoder, StackConfig
 
 CFG = StackConfig(n_layers=2, d_model=16, n_heads=3, head_dim=8, d_ff=32, dropout=0.0)
 
@@ -18,6 +18,38 @@ def test_head_width_is_independent_of_d_model():
     dec = Decoder(CFG, cross_attention=True)
     assert dec.blocks[0].attn.qkv.weight.shape == (3 * 3 * 8, 16)  # 3 heads x 8 != 16
     assert dec.blocks[0].cross.out.weight.shape == (16, 24)
+
+
+def test_attention_biases_only_when_asked():
+    # TIGER, LIGER and COBRA keep bias-free projections; SASRec and Dense ask for them.
+    plain = Decoder(CFG, cross_attention=True).blocks[0]
+    assert plain.attn.qkv.bias is None and plain.cross.out.bias is None
+    biased = Decoder(StackConfig(**{**CFG.__dict__, "bias": True}), True).blocks[0]
+    assert biased.attn.qkv.bias.shape == (72,) and biased.cross.kv.bias.shape == (48,)
+    assert biased.attn.out.bias.shape == (16,)
+
+
+def test_causal_encoder_counts_positions_from_the_end():
+    enc = CausalEncoder(CFG, max_len=6).eval()
+    x = torch.randn(2, 4, 16)
+    pad = torch.tensor([[True, False, False, False], [False] * 4])
+    y = enc(x, pad)
+    # Two more padded columns on the left: every real position keeps its output.
+    wide_x = torch.cat([torch.randn(2, 2, 16), x], dim=1)
+    wide_pad = torch.cat([torch.ones(2, 2, dtype=torch.bool), pad], dim=1)
+    assert_close(enc(wide_x, wide_pad)[:, 2:][~pad], y[~pad])
+    # Real positions never see padded inputs, nor later ones (causal).
+    x2 = x.clone()
+    x2[0, 0] = torch.randn(16)
+    x2[:, 3] = torch.randn(2, 16)
+    y2 = enc(x2, pad)
+    assert_close(y2[0, 1:3], y[0, 1:3])
+    assert_close(y2[1, :3], y[1, :3])
+    assert not torch.allclose(y2[:, 3], y[:, 3])
+    assert torch.isfinite(y2).all()
+    # Same items, same positions from the end: the last row of a shorter history
+    # equals the state of the same suffix.
+    assert_close(enc(x[1:, 1:], pad[1:, 1:]), enc(x[1:, 1:], torch.zeros(1, 3, dtype=bool)))
 
 
 def test_encoder_ignores_padded_positions():

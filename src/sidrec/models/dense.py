@@ -5,7 +5,7 @@ Systems" (UniSRec, KDD 2022) and Yang et al., LIGER (arXiv 2411.18814) §4, "Den
 An item's vector is the MLP projection of its frozen text embedding
 (`Catalogue.text_emb`, from `sidrec embed`) plus, for `dense`, a learned item-ID
 embedding. The history's item vectors + positions go through the same causal
-transformer as SASRec (`sasrec.CausalEncoder`); the hidden state at a position is the
+transformer as SASRec (`transformer.CausalEncoder`); the hidden state at a position is the
 user vector, and an item's score is cos(user, item) / tau. Loss: softmax cross-entropy
 over all catalogue items at every history position (as SASRec; see `sidrec.train`).
 
@@ -23,7 +23,7 @@ and there is no pre-training stage (trained from scratch on the target data).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torch import nn
 from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, Recommender, init_weights, item_padding
-from sidrec.models.sasrec import CausalEncoder, next_items
+from sidrec.models.sasrec import causal_encoder, next_items
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,7 @@ class Dense(Recommender):
             self.text_proj = nn.Linear(d_text, cfg.d_model)
         self.item_emb = nn.Embedding(catalogue.n_items, cfg.d_model) if self.use_id else None
         self.in_norm = nn.LayerNorm(cfg.d_model)
-        self.encoder = CausalEncoder(
-            cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.dropout, cfg.max_len
-        )
+        self.encoder = causal_encoder(cfg)
         self.apply(init_weights)
         # Frozen input, not a weight: follows .to(device) but is not saved with the model.
         self.register_buffer("text_emb", catalogue.text_emb.float().clone(), persistent=False)
@@ -98,7 +96,7 @@ class Dense(Recommender):
         x = self.in_norm(table[ids])  # [B, L', d]
         return self.encoder(x, pad), pad
 
-    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         history = batch["history"][:, -self.cfg.max_len :]  # [B, L]
         items = self.item_vectors()  # [n_items, d]
         h, pad = self.hidden(history, items)  # [B, L, d]
@@ -107,10 +105,10 @@ class Dense(Recommender):
         y = next_items(history, batch["target"])[real]  # [N]
         logits = user @ F.normalize(items, dim=-1).T / self.cfg.temperature  # [N, n_items]
         loss = F.cross_entropy(logits, y)
-        return {"loss": loss, "dense": loss.detach()}
+        return {"loss": loss, "loss_dense": loss.detach()}
 
     @torch.no_grad()
-    def score(self, history: torch.Tensor, users: torch.Tensor, **options: Any) -> torch.Tensor:
+    def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         items = self.item_vectors()  # [n_items, d]
         h, _ = self.hidden(history, items)  # [B, L, d]
         user = F.normalize(h[:, -1], dim=-1)  # [B, d]

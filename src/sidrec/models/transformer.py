@@ -1,17 +1,20 @@
-"""Pre-norm transformer blocks shared by TIGER, LIGER and COBRA (nanoGPT-style, no zoo).
+"""Pre-norm transformer blocks shared by every model (nanoGPT-style, no zoo).
 
-Three stacks are built from the same blocks:
+Four stacks are built from the same blocks:
 
 - `Encoder`: bidirectional self-attention with a key-padding mask (TIGER / LIGER encoder).
 - `Decoder(cross_attention=True)`: causal self-attention + cross-attention to an encoder
   memory (TIGER / LIGER decoder).
 - `Decoder(cross_attention=False)`: a decoder-only causal stack (COBRA), whose `prefill`
   caches the history once per user and whose `step` decodes beams against it.
+- `CausalEncoder`: that decoder-only stack plus learned positions counted back from the
+  most recent item (SASRec, Dense).
 
 The stacks take *embedded* inputs [B, T, d_model] and return the final-norm hidden
 states; token/position embeddings and output heads belong to each model, so LIGER can add
 text embeddings to the input and read a dense head from the encoder output, and COBRA can
-interleave sparse tokens with dense vectors.
+interleave sparse tokens with dense vectors. `CausalEncoder` is the one exception: SASRec
+and Dense embed items differently but position them alike, so it owns their positions.
 
 Incremental decoding (`KVCache`) has two kinds of keys/values:
 
@@ -51,6 +54,9 @@ class StackConfig:
     # Dropout on attention probabilities. Off by default: with it, CPU SDPA leaves its
     # fused kernel and a TIGER training step took 7x longer (16.6 vs 2.3 ms per example).
     attn_dropout: float = 0.0
+    # Biases on the attention projections: off as in T5 (TIGER, LIGER, COBRA), on for
+    # SASRec and Dense as in the SASRec reference and RecBole. The FFN always has them.
+    bias: bool = False
 
 
 def attention_mask(
@@ -103,8 +109,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         inner = cfg.n_heads * cfg.head_dim
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, 3 * inner, bias=False)
-        self.out = nn.Linear(inner, cfg.d_model, bias=False)
+        self.qkv = nn.Linear(cfg.d_model, 3 * inner, bias=cfg.bias)
+        self.out = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.attn_dropout
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -168,9 +174,9 @@ class CrossAttention(nn.Module):
         super().__init__()
         inner = cfg.n_heads * cfg.head_dim
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.d_model, inner, bias=False)
-        self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=False)
-        self.out = nn.Linear(inner, cfg.d_model, bias=False)
+        self.q = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * inner, bias=cfg.bias)
+        self.out = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.attn_dropout
 
     def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,3 +372,24 @@ class Decoder(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block.step(x, cache, layer)
         return self.ln_f(x)  # (N, T, d)
+
+
+class CausalEncoder(nn.Module):
+    """Item vectors x [B, L, d] (left-padded) + pad [B, L] -> causal hidden states [B, L, d].
+
+    Learned positions count back from the most recent item (position 0 = the last column),
+    so outputs do not depend on how wide the left padding is; L <= max_len. Padded inputs
+    are zeroed and padded positions attend only to themselves, so no softmax row is
+    empty; real positions never see padding (`attention_mask`).
+    """
+
+    def __init__(self, cfg: StackConfig, max_len: int) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.decoder = Decoder(cfg, cross_attention=False)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1] - 1, -1, -1, device=x.device)  # (L,) last = 0
+        h = self.drop(x + self.pos(positions)).masked_fill(pad[..., None], 0.0)  # (B, L, d)
+        return self.decoder(h, pad)  # (B, L, d)
