@@ -151,6 +151,38 @@ def test_dense_overfits_a_tiny_batch(name):
     assert model(tiny_batch()).keys() == {"loss", "loss_dense"}
 
 
+def cold_tail_catalogue(n_warm: int = 20, n_cold: int = 4) -> Catalogue:
+    """`catalogue()` plus n_cold cold items after the warm ones (tiny_batch never uses them)."""
+    cat = catalogue(n_warm)
+    n = n_warm + n_cold
+    return dataclasses.replace(
+        cat,
+        item_text=[f"item {i}" for i in range(n)],
+        cold=torch.arange(n) >= n_warm,
+        popularity=torch.cat([cat.popularity.clamp_min(1), torch.zeros(n_cold)]),
+        text_emb=torch.cat([cat.text_emb, torch.randn(n_cold, cat.text_emb.shape[1])]),
+    )
+
+
+@pytest.mark.parametrize("name", ["dense", "dense-text"])
+def test_dense_trains_without_cold_items(name):
+    """Cold items are out of the training softmax (as LIGER): the loss does not depend on
+    their text and they get no gradient, so training never pushes them down."""
+    model = build(name, cat=cold_tail_catalogue())
+    batch = tiny_batch()
+    loss = model(batch)["loss"]
+    loss.backward()
+    if model.item_emb is not None:
+        grad = model.item_emb.weight.grad  # (24, d)
+        assert grad[20:].abs().max() == 0  # cold ID embeddings: no push-down
+        assert grad[:20].abs().max() > 0
+    with torch.no_grad():
+        model.text_emb[20:] = torch.randn(4, model.text_emb.shape[1]) * 10  # other cold text
+    torch.testing.assert_close(model(batch)["loss"], loss.detach(), rtol=0, atol=0)
+    # ... and they are still ranked at inference, from their text
+    assert torch.isfinite(model.eval().score(batch["history"], batch["user"])[:, 20:]).all()
+
+
 def test_dense_text_scores_new_items_from_text_and_dense_refuses():
     cat = catalogue()
     text = build("dense-text", cat=cat).eval()

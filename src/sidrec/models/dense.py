@@ -4,10 +4,14 @@ Hou et al., "Towards Universal Sequence Representation Learning for Recommender
 Systems" (UniSRec, KDD 2022) and Yang et al., LIGER (arXiv 2411.18814) §4, "Dense".
 An item's vector is the MLP projection of its frozen text embedding
 (`Catalogue.text_emb`, from `sidrec embed`) plus, for `dense`, a learned item-ID
-embedding. The history's item vectors + positions go through the same causal
-transformer as SASRec (`transformer.CausalEncoder`); the hidden state at a position is the
-user vector, and an item's score is cos(user, item) / tau. Loss: softmax cross-entropy
-over all catalogue items at every history position (as SASRec; see `sidrec.train`).
+embedding (`heads.DenseHead`, shared with LIGER). The history's item vectors +
+positions go through the same causal stack as SASRec (`transformer.CausalEncoder`); the
+hidden state at a position is the user vector, and an item's score is
+cos(user, item) / tau. Loss: softmax cross-entropy over the warm items at every history
+position (as SASRec; see `sidrec.train`). Cold items (`Catalogue.cold`, seen only in
+evaluation) are masked out of the softmax, as LIGER's dense head and the official LIGER
+code's Dense rows do, so the LIGER-vs-Dense cold comparison is like for like: a cold item
+is never a negative, its text reaches training only through the shared projection.
 
 Two registered names, so that the method is explicit in configs and tables:
 - `dense`: ID embedding + projected text (UniSRec's transductive setting). Cold items
@@ -26,12 +30,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, Recommender, init_weights, item_padding
+from sidrec.models.heads import DenseHead
 from sidrec.models.sasrec import causal_encoder, next_items
 
 
@@ -62,27 +66,22 @@ class Dense(Recommender):
                 f"model {self.name!r} needs item text embeddings (embeddings.npy); "
                 "run `sidrec embed RUN_DIR` first"
             )
-        if cfg.temperature <= 0:
-            raise SidrecError(f"temperature={cfg.temperature}: must be > 0, e.g. 0.07")
-        d_text = catalogue.text_emb.shape[1]
-        if cfg.text_hidden > 0:
-            self.text_proj = nn.Sequential(
-                nn.Linear(d_text, cfg.text_hidden),
-                nn.GELU(),
-                nn.Linear(cfg.text_hidden, cfg.d_model),
-            )
-        else:
-            self.text_proj = nn.Linear(d_text, cfg.d_model)
+        # Dense's user vector is the encoder state itself (no user projection), as UniSRec.
+        self.head = DenseHead(
+            catalogue.text_emb.shape[1], cfg.text_hidden, cfg.d_model, cfg.temperature,
+            user_proj=False,
+        )
         self.item_emb = nn.Embedding(catalogue.n_items, cfg.d_model) if self.use_id else None
         self.in_norm = nn.LayerNorm(cfg.d_model)
         self.encoder = causal_encoder(cfg)
         self.apply(init_weights)
-        # Frozen input, not a weight: follows .to(device) but is not saved with the model.
+        # Frozen inputs, not weights: they follow .to(device) but are not saved.
         self.register_buffer("text_emb", catalogue.text_emb.float().clone(), persistent=False)
+        self.register_buffer("cold", catalogue.cold.bool().clone(), persistent=False)
 
     def item_vectors(self) -> torch.Tensor:
-        """[n_items, d]: projected text (+ ID embedding for `dense`)."""
-        v = self.text_proj(self.text_emb)  # [n_items, d]
+        """[n_items, d]: projected text (+ ID embedding for `dense`), not normalised."""
+        v = self.head.project_items(self.text_emb)  # [n_items, d]
         if self.item_emb is not None:
             v = v + self.item_emb.weight
         return v
@@ -101,18 +100,18 @@ class Dense(Recommender):
         items = self.item_vectors()  # [n_items, d]
         h, pad = self.hidden(history, items)  # [B, L, d]
         real = ~pad
-        user = F.normalize(h[real], dim=-1)  # [N, d]
-        y = next_items(history, batch["target"])[real]  # [N]
-        logits = user @ F.normalize(items, dim=-1).T / self.cfg.temperature  # [N, n_items]
-        loss = F.cross_entropy(logits, y)
+        user = self.head.user_vectors(h[real])  # [N, d]
+        y = next_items(history, batch["target"])[real]  # [N], warm items only
+        # Cold items are left out of the softmax, as LIGER's dense head (and the official
+        # LIGER code's Dense rows): they are never negatives, so they are not pushed down.
+        loss = self.head.loss(user, y, items, self.cold)
         return {"loss": loss, "loss_dense": loss.detach()}
 
     @torch.no_grad()
     def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         items = self.item_vectors()  # [n_items, d]
         h, _ = self.hidden(history, items)  # [B, L, d]
-        user = F.normalize(h[:, -1], dim=-1)  # [B, d]
-        return user @ F.normalize(items, dim=-1).T / self.cfg.temperature  # [B, n_items]
+        return self.head.scores(h[:, -1], items)  # [B, n_items] = cos / tau
 
     def set_catalogue(self, catalogue: Catalogue) -> None:
         super().set_catalogue(catalogue)  # refuses a grown catalogue unless supports_new_items
@@ -122,6 +121,7 @@ class Dense(Recommender):
                 "another dimension; embed new items with the encoder used for training"
             )
         self.text_emb = catalogue.text_emb.float().to(self.text_emb.device)
+        self.cold = catalogue.cold.bool().to(self.cold.device)
 
 
 @register
