@@ -9,7 +9,7 @@ Dense-text, LIGER and Dense (SID); each model says what the user state is.
 
 Cold items (`cold_mask`): a model that trains only on warm targets may mask cold items out
 of the softmax, so they are never a negative either and their text embedding is used only
-at inference (LIGER, Dense (SID)). Dense and Dense-text pass no mask.
+at inference (LIGER, Dense (SID), and Dense and Dense-text like LIGER's Dense rows).
 """
 
 from __future__ import annotations
