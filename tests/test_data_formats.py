@@ -319,7 +319,7 @@ def test_bad_ratings_csv(fail: Callable, tmp_path: Path) -> None:
     (review("U1", "P1", T0)[:-5], ":2: not valid JSON"),
     (json.dumps({"user_id": "U1", "timestamp": T0}), ":2: review lacks field 'parent_asin'"),
     (review("U1", "P1", "yesterday"), ":2: field 'timestamp' is not numeric ('yesterday')"),  # type: ignore[arg-type]
-    ("[1, 2]", ":2: expected a JSON object, got list"),
+    ("[1, 2]", ":2: expected a JSON object {...}, got an array"),
 ])
 def test_bad_amazon_2023_review(fail: Callable, tmp_path: Path, line: str, needle: str) -> None:
     reviews = write(tmp_path / "a" / "Toys.jsonl.gz", [REVIEWS_2023[0], line])

@@ -18,6 +18,7 @@ file name is written once, here. The arrays are read only through `load_embeddin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,26 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.root)
 
+    def check_writable(self) -> RunDir:
+        """This run directory, or a SidrecError when a stage could not write into it: the
+        path (or a parent) is a file, or the folder (or its nearest existing parent) is
+        not writable. Called before a stage does any work."""
+        path = self.root
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir():
+            where = "" if path == self.root else f" (in {self.root})"
+            raise SidrecError(
+                f"{path}: is a file, not a folder{where}; a run directory must be a folder: "
+                "pass another path or move the file away"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise SidrecError(
+                f"{path}: permission denied (the folder is not writable); make it writable "
+                f"(chmod u+w {path}) or pass a run directory you can write"
+            )
+        return self
+
     @property
     def dataset(self) -> Path:
         return self.root / "dataset"
@@ -125,13 +146,22 @@ class RunDir:
     def added_items_lock(self) -> Path:  # serialises writers of `added_items`
         return self.root / ".added_items.lock"
 
-    def load_embeddings(self, n_items: int | None = None) -> np.ndarray:
-        """Item text vectors [n_items, d] float32, checked (`n_items` rows when given)."""
-        return artifacts.load_embeddings(self.embeddings, self.root, n_items)
+    def load_embeddings(
+        self, n_items: int | None = None, item_text: list[str] | None = None
+    ) -> np.ndarray:
+        """Item text vectors [n_items, d] float32, checked (`n_items` rows when given; the
+        file `embeddings.json` records, made from `item_text` when given)."""
+        return artifacts.load_embeddings(self.embeddings, self.root, n_items,
+                                         self.embeddings_info, item_text)
 
-    def load_sids(self, n_items: int | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
-        """(SIDs [n_items, n_codes] int64, vocabulary size of each SID position), checked."""
-        return artifacts.load_sids(self.sids, self.tokenizer_info, self.root, n_items)
+    def load_sids(
+        self, n_items: int | None = None, cold: np.ndarray | None = None
+    ) -> tuple[np.ndarray, tuple[int, ...]]:
+        """(SIDs [n_items, n_codes] int64, vocabulary size of each SID position), checked
+        (the file `tokenizer.json` records, fitted on the run's current embeddings and,
+        when given, with the cold-start mask `cold` [n_items] bool)."""
+        return artifacts.load_sids(self.sids, self.tokenizer_info, self.root, n_items,
+                                   cold, self.embeddings)
 
     def model(self, name: str) -> ModelDir:
         if not name or Path(name).name != name or name in (".", ".."):

@@ -103,18 +103,37 @@ class Dataset:
                 f"{root}: no prepared dataset here; run `sidrec data prepare` for this run "
                 "directory first"
             )
-        manifest = read_json(manifest_path)
+        fix = (f"prepare it again (`sidrec data prepare SOURCE --run-dir {run_dir} --force`, "
+               "with the settings it was made with)")
+        try:
+            manifest = read_json(manifest_path)
+        except (OSError, ValueError) as e:
+            raise SidrecError(f"{manifest_path}: unreadable JSON ({e}); {fix}") from None
+        if not isinstance(manifest, dict):
+            raise SidrecError(f"{manifest_path}: expected a JSON object; {fix}")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise SidrecError(
                 f"{manifest_path}: dataset format version {version!r} is not the supported "
                 f"{FORMAT_VERSION}; re-run `sidrec data prepare` into a fresh run directory"
             )
-        items = pd.read_parquet(root / "items.parquet")
-        users = pd.read_parquet(root / "users.parquet")
-        split = pd.read_parquet(root / "split.parquet")
+        tables = {}
+        for name, columns in (("items", ["item_id", "text", "cold"]), ("users", ["user_id"]),
+                              ("split", ["train", "valid", "test"])):
+            path = root / f"{name}.parquet"
+            try:
+                tables[name] = pd.read_parquet(path, columns=columns)
+            except (OSError, ValueError, KeyError) as e:  # missing, truncated, other columns
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise SidrecError(f"{path}: unreadable ({first}); {fix}") from None
+        items, users, split = tables["items"], tables["users"], tables["split"]
+        try:
+            name, max_history = manifest["name"], int(manifest["protocol"]["max_history"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SidrecError(f"{manifest_path}: no valid name and protocol.max_history "
+                              f"({type(e).__name__}: {e}); {fix}") from None
         return cls(
-            name=manifest["name"],
+            name=name,
             item_ids=items["item_id"].to_numpy(dtype=object),
             item_text=items["text"].tolist(),
             cold=items["cold"].to_numpy(dtype=bool),
@@ -122,7 +141,7 @@ class Dataset:
             train=[np.asarray(t, dtype=np.int64) for t in split["train"]],
             valid=split["valid"].to_numpy(dtype=np.int64),
             test=split["test"].to_numpy(dtype=np.int64),
-            max_history=int(manifest["protocol"]["max_history"]),
+            max_history=max_history,
             manifest=manifest,
         )
 

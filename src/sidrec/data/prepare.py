@@ -11,24 +11,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sidrec.config import to_dict
-from sidrec.data.config import PrepareConfig
+from sidrec.data.config import PrepareConfig, check_prepare_config
 from sidrec.data.dataset import FORMAT_VERSION, Dataset
 from sidrec.data.protocol import split
 from sidrec.data.sources import LEGACY_COLUMNS, load_raw
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_dir, hash_array, hash_obj, read_json, write_json
+from sidrec.run import RunDir
 
 
 def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dict:
     """Run the data stage; returns the manifest. Reuses an identical earlier run."""
-    run_dir = Path(run_dir)
+    check_prepare_config(cfg)
+    run_dir = RunDir(run_dir).check_writable().root
     out = run_dir / "dataset"
     # The input files' stamps are part of the key: an edited input is never reused stale.
     config_hash = hash_obj([_hashed_settings(cfg), _input_stamp(cfg)])
     if not force and (out / "manifest.json").is_file():
-        manifest = read_json(out / "manifest.json")
-        if manifest.get("config_hash") == config_hash and manifest.get(
-            "format_version") == FORMAT_VERSION:
+        try:
+            manifest = read_json(out / "manifest.json")
+        except (OSError, ValueError):  # damaged: rebuilt below, never reused
+            manifest = None
+        if isinstance(manifest, dict) and manifest.get("config_hash") == config_hash and (
+                manifest.get("format_version") == FORMAT_VERSION):
             return manifest
     start = time.perf_counter()
     raw = load_raw(cfg)
@@ -44,14 +49,16 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
             f"{where}: the items table lacks {len(missing)} interacted item(s), "
             f"e.g. {missing[0]!r}; add a row for every item that appears in the interactions"
         )
+    # Python string lists, never numpy's fixed-width str arrays: those take n x the longest
+    # string x 4 bytes (one 500 kB description made a 1,000-item catalogue 2 GB).
     items = pd.DataFrame({
         "item": np.arange(len(result.item_ids)),
-        "item_id": result.item_ids.astype(str),
-        "text": texts.loc[result.item_ids].to_numpy(dtype=str),
+        "item_id": [str(i) for i in result.item_ids],
+        "text": [str(t) for t in texts.loc[result.item_ids]],
         "cold": result.cold,
     })
     users = pd.DataFrame({"user": np.arange(len(result.user_ids)),
-                          "user_id": result.user_ids.astype(str)})
+                          "user_id": [str(u) for u in result.user_ids]})
     split_table = pa.table({
         "user": np.arange(len(result.user_ids)),
         "train": pa.array([t.tolist() for t in result.train], type=pa.list_(pa.int64())),

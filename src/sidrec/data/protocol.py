@@ -61,7 +61,9 @@ def natural_order(ids: np.ndarray) -> np.ndarray:
         keys = np.array([int(x) for x in ids])
         return ids[np.argsort(keys, kind="stable")]
     except ValueError:
-        return ids[np.argsort(ids.astype(str), kind="stable")]
+        # an object array of str (not ids.astype(str), which is fixed-width: n x longest)
+        text = np.array([str(x) for x in ids], dtype=object)
+        return ids[np.argsort(text, kind="stable")]
 
 
 def split(

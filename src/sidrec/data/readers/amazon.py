@@ -36,6 +36,7 @@ from sidrec.data.readers.common import (
     RawData,
     column,
     csv_chunks,
+    ident,
     interactions_frame,
     keep_earliest,
     number,
@@ -50,6 +51,8 @@ FIELDS_2023 = ["title", "store", "categories", "price", "features", "description
 LONG_FIELDS = ("features", "description")
 MAX_FIELD_CHARS = 1000
 SPLITS = ("train", "valid", "test")
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
 _PARENT = re.compile(r'"parent_asin":\s*"([^"\\]*)"')
 
 
@@ -67,8 +70,8 @@ def read_amazon(reviews_path: Path, meta_path: Path) -> RawData:
             if key not in rec:
                 raise SidrecError(f"{reviews_path}:{lineno}: review lacks field {key!r}")
         times.append(number(rec["unixReviewTime"], reviews_path, lineno, "unixReviewTime"))
-        users.append(pool(rec["reviewerID"]))
-        items.append(pool(rec["asin"]))
+        users.append(pool(ident(rec["reviewerID"], reviews_path, lineno, "reviewerID")))
+        items.append(pool(ident(rec["asin"], reviews_path, lineno, "asin")))
     texts = []
     for lineno, line in numbered_lines(meta_path):
         try:
@@ -109,8 +112,8 @@ def read_amazon_2023(reviews_path: Path, meta_path: Path) -> RawData:
             if rec.get(key) in (None, ""):
                 raise SidrecError(f"{reviews_path}:{lineno}: review lacks field {key!r}")
         times.append(number(rec["timestamp"], reviews_path, lineno, "timestamp") / 1000.0)
-        users.append(pool(rec["user_id"]))
-        items.append(pool(rec["parent_asin"]))
+        users.append(pool(ident(rec["user_id"], reviews_path, lineno, "user_id")))
+        items.append(pool(ident(rec["parent_asin"], reviews_path, lineno, "parent_asin")))
     interactions, duplicates = keep_earliest(interactions_frame(users, items, times))
     raw = _with_meta_2023(interactions, meta_path)
     raw.source = {"format": "amazon-2023", "reviews": str(reviews_path), "meta": str(meta_path),
@@ -135,8 +138,8 @@ def read_amazon_2023_splits(train_path: Path, meta_path: Path) -> RawData:
                 raise SidrecError(
                     f"{path}:{first + bad[0]}: field 'timestamp' is not numeric "
                     f"({chunk['timestamp'].iloc[bad[0]]!r}); expected milliseconds")
-            users.append(pool.column(chunk["user_id"]))
-            items.append(pool.column(chunk["parent_asin"]))
+            users.append(pool.column(chunk["user_id"], path, first, "user_id"))
+            items.append(pool.column(chunk["parent_asin"], path, first, "parent_asin"))
             times.append(stamp / 1000.0)
     interactions = interactions_frame(
         *(np.concatenate(p) if p else np.zeros(0) for p in (users, items, times)))
@@ -210,5 +213,8 @@ def _json(line: str, path: Path, lineno: int, what: str) -> dict:
             f"each line must be one {what} object"
         ) from None
     if not isinstance(rec, dict):
-        raise SidrecError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        raise SidrecError(
+            f"{path}:{lineno}: expected a JSON object {{...}}, got {_JSON_TYPES[type(rec)]}; "
+            f"each line must be one {what} object: fix or delete that line"
+        )
     return rec

@@ -100,18 +100,65 @@ def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOWrapper:
 
 
 def numbered_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """(line number, line) for every non-blank line, streamed."""
-    with open_text(path, encoding) as f:
+    """(line number, line) for every non-blank line, streamed.
+
+    Lines are split on b"\\n" and decoded one at a time, so a byte that is not `encoding`
+    is reported with its own line number; a damaged .gz names the last good line.
+    """
+    lineno = 0
+    with open_binary(path) as f:
         try:
-            for lineno, line in enumerate(f, 1):
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode(encoding)
+                except UnicodeDecodeError as e:
+                    raise SidrecError(decode_message(path, lineno, e, e.start)) from None
                 if line.strip():
                     yield lineno, line
-        except UnicodeDecodeError as e:
-            raise SidrecError(f"{path}: not {encoding} text ({e.reason}); check the file") \
-                from None
-        except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
-            raise SidrecError(f"{path}: cannot read ({e}); the file may be truncated") \
-                from None
+        except (OSError, EOFError, zlib.error) as e:
+            raise SidrecError(stream_message(path, e, lineno)) from None
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole (decompressed) file as text; a damaged .gz or a byte that is not
+    `encoding` is a SidrecError naming the file (and the line of the byte)."""
+    with open_binary(path) as f:
+        try:
+            data = f.read()
+        except (OSError, EOFError, zlib.error) as e:
+            raise SidrecError(stream_message(path, e)) from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1)
+        raise SidrecError(decode_message(path, lineno, e, column)) from None
+
+
+def decode_message(path: Path, lineno: int, e: UnicodeDecodeError, column: int) -> str:
+    """`column`: the 0-based offset of the bad byte in its line."""
+    name = e.encoding.upper().replace("_", "-")
+    return (f"{path}:{lineno}: byte {e.object[e.start:e.start + 1]!r} at column {column + 1} "
+            f"is not {name} text ({e.reason}); re-save the file as {name}")
+
+
+def stream_message(path: Path, e: BaseException, lineno: int = 0) -> str:
+    """One line for a file that cannot be read to its end (mostly a damaged .gz)."""
+    after = f" after line {lineno}" if lineno else ""
+    if isinstance(e, gzip.BadGzipFile):
+        return (f"{path}: cannot read: not gzip data{after} ({_first_line(e)}), although the "
+                "name ends in .gz; decompress it, or drop the .gz from its name if it is plain "
+                "text")
+    if isinstance(e, EOFError):
+        return (f"{path}: cannot read: the gzip stream ends early{after} (truncated file); "
+                "download or copy it again")
+    if isinstance(e, zlib.error):
+        return f"{path}: cannot read: corrupt gzip data{after} ({e}); download it again"
+    return f"{path}: cannot read{after} ({_first_line(e)}); the file may be damaged"
+
+
+TABLE_ERRORS = (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
+                EOFError, zlib.error)
 
 
 def csv_chunks(
@@ -126,17 +173,26 @@ def csv_chunks(
             for chunk in reader:
                 yield first, chunk
                 first += len(chunk)
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, zlib.error) as e:
-            raise SidrecError(f"{path}: cannot read table ({_first_line(e)})") from None
+        except TABLE_ERRORS as e:
+            raise SidrecError(table_message(path, e)) from None
 
 
 def read_header(path: Path, sep: str = ",") -> list[str]:
     with open_binary(path) as stream:
         try:
             return list(pd.read_csv(stream, sep=sep, nrows=0, dtype=str).columns)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-                OSError, EOFError, zlib.error) as e:
-            raise SidrecError(f"{path}: cannot read table ({_first_line(e)})") from None
+        except TABLE_ERRORS as e:
+            raise SidrecError(table_message(path, e)) from None
+
+
+def table_message(path: Path, e: Exception) -> str:
+    """One line for a table pandas could not read (one of `TABLE_ERRORS`)."""
+    if isinstance(e, UnicodeDecodeError):
+        return (f"{path}: cannot read table: not UTF-8 text ({e.reason}, byte "
+                f"{e.object[e.start:e.end]!r}); re-save the file as UTF-8")
+    if isinstance(e, OSError | EOFError | zlib.error):
+        return stream_message(path, e)
+    return f"{path}: cannot read table ({_first_line(e)})"
 
 
 def _first_line(e: Exception) -> str:
@@ -157,11 +213,36 @@ class Pool:
         s = str(value)
         return self._strings.setdefault(s, s)
 
-    def column(self, values: Iterable[Any]) -> np.ndarray:
-        """[n] object array of pooled strings for a chunk of ids."""
-        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    def column(self, values: Iterable[Any], where: Any, first: int, name: str,
+               rows: bool = False) -> np.ndarray:
+        """[n] object array of pooled strings for a chunk of ids read from `where`, whose
+        first value is on line `first` (`rows`: row `first`, for Parquet). A null or empty
+        id is a SidrecError naming its line (or row)."""
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))  # null -> code -1
+        blank = [n for n, u in enumerate(uniques) if str(u).strip() == ""]
+        bad = (codes < 0) | np.isin(codes, blank)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            place = f"{where}: row {first + row}" if rows else f"{where}:{first + row}"
+            what = "null" if codes[row] < 0 else "empty"
+            raise SidrecError(id_message(place, name, what, "row" if rows else "line"))
         pooled = np.array([self(u) for u in uniques], dtype=object)
         return pooled[codes]
+
+
+def ident(value: Any, where: Any, lineno: int, name: str) -> str:
+    """`value` as an id string; None, NaN and empty (or blank) ids are a SidrecError."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise SidrecError(id_message(f"{where}:{lineno}", name, "null"))
+    text = str(value)
+    if not text.strip():
+        raise SidrecError(id_message(f"{where}:{lineno}", name, "empty"))
+    return text
+
+
+def id_message(place: str, name: str, what: str, unit: str = "line") -> str:
+    return (f"{place}: field {name!r} is {what}; every interaction needs a user id and an "
+            f"item id (fill it in, or delete that {unit})")
 
 
 def interactions_frame(users: Any, items: Any, times: Any) -> pd.DataFrame:
@@ -230,8 +311,8 @@ class TimeColumn:
     """Times of a table column, chunk by chunk: all numbers, or all ISO dates (told by the
     first value). The first bad value is an error naming the file, line and column."""
 
-    def __init__(self, where: Any, name: str) -> None:
-        self.where, self.name = where, name
+    def __init__(self, where: Any, name: str, rows: bool = False) -> None:
+        self.where, self.name, self.rows = where, name, rows  # rows: Parquet row numbers
         self.dates: bool | None = None
 
     def __call__(self, values: pd.Series, first_line: int) -> np.ndarray:
@@ -249,8 +330,10 @@ class TimeColumn:
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             kind = "dates" if self.dates else "numbers"
+            place = (f"{self.where}: row {first_line + row}" if self.rows
+                     else f"{self.where}:{first_line + row}")
             raise SidrecError(
-                f"{self.where}:{first_line + row}: column {self.name!r} is not {what} "
+                f"{place}: column {self.name!r} is not {what} "
                 f"({values.iloc[row]!r}); timestamps must be {kind} in every row"
             )
         return out

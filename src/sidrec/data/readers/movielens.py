@@ -32,6 +32,7 @@ from sidrec.data.readers.common import (
     cache_dir,
     column,
     csv_chunks,
+    ident,
     interactions_frame,
     number,
     numbered_lines,
@@ -126,7 +127,9 @@ def read_grouplens(folder: Path) -> RawData:
                 f"{data_path}:{lineno}: expected 4 tab-separated columns "
                 f"(user, item, rating, timestamp), found {len(parts)}"
             )
-        rows.append((parts[0], parts[1], number(parts[3], data_path, lineno, "timestamp")))
+        rows.append((ident(parts[0], data_path, lineno, "user"),
+                     ident(parts[1], data_path, lineno, "item"),
+                     number(parts[3], data_path, lineno, "timestamp")))
     inter = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
     items = []
     for lineno, line in numbered_lines(item_path, "latin-1"):
@@ -162,8 +165,8 @@ def read_movielens_dat(ratings: Path, movies: Path) -> RawData:
                 f"{ratings}:{lineno}: expected 4 '::'-separated fields "
                 f"(UserID::MovieID::Rating::Timestamp), found {len(parts)}"
             )
-        users.append(pool(parts[0]))
-        items.append(pool(parts[1]))
+        users.append(pool(ident(parts[0], ratings, lineno, "UserID")))
+        items.append(pool(ident(parts[1], ratings, lineno, "MovieID")))
         times.append(number(parts[3], ratings, lineno, "Timestamp"))
     texts = []
     for lineno, line in numbered_lines(movies, _movies_encoding(movies)):
@@ -209,8 +212,8 @@ def read_movielens_csv(ratings: Path, movies: Path) -> RawData:
             value = chunk["timestamp"].iloc[bad[0]]
             raise SidrecError(f"{ratings}:{first + bad[0]}: field 'timestamp' is not numeric "
                               f"({value!r}); expected a number")
-        users.append(pool.column(chunk["userId"]))
-        items.append(pool.column(chunk["movieId"]))
+        users.append(pool.column(chunk["userId"], ratings, first, "userId"))
+        items.append(pool.column(chunk["movieId"], ratings, first, "movieId"))
         times.append(stamp)
     n = int(sum(len(t) for t in times))
     interactions = interactions_frame(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from sidrec.data.readers.common import RawData, column, number, open_text
+from sidrec.data.readers.common import RawData, column, ident, number, read_text
 from sidrec.data.text import default_text_fields, item_text
 from sidrec.errors import SidrecError
 
@@ -40,10 +40,8 @@ def read_recbole(
     time_col: str = "timestamp",
     text_cols: tuple[str, ...] = (),
 ) -> RawData:
-    with open_text(inter_path) as f:
-        inter = read_atomic_text(f.read(), str(inter_path))
-    with open_text(item_path) as f:
-        items = read_atomic_text(f.read(), str(item_path))
+    inter = read_atomic_text(read_text(inter_path), str(inter_path))
+    items = read_atomic_text(read_text(item_path), str(item_path))
     raw = from_atomic(inter, items, str(inter_path), user_col, item_col, time_col,
                       str(item_path), list(text_cols) or None)
     stem = inter_path.name.split(".")[0]
@@ -91,7 +89,8 @@ def from_atomic(
     ui, ii = column(names, user_col, inter_where), column(names, item_col, inter_where)
     ti = column(names, time_col, inter_where) if time_col else None
     records = [
-        (v[ui], v[ii], number(v[ti], inter_where, ln, time_col) if ti is not None else 0.0)
+        (ident(v[ui], inter_where, ln, user_col), ident(v[ii], inter_where, ln, item_col),
+         number(v[ti], inter_where, ln, time_col) if ti is not None else 0.0)
         for ln, v in rows
     ]
     interactions = pd.DataFrame(records, columns=["user", "item", "timestamp"])

@@ -20,7 +20,14 @@ from typing import Any
 
 import pandas as pd
 
-from sidrec.data.readers.common import Pool, RawData, interactions_frame, iso_date, numbered_lines
+from sidrec.data.readers.common import (
+    Pool,
+    RawData,
+    ident,
+    interactions_frame,
+    iso_date,
+    numbered_lines,
+)
 from sidrec.data.text import item_text
 from sidrec.errors import SidrecError
 
@@ -41,8 +48,8 @@ def read_steam(reviews_path: Path, games_path: Path) -> RawData:
         day = str(rec["date"])
         if day not in dates:
             dates[day] = iso_date(day, reviews_path, lineno, "date")
-        users.append(pool(rec["username"]))
-        items.append(pool(rec["product_id"]))
+        users.append(pool(ident(rec["username"], reviews_path, lineno, "username")))
+        items.append(pool(ident(rec["product_id"], reviews_path, lineno, "product_id")))
         times.append(dates[day])
     interactions = interactions_frame(users, items, times)
     wanted = set(interactions["item"].unique())

@@ -113,16 +113,21 @@ def _sep(path: Path) -> str:
 
 def _read_interactions(path: Path, cols: dict[str, str]) -> pd.DataFrame:
     pool = Pool()
-    times = TimeColumn(path, cols["time"])
+    parquet = path.suffix == ".parquet"  # no lines: rows are numbered from 1
+    times = TimeColumn(path, cols["time"], rows=parquet)
     wanted = list(dict.fromkeys(c for c in cols.values() if c))
-    if path.suffix == ".parquet":
-        chunks: Any = [(2, pq.read_table(path, columns=wanted).to_pandas())]
+    if parquet:
+        try:
+            chunks: Any = [(1, pq.read_table(path, columns=wanted).to_pandas())]
+        except (OSError, ValueError) as e:
+            raise SidrecError(f"{path}: cannot read Parquet table ({e}); the file may be "
+                              "damaged, write it again") from None
     else:
         chunks = csv_chunks(path, wanted, _sep(path))
     users, items, stamps = [], [], []
     for first, chunk in chunks:
-        users.append(pool.column(chunk[cols["user"]]))
-        items.append(pool.column(chunk[cols["item"]]))
+        users.append(pool.column(chunk[cols["user"]], path, first, cols["user"], parquet))
+        items.append(pool.column(chunk[cols["item"]], path, first, cols["item"], parquet))
         stamps.append(times(chunk[cols["time"]], first) if cols["time"]
                       else np.zeros(len(chunk)))
     if not users:
