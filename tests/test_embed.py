@@ -16,7 +16,7 @@ from sidrec.data import Dataset, PrepareConfig, prepare
 from sidrec.device import pick_device, resolve_device
 from sidrec.embed import EmbedConfig, embed, encode_texts
 from sidrec.errors import SidrecError
-from sidrec.io import hash_obj, read_json
+from sidrec.io import hash_file, hash_obj, read_json
 from sidrec.run import RunDir
 
 CPU = EmbedConfig(device="cpu")
@@ -30,7 +30,8 @@ def test_ml100k_embeddings(ml100k_run: Path) -> None:
     info = read_json(ml100k_run / "embeddings.json")
     ds = Dataset.load(ml100k_run)
     assert info == {"encoder": "all-MiniLM-L6-v2", "dim": 384, "items": 1682,
-                    "text_hash": hash_obj(ds.item_text)}
+                    "text_hash": hash_obj(ds.item_text),
+                    "embeddings_hash": hash_file(ml100k_run / "embeddings.npy")}
     assert not list(ml100k_run.glob("*.tmp")) and not list(ml100k_run.glob(".*"))
 
 

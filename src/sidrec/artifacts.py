@@ -3,16 +3,24 @@
 `RunDir.load_embeddings` and `RunDir.load_sids` call these; every stage, model and
 analysis reads the files through them, so a missing, truncated or stale file is the same
 one-line SidrecError (naming the file and the command that rewrites it) wherever it is met.
+
+Stale means: the record a stage wrote beside its array (`embeddings.json`, `tokenizer.json`)
+holds the hash of the array as written and the hashes of the inputs it was made from;
+an array that is not the one recorded (an interrupted or concurrent stage), or that was
+made from another catalogue, cold-start split or set of embeddings than the run's current
+ones, is refused with the command that rebuilds it. Records without these hashes (written
+by an older sidrec, or none at all) are not checked.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sidrec.errors import SidrecError
-from sidrec.io import read_json
+from sidrec.io import hash_array, hash_file, hash_obj, read_json
 
 
 def require_file(path: Path, what: str, command: str) -> None:
@@ -32,13 +40,45 @@ def read_npy(path: Path, command: str, mmap: bool = False) -> np.ndarray:
         ) from None
 
 
-def load_embeddings(path: Path, run: Path, n_items: int | None = None) -> np.ndarray:
+def read_record(path: Path, command: str) -> dict[str, Any]:
+    """A stage's JSON record (`embeddings.json`, `tokenizer.json`); unreadable: SidrecError."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as e:
+        raise SidrecError(f"{path}: unreadable JSON ({e}); re-run `{command}`") from None
+    if not isinstance(record, dict):
+        raise SidrecError(f"{path}: expected a JSON object; re-run `{command}`")
+    return record
+
+
+def load_embeddings(
+    path: Path,
+    run: Path,
+    n_items: int | None = None,
+    info: Path | None = None,
+    item_text: list[str] | None = None,
+) -> np.ndarray:
     """Item text vectors [n_items, d] float32 from `path` (the run's `embeddings.npy`).
 
-    Checked: the file exists, is 2-d, has `n_items` rows when given, and is finite.
+    Checked: the file exists, is 2-d, has `n_items` rows when given, and is finite; when
+    the record `info` (`embeddings.json`) exists, the file is the one it records, and
+    it embeds `item_text` (the dataset's item texts) when given.
     """
     command = f"sidrec embed {run}"
     require_file(path, "item text embeddings", command)
+    if info is not None and info.is_file():
+        record = read_record(info, command)
+        if "embeddings_hash" in record and record["embeddings_hash"] != hash_file(path):
+            raise SidrecError(
+                f"{path}: not the array {info.name} describes (an interrupted or concurrent "
+                f"`sidrec embed` wrote it); re-run `{command}`"
+            )
+        if item_text is not None and "text_hash" in record and (
+                record["text_hash"] != hash_obj(list(item_text))):
+            raise SidrecError(
+                f"{path}: embeds another item catalogue than {run}/dataset/ (the dataset was "
+                f"prepared again since); re-run `{command}`"
+            )
     emb = read_npy(path, command, mmap=True)
     if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.number):
         raise SidrecError(
@@ -63,16 +103,27 @@ def load_embeddings(path: Path, run: Path, n_items: int | None = None) -> np.nda
 
 
 def load_sids(
-    path: Path, tokenizer_info: Path, run: Path, n_items: int | None = None
+    path: Path,
+    tokenizer_info: Path,
+    run: Path,
+    n_items: int | None = None,
+    cold: np.ndarray | None = None,
+    embeddings: Path | None = None,
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """(SIDs [n_items, n_codes] int64, vocabulary size of each position) from `path`.
 
     The sizes are `tokenizer_info`'s `codebook_sizes` (the quantiser levels; the collision
     column's vocabulary, the most items per prefix, is appended when not listed there),
     checked against the codes; without that file, the largest code + 1 per column.
+    With `tokenizer_info`, also checked: `path` is the file it records, and the SIDs were
+    fitted with the cold-start mask `cold` [n_items] bool (the dataset's, when given) and on
+    the `embeddings` file as it is now (when it exists).
     """
     command = f"sidrec tokenize {run}"
     require_file(path, "semantic IDs", command)
+    record = read_record(tokenizer_info, command) if tokenizer_info.is_file() else None
+    if record is not None:
+        _check_sid_inputs(record, path, tokenizer_info, cold, embeddings, command)
     sids = read_npy(path, command)
     if sids.ndim != 2 or not np.issubdtype(sids.dtype, np.integer) or (
         n_items is not None and sids.shape[0] != n_items
@@ -87,8 +138,8 @@ def load_sids(
         raise SidrecError(f"{path}: negative codes; re-run `{command}`")
     n_codes = sids.shape[1]
     sizes = [int(s) for s in (sids.max(axis=0, initial=-1) + 1)]
-    if tokenizer_info.is_file():
-        listed = [int(s) for s in read_json(tokenizer_info).get("codebook_sizes", [])]
+    if record is not None:
+        listed = [int(s) for s in record.get("codebook_sizes", [])]
         if len(listed) == n_codes - 1:
             listed.append(sizes[-1])
         if len(listed) != n_codes or any(m > s for m, s in zip(sizes, listed, strict=True)):
@@ -99,3 +150,31 @@ def load_sids(
             )
         sizes = listed
     return sids, tuple(sizes)
+
+
+def _check_sid_inputs(
+    record: dict[str, Any],
+    path: Path,
+    tokenizer_info: Path,
+    cold: np.ndarray | None,
+    embeddings: Path | None,
+    command: str,
+) -> None:
+    outputs, inputs = record.get("outputs", {}), record.get("inputs", {})
+    if "sids" in outputs and outputs["sids"] != hash_file(path):
+        raise SidrecError(
+            f"{path}: not the SIDs {tokenizer_info.name} describes (an interrupted or "
+            f"concurrent `sidrec tokenize` wrote it); re-run `{command}`"
+        )
+    if cold is not None and "cold" in inputs and (
+            inputs["cold"] != hash_array(np.asarray(cold, dtype=bool))):
+        raise SidrecError(
+            f"{path}: fitted with another cold-start split than the dataset's (it was prepared "
+            f"again since, so the tokenizer saw items that are now cold); re-run `{command}`"
+        )
+    if embeddings is not None and embeddings.is_file() and "embeddings" in inputs and (
+            inputs["embeddings"] != hash_file(embeddings)):
+        raise SidrecError(
+            f"{path}: fitted on other item embeddings than {embeddings.name} (embedded again "
+            f"since); re-run `{command}`"
+        )

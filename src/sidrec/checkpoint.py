@@ -197,7 +197,12 @@ def load_model(
             f"{md.weights}: missing; training has not reached its first evaluation yet — "
             f"re-run `sidrec train` for this model to resume it"
         )
-    record = _read_json_file(md.config)
+    retrain = f"retrain it (`sidrec train {run.root} --model NAME --name {md.name} --restart`)"
+    record = _read_json_file(md.config, retrain)
+    if not isinstance(record.get("model"), str) or not isinstance(
+            record.get("model_config"), dict) or not isinstance(record.get("inputs"), dict):
+        raise SidrecError(f"{md.config}: not a model record (needs model, model_config, "
+                          f"inputs); {retrain}")
     if record.get("format") != RECORD_FORMAT:
         raise SidrecError(
             f"{md.config}: written by an older sidrec, whose model identity also held the "
@@ -206,7 +211,8 @@ def load_model(
         )
     cls = get_model_class(record["model"])
     model_cfg = from_dict(cls.Config, record["model_config"], f"{md.config}: model_config")
-    stored = _read_json_file(md.inference) if md.inference.is_file() else {}
+    stored = (_read_json_file(md.inference, "delete it to use the model's default inference "
+                              "settings") if md.inference.is_file() else {})
     ds = dataset if dataset is not None else Dataset.load(run.root)
     now = input_fingerprint(cls, run.root, ds)
     changed = [k for k in set(now) | set(record["inputs"]) if now.get(k) != record["inputs"].get(k)]
@@ -229,11 +235,11 @@ def load_model(
     return model.eval()
 
 
-def _read_json_file(path: Path) -> dict[str, Any]:
+def _read_json_file(path: Path, fix: str) -> dict[str, Any]:
     try:
         data = read_json(path)
     except (OSError, ValueError) as e:
-        raise SidrecError(f"{path}: unreadable JSON ({e}); retrain the model") from None
+        raise SidrecError(f"{path}: unreadable JSON ({e}); {fix}") from None
     if not isinstance(data, dict):
-        raise SidrecError(f"{path}: expected a JSON object; retrain the model")
+        raise SidrecError(f"{path}: expected a JSON object; {fix}")
     return data

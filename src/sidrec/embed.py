@@ -21,9 +21,9 @@ import numpy as np
 
 from sidrec.data.dataset import Dataset
 from sidrec.data.readers import cache_dir
-from sidrec.device import resolve_device
+from sidrec.device import pick_device, resolve_device
 from sidrec.errors import SidrecError
-from sidrec.io import hash_obj, read_json, save_npy, write_json
+from sidrec.io import hash_file, hash_obj, read_json, save_npy, write_json
 from sidrec.run import RunDir
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -84,24 +84,63 @@ def embed(run_dir: str | Path | RunDir, cfg: EmbedConfig, progress: bool = True)
     Read them back with `RunDir(run_dir).load_embeddings()`.
     """
     run = RunDir(run_dir)
+    check_embed_config(cfg)
     dataset = Dataset.load(run.root)
+    run.check_writable()
     text_hash = hash_obj(dataset.item_text)
-    if run.embeddings_info.is_file() and run.embeddings.is_file():
-        info = read_json(run.embeddings_info)
-        if info.get("encoder") == cfg.encoder and info.get("text_hash") == text_hash:
-            return {**info, "cached": True}
+    info = _reusable(run, cfg, text_hash)
+    if info is not None:
+        return {**info, "cached": True}
     cached = cache_dir() / "embeddings" / f"{hash_obj([cfg.encoder, text_hash])}.npy"
-    if cached.is_file():
-        vectors = np.load(cached)
-        from_cache = True
-    else:
+    vectors = _read_cached(cached, len(dataset.item_text))
+    from_cache = vectors is not None
+    if vectors is None:
         vectors = encode_texts(dataset.item_text, cfg, progress)
+        if not np.isfinite(vectors).all():
+            raise SidrecError(f"encoder {cfg.encoder!r} produced non-finite vectors; try another")
         save_npy(cached, vectors)
-        from_cache = False
-    if not np.isfinite(vectors).all():
-        raise SidrecError(f"encoder {cfg.encoder!r} produced non-finite vectors; try another")
-    info = {"encoder": cfg.encoder, "dim": int(vectors.shape[1]), "items": len(vectors),
-            "text_hash": text_hash}
     save_npy(run.embeddings, vectors)
+    # Written last, with the hash of the array it describes: an embed killed between the
+    # two writes leaves a record that no longer matches, so the array is never reused.
+    info = {"encoder": cfg.encoder, "dim": int(vectors.shape[1]), "items": len(vectors),
+            "text_hash": text_hash, "embeddings_hash": hash_file(run.embeddings)}
     write_json(run.embeddings_info, info)
     return {**info, "cached": from_cache}
+
+
+def check_embed_config(cfg: EmbedConfig) -> None:
+    if cfg.batch_size < 1:
+        raise SidrecError(f"embed: batch_size must be >= 1, got {cfg.batch_size} (e.g. 128)")
+    if not cfg.encoder.strip():
+        raise SidrecError("embed: encoder is empty; pass a sentence-transformers name or path")
+    pick_device(cfg.device)  # device=tpu is an error even when nothing is encoded
+
+
+def _reusable(run: RunDir, cfg: EmbedConfig, text_hash: str) -> dict | None:
+    """`embeddings.json` when it describes this encoder, this catalogue and the bytes of
+    `embeddings.npy` as they are now; else None (the stage runs)."""
+    if not run.embeddings_info.is_file() or not run.embeddings.is_file():
+        return None
+    try:
+        info = read_json(run.embeddings_info)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("encoder") != cfg.encoder or (
+            info.get("text_hash") != text_hash):
+        return None
+    if info.get("embeddings_hash") != hash_file(run.embeddings):  # also: no hash recorded
+        return None
+    return info
+
+
+def _read_cached(path: Path, n_items: int) -> np.ndarray | None:
+    """The cached vectors [n_items, d] at `path` if present and sound, else None."""
+    if not path.is_file():
+        return None
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if vectors.ndim != 2 or len(vectors) != n_items or not np.isfinite(vectors).all():
+        return None
+    return np.asarray(vectors, dtype=np.float32)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sidrec.artifacts import require_file
 from sidrec.data.dataset import Dataset
 from sidrec.io import hash_array, hash_file, hash_obj
 from sidrec.models.base import Catalogue, Recommender
@@ -39,10 +40,12 @@ def build_catalogue(
     ds = dataset if dataset is not None else Dataset.load(run.root)
     text_emb = sids = None
     codebook_sizes: tuple[int, ...] = ()
-    if need_text or run.embeddings.is_file():  # present artifacts are checked all the same
-        text_emb = torch.from_numpy(run.load_embeddings(ds.n_items))
+    # Present artifacts are checked all the same, each against the dataset: embeddings of
+    # another catalogue, or SIDs fitted with another cold split, are refused (stale).
+    if need_text or run.embeddings.is_file():
+        text_emb = torch.from_numpy(run.load_embeddings(ds.n_items, list(ds.item_text)))
     if need_sids or run.sids.is_file():
-        codes, codebook_sizes = run.load_sids(ds.n_items)
+        codes, codebook_sizes = run.load_sids(ds.n_items, np.asarray(ds.cold, dtype=bool))
         sids = torch.from_numpy(codes)
     cold = np.array(ds.cold, dtype=bool)  # a copy: arrays read from parquet are read-only
     return Catalogue(
@@ -71,9 +74,11 @@ def input_fingerprint(
     """Hashes of the inputs model class `cls` is trained on (dataset, and text / SIDs if used)."""
     run = RunDir(run_dir)
     out = {"dataset": dataset_hash(dataset)}
-    if cls.needs_text:
+    if cls.needs_text:  # e.g. LIGER trained before `sidrec embed`: say which stage to run
+        require_file(run.embeddings, "item text embeddings", f"sidrec embed {run}")
         out["embeddings"] = hash_file(run.embeddings)
     if cls.needs_sids:
+        require_file(run.sids, "semantic IDs", f"sidrec tokenize {run}")
         out["sids"] = hash_file(run.sids)
     return out
 

@@ -10,8 +10,11 @@ items as additions; see `sids.py`) and writes, each atomically:
 - `tokenizer.json` diagnostics, `codebook_sizes`, config, config hash, input hashes
 - `plots/codebook_usage.png`
 
-`tokenizer.json` is written last and records the hash of the config and of the inputs
-(embeddings file, cold mask); a re-run with the same hashes returns it without refitting.
+`tokenizer.json` is written last and records the hash of the config, of the inputs
+(embeddings file, cold mask) and of the outputs (`sids.npy`, `tokenizer/`). A re-run with
+the same config and inputs returns it without refitting only when the outputs on disk are
+still the recorded ones: a tokenize killed after writing `sids.npy` leaves the previous
+record, which no longer matches, so the killed run's output is never served as "reused".
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from sidrec.artifacts import require_file
 from sidrec.config import to_dict
 from sidrec.data.dataset import Dataset
+from sidrec.device import pick_device
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_dir, hash_array, hash_file, hash_obj, read_json, save_npy, write_json
 from sidrec.run import RunDir
@@ -79,17 +83,19 @@ def run_tokenize(
     plus `"cached": bool` (True when an up-to-date result was reused)."""
     run = RunDir(run_dir)
     check_config(cfg)
-    require_file(run.embeddings, "item text embeddings", f"sidrec embed {run}")
+    pick_device(device if device is not None else "auto")  # device=tpu: an error, cached or not
     dataset = Dataset.load(run.root)
+    require_file(run.embeddings, "item text embeddings", f"sidrec embed {run}")
+    run.check_writable()
     cold = np.asarray(dataset.cold, dtype=bool)
+    # [n_items, d] float32, finite, and the embeddings of this dataset's catalogue
+    emb = run.load_embeddings(len(cold), list(dataset.item_text))
 
     config_hash = hash_obj({"format": FORMAT_VERSION, "method": cfg.method, "config": to_dict(cfg)})
     inputs = {"embeddings": hash_file(run.embeddings), "cold": hash_array(cold)}
     cached = _cached(run, config_hash, inputs)
     if cached is not None and not force:
         return {**cached, "cached": True}
-
-    emb = run.load_embeddings(len(cold))  # [n_items, d] float32, finite
     warm = emb[~cold]  # [n_warm, d]: the only rows the tokenizer ever sees while fitting
 
     tokenizer = build_tokenizer(cfg, device)  # device None: auto
@@ -135,6 +141,7 @@ def run_tokenize(
     with atomic_dir(run.tokenizer) as tmp:
         tokenizer.save(tmp)
     save_npy(run.sids, sids)
+    record["outputs"] = outputs(run)
     plot_codebook_usage(
         codes,
         cfg.codebook_size,
@@ -145,15 +152,28 @@ def run_tokenize(
     return {**record, "cached": False}
 
 
+def outputs(run: RunDir) -> dict[str, str]:
+    """Hashes of what the stage wrote: `sids.npy` and every file of `tokenizer/`. Whoever
+    rewrites them (e.g. to add items) records these anew in `tokenizer.json`."""
+    files = sorted(p for p in run.tokenizer.iterdir() if p.is_file())
+    return {"sids": hash_file(run.sids),
+            "tokenizer": hash_obj({p.name: hash_file(p) for p in files})}
+
+
 def _cached(run: RunDir, config_hash: str, inputs: dict[str, str]) -> dict[str, Any] | None:
+    """`tokenizer.json` if it was made with this config from these inputs and the files
+    it records are on disk unchanged (verified by hash), else None."""
     if not run.tokenizer_info.is_file() or not run.sids.is_file():
         return None
     if not (run.tokenizer / "model.safetensors").is_file():
         return None
     try:
         record = read_json(run.tokenizer_info)
-    except ValueError:
+    except (OSError, ValueError):
         return None
-    if record.get("config_hash") != config_hash or record.get("inputs") != inputs:
+    if not isinstance(record, dict) or record.get("config_hash") != config_hash or (
+            record.get("inputs") != inputs):
+        return None
+    if record.get("outputs") != outputs(run):  # none recorded (older sidrec): refit
         return None
     return record
