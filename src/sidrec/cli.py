@@ -7,6 +7,8 @@ A user mistake prints one line (`sidrec: error: ...`) and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +113,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     cfg = bench_config(args.profile, source, parse_overrides(pairs))
     out = run_bench(cfg)
     print(out["report"])
+    if min(ks) < 1:
+        raise SidrecError(f"--ks {text!r}: every cut-off must be >= 1, e.g. 5,10,20")
     print(f"wrote {out['run_dir']}/results.md and {', '.join(out['plots'])}")
 
 
@@ -123,7 +127,14 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     rec = sidrec.load(args.model_dir, on_unknown="skip" if args.skip_unknown else "error",
                       inference=parse_overrides(settings))
     for item, score in rec.recommend(history, k=args.k):
-        print(f"{item}\t{score:.4f}")
+        print(f"{_tsv_field(item)}\t{score:.4f}")
+
+
+def _tsv_field(text: str) -> str:
+    """`text` with backslash, tab, newline and carriage return written as \\\\, \\t, \\n,
+    \\r, so an id holding them stays on its line and in its column."""
+    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -233,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("recommend", help="top-k for one history of original item ids")
+    p = sub.add_parser("recommend", help="top-k for one history of original item ids",
+                       description="Prints one line per item: id, a tab, the score. A "
+                       "backslash, tab, newline or carriage return inside an id is written "
+                       "\\\\, \\t, \\n or \\r.")
     p.add_argument("model_dir", help="runs/<name>/models/<model>")
     p.add_argument("history", nargs="+", help="original item ids, oldest first")
     p.add_argument("-k", type=int, default=10)
@@ -290,3 +304,34 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+        if getattr(args, "run_dir", None) and args.func is not cmd_data_stats:
+            from sidrec.run import RunDir
+
+            RunDir(args.run_dir).check_writable()  # a file, or read-only: before any work
+    except OSError as e:  # only the run directory's own (or a full disk): else a bug
+        message = _os_error(e, args)
+        if message is None:
+            raise
+        print(f"sidrec: error: {message}", file=sys.stderr)
+        return 2
+def _os_error(e: OSError, args: argparse.Namespace) -> str | None:
+    """One line for an OSError on a path in (or above) the run or model directory of this
+    command, or for a full disk; None for any other (a bug: its traceback is shown)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}; free some space (or pass another run directory) and re-run"
+    roots = [getattr(args, name, None) for name in ("run_dir", "model_dir")]
+    if getattr(args, "func", None) is cmd_prepare and not args.run_dir:
+        roots.append(_default_run_dir(args.source))
+    if e.filename is None:
+        return None
+    path = os.path.abspath(os.fsdecode(e.filename))
+    for root in (os.path.abspath(r) for r in roots if r):
+        if path == root or path.startswith(root + os.sep) or root.startswith(path + os.sep):
+            hint = ("make it writable or pass another run directory"
+                    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                    else "check the run directory")
+            return f"{e.filename}: {e.strerror or type(e).__name__}; {hint}"
+    return None
+
+
