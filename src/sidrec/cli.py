@@ -101,6 +101,8 @@ def _ks(text: str) -> tuple[int, ...]:
     except ValueError:
         raise SidrecError(
             f"--ks {text!r}: expected comma-separated integers, e.g. 5,10,20") from None
+    if min(ks) < 1:
+        raise SidrecError(f"--ks {text!r}: every cut-off must be >= 1, e.g. 5,10,20")
     return ks
 
 
@@ -113,8 +115,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
     cfg = bench_config(args.profile, source, parse_overrides(pairs))
     out = run_bench(cfg)
     print(out["report"])
-    if min(ks) < 1:
-        raise SidrecError(f"--ks {text!r}: every cut-off must be >= 1, e.g. 5,10,20")
     print(f"wrote {out['run_dir']}/results.md and {', '.join(out['plots'])}")
 
 
@@ -292,9 +292,19 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     func: Callable[[argparse.Namespace], None] = args.func
     try:
+        if getattr(args, "run_dir", None) and args.func is not cmd_data_stats:
+            from sidrec.run import RunDir
+
+            RunDir(args.run_dir).check_writable()  # a file, or read-only: before any work
         func(args)
     except SidrecError as e:
         print(f"sidrec: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # only the run directory's own (or a full disk): else a bug
+        message = _os_error(e, args)
+        if message is None:
+            raise
+        print(f"sidrec: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sidrec: interrupted", file=sys.stderr)
@@ -302,18 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-        if getattr(args, "run_dir", None) and args.func is not cmd_data_stats:
-            from sidrec.run import RunDir
-
-            RunDir(args.run_dir).check_writable()  # a file, or read-only: before any work
-    except OSError as e:  # only the run directory's own (or a full disk): else a bug
-        message = _os_error(e, args)
-        if message is None:
-            raise
-        print(f"sidrec: error: {message}", file=sys.stderr)
-        return 2
 def _os_error(e: OSError, args: argparse.Namespace) -> str | None:
     """One line for an OSError on a path in (or above) the run or model directory of this
     command, or for a full disk; None for any other (a bug: its traceback is shown)."""
@@ -335,3 +333,5 @@ def _os_error(e: OSError, args: argparse.Namespace) -> str | None:
     return None
 
 
+if __name__ == "__main__":
+    sys.exit(main())
