@@ -366,7 +366,7 @@ class Cobra(Recommender):
             return nearest(v_hat.view(b, m, -1)[:, 0], vectors, k, seen)
         valid = torch.isfinite(result.log_probs).view(-1)
         if cfg.retrieval == "global":
-            cand, cos = ItemIndex(vectors).search(v_hat, n_nb)  # (B*M, N)
+            cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb)  # (B*M, N), built once
         else:
             group = sparse_index.lookup(codes)  # (B*M,) -1 for no catalogue sparse ID
             cand, cos = groups.neighbours(v_hat, group, vectors)

@@ -106,6 +106,14 @@ def catalogue_text(catalogue: Catalogue, model: str) -> torch.Tensor:
     return catalogue.text_emb.float()
 
 
+def _grew(before: tuple[torch.Tensor, torch.Tensor], codes: torch.Tensor,
+          cold: torch.Tensor) -> bool:
+    """Whether the catalogue (codes [n, L], cold [n]) is `before` with rows appended."""
+    n = len(before[0])
+    return (len(codes) >= n and torch.equal(codes[:n], before[0])
+            and torch.equal(cold[:n], before[1]))
+
+
 def user_bucket(users: torch.Tensor, n_buckets: int) -> torch.Tensor:
     """Multiplicative (Knuth) hash of dense user ids into [0, n_buckets)."""
     return (users * 2654435761) % (2**32) % n_buckets
@@ -261,10 +269,21 @@ class GenerativeSIDHead(nn.Module):
         self.set_items(cold)
 
     def set_items(self, cold: torch.Tensor) -> None:
-        """After the catalogue (and `tokens.codes`) changed: drop the prefix indexes; the
-        SIDs are validated now (unique rows, codes in range)."""
-        self.cold = torch.as_tensor(cold, dtype=torch.bool).cpu()
-        self._indices: dict[tuple[bool, str], SidIndex] = {}
+        """After the catalogue (and `tokens.codes`) changed. When it only grew (the first
+        items' codes and cold flags unchanged, as `add_items` grows it), the prefix indexes
+        built so far take the new items (`SidIndex.extended`, O(n) per level, against a
+        rebuild's sort); otherwise they are dropped. The SIDs are validated now (unique
+        rows, codes in range)."""
+        cold = torch.as_tensor(cold, dtype=torch.bool).cpu()
+        codes = self.tokens.codes.cpu()
+        before = getattr(self, "_indexed", None)  # (codes, cold) the indexes hold
+        indices: dict[tuple[bool, str], SidIndex] = {}
+        if before is not None and _grew(before, codes, cold):
+            new = torch.arange(len(before[0]), len(codes))
+            for (include_cold, device), index in self._indices.items():
+                rows = new if include_cold else new[~cold[new]]
+                indices[(include_cold, device)] = index.extended(codes[rows], rows)
+        self.cold, self._indexed, self._indices = cold, (codes, cold), indices
         self.index(include_cold=True, device=torch.device("cpu"))
 
     def index(self, include_cold: bool, device: torch.device) -> SidIndex:

@@ -13,6 +13,8 @@ model later (`extend_sids`), so the SIDs of warm items never depend on the cold 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sidrec.errors import SidrecError
@@ -28,9 +30,27 @@ def rank_in_group(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
+def prefix_keys(*codes: np.ndarray) -> list[np.ndarray] | None:
+    """One int64 key per row of each codes array [n_i, L], equal for equal rows and
+    ordered as the rows are (lexicographically): the codes in mixed radix, each column's
+    radix its largest code + 1 over all the arrays. None when the keys would overflow."""
+    codes = [np.asarray(c, dtype=np.int64) for c in codes]
+    tops = [c.max(axis=0) for c in codes if len(c)]
+    if not tops or any(c.min(initial=0) < 0 for c in codes):
+        return None
+    radix = np.max(tops, axis=0) + 1
+    if math.prod(int(r) for r in radix) >= 2**62:
+        return None
+    return [np.ravel_multi_index(tuple(c.T), tuple(radix)).astype(np.int64) for c in codes]
+
+
 def _prefix_groups(codes: np.ndarray) -> np.ndarray:
+    """Group label [n] of each row of codes [n, L]: the rank of its distinct row."""
     if len(codes) == 0:
         return np.zeros(0, dtype=np.int64)
+    keys = prefix_keys(codes)
+    if keys is not None:  # the same labels, ~10x faster than unique rows at 1 M items
+        return np.unique(keys[0], return_inverse=True)[1].astype(np.int64)
     _, inverse = np.unique(codes, axis=0, return_inverse=True)
     return inverse.reshape(-1).astype(np.int64)
 
@@ -63,11 +83,26 @@ def extend_sids(existing: np.ndarray, new_codes: np.ndarray) -> np.ndarray:
             f"tokenize: new items have {new_codes.shape[-1]} codes each but existing SIDs "
             f"have {levels} codes + 1 collision token; use the same tokenizer"
         )
-    groups = _prefix_groups(np.concatenate([existing[:, :levels], new_codes]))
-    old_groups, new_groups = groups[: len(existing)], groups[len(existing) :]
-    next_free = np.zeros(int(groups.max(initial=-1)) + 1, dtype=np.int64)
-    np.maximum.at(next_free, old_groups, existing[:, levels] + 1)
-    tokens = next_free[new_groups] + rank_in_group(new_groups)
+    if len(new_codes) == 0:
+        return np.zeros((0, levels + 1), dtype=np.int64)
+    keys = prefix_keys(existing[:, :levels], new_codes)
+    if keys is None:  # the reference: group every row, old and new
+        groups = _prefix_groups(np.concatenate([existing[:, :levels], new_codes]))
+        old_groups, new_groups = groups[: len(existing)], groups[len(existing) :]
+        next_free = np.zeros(int(groups.max(initial=-1)) + 1, dtype=np.int64)
+        np.maximum.at(next_free, old_groups, existing[:, levels] + 1)
+        tokens = next_free[new_groups] + rank_in_group(new_groups)
+        return np.concatenate([new_codes, tokens[:, None]], axis=1)
+    # Only the existing rows that share a prefix with a new item are read further, so an
+    # addition costs O(n) cheap passes over the catalogue, not a sort of it.
+    old_keys, new_keys = keys
+    prefixes, new_groups = np.unique(new_keys, return_inverse=True)
+    # kind="table": one bit per key in the new prefixes' range, a single pass over n keys.
+    table = int(prefixes[-1] - prefixes[0]) < 1 << 27
+    rows = np.flatnonzero(np.isin(old_keys, prefixes, kind="table" if table else None))
+    next_free = np.zeros(len(prefixes), dtype=np.int64)
+    np.maximum.at(next_free, np.searchsorted(prefixes, old_keys[rows]), existing[rows, levels] + 1)
+    tokens = next_free[new_groups] + rank_in_group(new_groups.reshape(-1))
     return np.concatenate([new_codes, tokens[:, None]], axis=1)
 
 
