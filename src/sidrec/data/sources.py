@@ -2,7 +2,7 @@
 
 `format=auto` tells the format from file names: `u.data` (GroupLens ml-100k),
 `ratings.dat` / `ratings.csv` + `movies.csv` (MovieLens), `steam_reviews.json*` (Steam),
-`*.inter` (RecBole), `reviews_<Cat>_5.json*` (Amazon 2014), `<Cat>.jsonl*` or
+`*.inter(.gz)` (RecBole), `reviews_<Cat>_5.json*` (Amazon 2014), `<Cat>.jsonl*` or
 `<Cat>.train.csv*` (Amazon 2023), anything else a generic table. The companion file (items,
 meta, games) is `--items`, else the one beside the interactions.
 """
@@ -71,7 +71,7 @@ def load_raw(cfg: PrepareConfig) -> readers.RawData:
 def detect_format(path: Path, items: str = "") -> str:
     if path.is_file():
         name = path.name
-        if path.suffix == ".inter":
+        if name.removesuffix(".gz").endswith(".inter"):
             return "recbole"
         if name.startswith("reviews_"):
             return "amazon"
