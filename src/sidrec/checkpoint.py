@@ -36,6 +36,7 @@ from sidrec.io import atomic_path, read_json, write_json
 from sidrec.models import get_model_class
 from sidrec.models.base import Recommender
 from sidrec.models.catalogue import catalogue_for, input_fingerprint
+from sidrec.presets import UNRECORDED_TRAIN_DEFAULTS
 from sidrec.run import ModelDir, RunDir
 
 RECORD_FORMAT = 2  # 1: inference settings were part of the model config (and its hash)
@@ -70,7 +71,9 @@ def model_record(settings: Any, inputs: dict[str, str], model_name: str) -> dict
         "model": model_name,
         "preset": settings.preset,
         "model_config": to_dict(settings.model),
-        "train_config": to_dict(settings.train),
+        "train_config": {k: v for k, v in to_dict(settings.train).items()
+                         if k not in UNRECORDED_TRAIN_DEFAULTS
+                         or v != UNRECORDED_TRAIN_DEFAULTS[k]},
         "inputs": inputs,
     }
 
@@ -101,7 +104,10 @@ def write_checkpoint(
     optimizer: torch.optim.Optimizer,
     shuffle: torch.Generator,
     state: TrainState,
+    more_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """`more_tensors`: more to keep, e.g. every DDP rank's generator states
+    (`sidrec.distributed.rng_states`)."""
     tensors = {f"model/{k}": v for k, v in _cpu_state(model).items()}
     sd = optimizer.state_dict()
     extra: dict[str, dict[str, Any]] = {}
@@ -117,6 +123,7 @@ def write_checkpoint(
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = s
+    tensors.update(more_tensors or {})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"sidrec": json.dumps(meta)})
 

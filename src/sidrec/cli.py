@@ -78,18 +78,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     summary = train(args.model, args.run_dir, over["model"], over["train"], preset=args.preset,
                     inference_overrides=over["inference"], runtime_overrides=over["runtime"],
                     name=args.name, resume=not args.restart)
-    print(f"{summary['model_dir']}: best valid {summary['metric']} = "
-          f"{summary['best_valid']:.4f} at epoch {summary['best_epoch']} "
-          f"({summary['epochs']} epochs{', resumed' if summary['resumed'] else ''})")
+    if _rank() == 0:  # under torchrun every process trains; one reports
+        print(f"{summary['model_dir']}: best valid {summary['metric']} = "
+              f"{summary['best_valid']:.4f} at epoch {summary['best_epoch']} "
+              f"({summary['epochs']} epochs{', resumed' if summary['resumed'] else ''})")
+
+
+def _rank() -> int:
+    from sidrec import distributed
+
+    return distributed.current()[0]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from sidrec import distributed
     from sidrec.evaluate import evaluate_run
     from sidrec.report import format_table
 
     ks = _ks(args.ks) if args.ks else (5, 10, 20)
+    ctx = distributed.setup(args.device)  # under torchrun: the ranks share the users
     metrics = evaluate_run(args.run_dir, args.name or args.model, args.split, ks,
-                           device=args.device, inference=parse_overrides(args.overrides))
+                           device=str(ctx.device), save=ctx.main,
+                           inference=parse_overrides(args.overrides))
+    if not ctx.main:
+        return
     print(format_table(metrics))
     print(f"decode: {metrics['users_per_s']:,.0f} users/s; recorded in "
           f"{args.run_dir}/metrics.json and results.md")

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sidrec import distributed
 from sidrec.config import to_dict
 from sidrec.data.dataset import Dataset, Split
 from sidrec.errors import SidrecError
@@ -171,6 +172,31 @@ def top_k(
 
 
 @torch.no_grad()
+def sharded_top_k(
+    model: Recommender,
+    histories: np.ndarray,
+    users: np.ndarray,
+    k: int,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    inference: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k` over all rows, split across the processes of a torchrun job (one process:
+    `top_k` itself). Each rank runs a contiguous run of whole batches, the very batches one
+    process would run, and every rank gets all rows back in order, so the metrics are the
+    same as one process's (`sidrec.distributed`)."""
+    rank, world = distributed.current()
+    if world == 1:
+        return top_k(model, histories, users, k, batch_size=batch_size, device=device,
+                     inference=inference)
+    lo, hi = distributed.batch_shard(len(histories), batch_size, rank, world)
+    items, scores = top_k(model, histories[lo:hi], users[lo:hi], k, batch_size=batch_size,
+                          device=device, inference=inference)
+    return distributed.gather_rows(items, scores)
+
+
+@torch.no_grad()
 def evaluate(
     model: Recommender,
     dataset: Dataset,
@@ -226,7 +252,7 @@ def evaluate(
     try:
         for label, inference in all_variants.items():
             t0 = time.perf_counter()
-            items, scores = top_k(
+            items, scores = sharded_top_k(
                 model, histories, users, kmax, batch_size=batch_size, device=device,
                 inference=inference,
             )

@@ -7,9 +7,12 @@ A training run has four groups of settings, and only the first two define the mo
 - `inference` (the model's `Inference` config: beam width, decoding mode, ...) is stored
   beside the weights as the model's default and can be changed on a trained model
   (`sidrec evaluate ... beam=50`) without retraining.
-- `runtime` (`RuntimeConfig`: device, threads, evaluation batch size) says how this
-  process runs; it changes neither the model nor (on CPU, at a fixed thread count) the
-  numbers.
+- `runtime` (`RuntimeConfig`: device, threads, evaluation batch size, compile) says how
+  this process runs; it changes neither the model nor (on CPU, at a fixed thread count,
+  uncompiled) the numbers.
+
+`precision` is a train setting (hashed) and `compile` a runtime one; the comments on the
+fields say why.
 
 Presets live in `sidrec/configs/<model>.yaml` (sections `model:`, `train:`,
 `inference:`) on top of `configs/train.yaml` (`train:` only).
@@ -17,6 +20,7 @@ Presets live in `sidrec/configs/<model>.yaml` (sections `model:`, `train:`,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, fields
@@ -50,6 +54,18 @@ class TrainConfig:
     # histories give ~100 prefixes per user; a CPU epoch of a seq2seq model over all of
     # them takes minutes, and a fresh subset each epoch still visits them all over time.
     examples_per_epoch: int = 0
+    # Arithmetic of the forward pass: "bf16" runs it under bfloat16 autocast (weights,
+    # gradients and optimiser state stay fp32), "auto" = bf16 on CUDA, fp32 elsewhere.
+    # Hashed: bf16 changes the trained weights by more than rounding noise, so a model is
+    # never resumed in another precision; "auto" is made concrete (`for_device`) before
+    # the hash, so the record says which precision made the model.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Batches of prefixes of similar length (Hugging Face's `group_by_length`: each pool
+    # of 50 batches of the epoch's seeded draw is sorted by history length, longest
+    # first). An encoder that drops all-padding columns (the SID family) then reads far
+    # fewer tokens when most histories are short (Amazon: ~4x fewer); the batches are no
+    # longer uniform draws, so it is a training choice (hashed), off by default.
+    group_by_length: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,10 @@ class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA if available, else CPU
     num_threads: int = 0  # CPU threads; 0 = min(4, os.cpu_count())
     eval_batch_size: int = 512  # users per recommend() call during validation
+    # torch.compile the training forward (CPU and CUDA). Not hashed: the same graph, only
+    # fused kernels with other rounding, like a change of device or thread count; a
+    # compiled run may resume an eager one. The first steps pay the compilation.
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +196,18 @@ def split_overrides(model_name: str, pairs: list[str] | tuple[str, ...]) -> dict
             raise SidrecError(f"override {key!r} is not a setting of {model_name!r} ({listing})")
         out[owners[0]][key] = value
     return out
+
+
+# Train settings added after models had been trained: at these values they change nothing,
+# so `config.json` leaves them out and those models keep their identity (config hash).
+UNRECORDED_TRAIN_DEFAULTS = {"precision": "fp32", "group_by_length": False}
+
+
+def for_device(cfg: TrainConfig, device_type: str) -> TrainConfig:
+    """`precision: auto` made concrete for the device: bf16 on CUDA, fp32 elsewhere."""
+    if cfg.precision != "auto":
+        return cfg
+    return dataclasses.replace(cfg, precision="bf16" if device_type == "cuda" else "fp32")
 
 
 def check_train_config(cfg: TrainConfig) -> None:

@@ -12,6 +12,15 @@ SASRec, Dense, COBRA) gets `window_examples` instead: per user, the prefixes end
 training item, then every `max_history` items earlier, so that each training target is
 predicted exactly once per epoch (each prefix would repeat it up to max_history times).
 
+Past one process: `torchrun --standalone --nproc-per-node=N -m sidrec train ...` runs the
+same loop in N processes with DistributedDataParallel (`sidrec.distributed`): the batch
+size is global, each rank runs its slice of every batch, validation shares the users among
+the ranks, and rank 0 alone writes. One process runs exactly as it always did.
+
+Fast path: `precision: bf16` (the default on CUDA) runs the forward under bfloat16
+autocast; `compile: true` runs the steps through `torch.compile`; the examples are tensors
+on the device from the start, and nothing waits for the device until an epoch ends.
+
 Settings: `sidrec.presets` (what is hashed and what is not); files: `sidrec.checkpoint`.
 A run restarted with the same configuration and inputs (same config hash) resumes from
 its checkpoint and reaches the same result as an uninterrupted run (bitwise on CPU).
@@ -29,6 +38,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 import sidrec
+from sidrec import distributed
 from sidrec.checkpoint import (
     TrainState,
     model_record,
@@ -49,13 +60,12 @@ from sidrec.checkpoint import (
     write_state,
 )
 from sidrec.data.dataset import Dataset, pad_histories
-from sidrec.device import resolve_device
 from sidrec.errors import SidrecError
 from sidrec.evaluate import evaluate
 from sidrec.io import hash_obj, write_json, write_text
 from sidrec.models.base import Recommender
 from sidrec.models.catalogue import catalogue_for, input_fingerprint
-from sidrec.presets import RuntimeConfig, TrainConfig, resolve_config
+from sidrec.presets import RuntimeConfig, TrainConfig, for_device, resolve_config
 from sidrec.run import ModelDir, RunDir
 
 # ---------------------------------------------------------------- examples and schedule
@@ -125,19 +135,22 @@ def train(
     """Train `model_name` on `run_dir` into `run_dir/models/<name or model_name>/`.
 
     `train_overrides` may also hold runtime settings (device, num_threads,
-    eval_batch_size); see `sidrec.presets`. `dataset` replaces `Dataset.load(run_dir)`
-    (tests, notebooks). `on_epoch_end` is called with each epoch's log entry after its
-    checkpoint is written. Returns a summary: {"model_dir", "epochs", "best_epoch",
-    "best_valid", "metric", "stopped_early", "resumed"}.
+    eval_batch_size, compile); see `sidrec.presets`. `dataset` replaces
+    `Dataset.load(run_dir)` (tests, notebooks). `on_epoch_end` is called with each epoch's
+    log entry after its checkpoint is written. Under torchrun every process calls this
+    (and `on_epoch_end`) and gets the same summary. Returns a summary: {"model_dir",
+    "epochs", "best_epoch", "best_valid", "metric", "stopped_early", "resumed"}.
     """
     run = RunDir(run_dir)
     settings = resolve_config(model_name, preset, model_overrides, train_overrides,
                               inference_overrides=inference_overrides,
                               runtime_overrides=runtime_overrides)
+    ctx = distributed.setup(settings.runtime.device, settings.runtime.num_threads)
+    device = ctx.device
+    settings = replace(settings, train=for_device(settings.train, device.type))
     cls, cfg, runtime = settings.cls, settings.train, settings.runtime
     final = run.model(name or model_name)
     ds = dataset if dataset is not None else Dataset.load(run.root)
-    device = resolve_device(runtime.device, runtime.num_threads)
 
     record = model_record(settings, input_fingerprint(cls, run.root, ds), model_name)
     config_hash = hash_obj(record)
@@ -147,14 +160,19 @@ def train(
     torch.manual_seed(cfg.seed)
     model = cls(settings.model, catalogue_for(cls, run.root, ds)).to(device)
     model.inference = settings.inference
-    out, ck = _workspace(final, config_hash, resume)
+    # Every rank reads the same files before rank 0 writes any (hence the barrier).
+    out, ck = _workspace(final, config_hash, resume, ctx.main)
+    have_weights = ck is not None and out.weights.is_file()
+    distributed.barrier(ctx)
     if ck is not None and ck.state.done:
-        write_inference(out, settings.inference)  # not hashed: the latest request wins
+        if ctx.main:
+            write_inference(out, settings.inference)  # not hashed: the latest request wins
         return _summary(out, ck.state, cfg, resumed=True)
-    if ck is None:
-        shutil.rmtree(out.root, ignore_errors=True)
-        write_json(out.config, record)
-    write_inference(out, settings.inference)
+    if ctx.main:
+        if ck is None:
+            shutil.rmtree(out.root, ignore_errors=True)
+            write_json(out.config, record)
+        write_inference(out, settings.inference)
 
     if cls.trains_every_position:
         h_np, t_np, u_np = window_examples(ds)
@@ -168,28 +186,34 @@ def train(
         "user": torch.as_tensor(u_np, device=device),  # [N]
     }
     n = len(t_np)
+    lengths = torch.from_numpy((h_np >= 0).sum(axis=1)) if cfg.group_by_length else None
     per_epoch = min(n, cfg.examples_per_epoch) if cfg.examples_per_epoch > 0 else n
     steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
     max_epochs = cfg.max_epochs if cls.trainable else 0
     total_steps = max_epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
+    distributed.seed_rank(cfg.seed, ctx)
 
     state = TrainState(config_hash)
     log: list[dict[str, Any]] = []
     resumed = ck is not None
     if ck is not None:
         restore(ck, model, optimizer, shuffle, device)
+        distributed.restore_rng(ck.tensors, ctx)
         state = ck.state
         log = [e for e in read_log(out) if e["epoch"] <= state.epoch]
+    # What runs the steps: compiled and/or in DDP; `model` itself is evaluated and saved.
+    stepper = distributed.wrap(torch.compile(model) if runtime.compile else model, ctx)
 
-    bar = tqdm(total=max_epochs, initial=state.epoch, disable=not progress or not max_epochs,
-               desc=final.name, unit="epoch", dynamic_ncols=True)
+    bar = tqdm(total=max_epochs, initial=state.epoch, unit="epoch", dynamic_ncols=True,
+               disable=not progress or not max_epochs or not ctx.main, desc=final.name)
     while state.epoch < max_epochs and state.bad_evals < cfg.patience:
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=shuffle)[:per_epoch].to(device)  # [N']
+        perm = torch.randperm(n, generator=shuffle)[:per_epoch]  # [N'], the same on every rank
+        perm = group_by_length(perm, lengths, cfg.batch_size).to(device)
         means, state.step, lr = train_epoch(
-            model, optimizer, examples, perm, cfg, state.step, total_steps
+            stepper, optimizer, examples, perm, cfg, state.step, total_steps, ctx
         )
         state.epoch += 1
         entry: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "lr": lr}
@@ -201,30 +225,46 @@ def train(
             )
         entry["train_seconds"] = time.perf_counter() - t0
         if state.epoch % cfg.eval_every == 0 or state.epoch == max_epochs:
-            _evaluate_epoch(model, ds, cfg, runtime, device, out, state, entry)
+            have_weights |= _evaluate_epoch(model, ds, cfg, runtime, ctx, out, state, entry,
+                                            have_weights)
         if state.epoch >= max_epochs or state.bad_evals >= cfg.patience:
             state.done = True
             state.stopped_early = state.epoch < max_epochs
         log.append(entry)
-        _write_progress(out, log, model, optimizer, shuffle, state)
+        _write_progress(out, log, model, optimizer, shuffle, state, ctx)
         bar.update(1)
         bar.set_postfix(loss=f"{entry['train_loss']:.4f}", best=f"{state.best:.4f}")
         if on_epoch_end is not None:
             on_epoch_end(entry)
     bar.close()
-    if not out.weights.is_file():  # nothing to train (Pop): validated once, as epoch 0
+    if not have_weights:  # nothing to train (Pop): validated once, as epoch 0
         entry = {"epoch": 0, "step": 0, "train_seconds": 0.0}
-        _evaluate_epoch(model, ds, cfg, runtime, device, out, state, entry)
+        _evaluate_epoch(model, ds, cfg, runtime, ctx, out, state, entry, have_weights)
         state.done = True
         log.append(entry)
-        _write_progress(out, log, model, optimizer, shuffle, state)
-        if progress:
+        _write_progress(out, log, model, optimizer, shuffle, state, ctx)
+        if progress and ctx.main:
             tqdm.write(f"{model.name}: nothing to train; valid {cfg.metric} = {state.best:.4f}")
-    _publish(out, final)
+    if ctx.main:
+        _publish(out, final)
+    distributed.barrier(ctx)  # the other ranks return once the model is in place
     return _summary(final, state, cfg, resumed=resumed)
 
 
-def _workspace(final: ModelDir, config_hash: str, resume: bool) -> tuple[ModelDir, Any]:
+def group_by_length(perm: torch.Tensor, lengths: torch.Tensor | None,
+                    batch_size: int) -> torch.Tensor:
+    """`perm` [N] with each pool of 50 batches sorted by history length, longest first
+    (`TrainConfig.group_by_length`; Hugging Face's LengthGroupedSampler uses the same
+    "megabatches" of 50); `lengths` None: `perm` unchanged."""
+    if lengths is None:
+        return perm
+    pools = perm.split(50 * batch_size)
+    return torch.cat([p[torch.sort(lengths[p], descending=True, stable=True).indices]
+                      for p in pools])
+
+
+def _workspace(final: ModelDir, config_hash: str, resume: bool,
+               verbose: bool = True) -> tuple[ModelDir, Any]:
     """(directory to train in, checkpoint to resume or None).
 
     The model directory itself when its checkpoint has this config; otherwise the
@@ -237,7 +277,7 @@ def _workspace(final: ModelDir, config_hash: str, resume: bool) -> tuple[ModelDi
             ck = read_checkpoint(candidate.checkpoint)
             if ck is not None and ck.state.config_hash == config_hash:
                 return candidate, ck
-            if ck is not None and candidate is final:
+            if ck is not None and candidate is final and verbose:
                 tqdm.write(f"{final.root}: settings or inputs changed since it was trained; "
                            "training a new model beside it")
     if not final.root.exists():
@@ -258,56 +298,70 @@ def _publish(out: ModelDir, final: ModelDir) -> None:
 
 
 def _evaluate_epoch(model: Recommender, ds: Dataset, cfg: TrainConfig, runtime: RuntimeConfig,
-                    device: torch.device, out: ModelDir, state: TrainState,
-                    entry: dict[str, Any]) -> None:
-    """Validate, log the metrics in `entry`, and keep the weights if they are the best."""
-    valid = validate(model, ds, cfg, runtime.eval_batch_size, device)
+                    ctx: distributed.Context, out: ModelDir, state: TrainState,
+                    entry: dict[str, Any], have_weights: bool) -> bool:
+    """Validate (users shared among the ranks), log the metrics in `entry`, and keep the
+    weights (rank 0) if they are the best or the first. Returns whether it kept them."""
+    valid = validate(model, ds, cfg, runtime.eval_batch_size, ctx.device)
     entry.update({f"valid_{k}": v for k, v in valid.items()})
-    if valid[cfg.metric] > state.best or not out.weights.is_file():
+    if valid[cfg.metric] > state.best or not have_weights:
         state.best, state.best_epoch, state.bad_evals = valid[cfg.metric], state.epoch, 0
-        save_weights(model, out.weights, state.config_hash, state.epoch)
-    else:
-        state.bad_evals += 1
+        if ctx.main:
+            save_weights(model, out.weights, state.config_hash, state.epoch)
+        return True
+    state.bad_evals += 1
+    return False
 
 
 def _write_progress(out: ModelDir, log: list[dict[str, Any]], model: Recommender,
                     optimizer: torch.optim.Optimizer, shuffle: torch.Generator,
-                    state: TrainState) -> None:
+                    state: TrainState, ctx: distributed.Context) -> None:
+    rng = distributed.rng_states(ctx)  # collective: before the rank-0 test
+    if not ctx.main:
+        return
     write_text(out.log, "".join(json.dumps(e) + "\n" for e in log))
-    write_checkpoint(out.checkpoint, model, optimizer, shuffle, state)
+    write_checkpoint(out.checkpoint, model, optimizer, shuffle, state, rng)
     write_state(out, state)
 
 
 def train_epoch(
-    model: Recommender,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     examples: dict[str, torch.Tensor],
     perm: torch.Tensor,
     cfg: TrainConfig,
     step: int,
     total_steps: int,
+    ctx: distributed.Context | None = None,
 ) -> tuple[dict[str, float], int, float]:
-    """One pass over `examples` in the order `perm` [N]: (mean of each loss term over the
-    examples, the step count after it, the last learning rate)."""
+    """One pass over `examples` in the order `perm` [N] (global batches of cfg.batch_size,
+    each rank running its slice): (mean of each loss term over the examples, the step
+    count after it, the last learning rate). `model` is the model, or its compiled or DDP
+    wrapper; the forward runs under bf16 autocast when cfg.precision is "bf16". Nothing
+    waits for the device until the epoch's means are read."""
+    ctx = ctx or distributed.Context(device=perm.device)
     model.train()
     n = len(perm)
     sums: dict[str, torch.Tensor] = {}
     lr = lr_at(step, cfg, total_steps)
+    bf16 = cfg.precision == "bf16"
     for start in range(0, n, cfg.batch_size):
-        idx = perm[start : start + cfg.batch_size]  # [b]
-        batch = {key: value[idx] for key, value in examples.items()}
+        idx, count, weight = distributed.local_batch(perm[start : start + cfg.batch_size], ctx)
+        batch = {key: value[idx] for key, value in examples.items()}  # [b_r, ...]
         lr = lr_at(step, cfg, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        terms = model(batch)
+        with torch.autocast(perm.device.type, dtype=torch.bfloat16, enabled=bf16):
+            terms = model(batch)
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        (terms["loss"] if weight == 1.0 else terms["loss"] * weight).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         step += 1
         for key, value in terms.items():  # summed on the device: no sync per step
-            sums[key] = sums.get(key, 0.0) + value.detach().float() * len(idx)
+            sums[key] = sums.get(key, 0.0) + value.detach().float() * count
+    sums = distributed.all_reduce_sum(sums, ctx)
     return {key: value.item() / n for key, value in sums.items()}, step, lr
 
 

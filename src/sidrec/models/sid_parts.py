@@ -222,9 +222,14 @@ class SIDEncoder(nn.Module):
         history = history[:, -m:]
         if history.shape[1] < m:  # align positions to the most recent item
             history = F.pad(history, (m - history.shape[1], 0), value=-1)
-        # Columns padded in every row are dropped; positions still count from the end.
-        keep = (history >= 0).any(dim=0).nonzero()
-        start = int(keep[0]) if len(keep) else m
+        # Columns padded in every row are dropped on CPU; positions still count from the
+        # end. On CUDA and under torch.compile the width stays m: finding those columns
+        # reads a value back from the device (a sync every step) and makes the shape
+        # depend on the data; the masked columns change nothing but the cost.
+        start = 0
+        if not (history.is_cuda or torch.compiler.is_compiling()):
+            keep = (history >= 0).any(dim=0).nonzero()
+            start = int(keep[0]) if len(keep) else m
         history = history[:, start:]  # (B, L')
         pad = (history < 0).repeat_interleave(n_codes, dim=1)  # (B, L'*n_codes)
         codes = self.tokens.codes[history.clamp_min(0)]  # (B, L', n_codes)
