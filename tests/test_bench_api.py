@@ -219,3 +219,38 @@ def test_exclude_history_never_returns_a_seen_item(bench_run: dict, name: str) -
         plain, _ = model.recommend(history, users, 5)
         assert any(set(r) & set(h) for r, h in zip(plain.tolist(), history.tolist(),
                                                    strict=True))
+
+
+def test_a_model_can_ask_for_its_own_tokenizer(bench_run: dict, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preset's `tokenizer:` section gives the model its own SIDs (e.g. COBRA's 3 x 32
+    beside TIGER's 3 x 256), fitted once per distinct setting into sid_sets/<tag>/."""
+    import shutil
+
+    import yaml
+
+    from sidrec import presets
+    from sidrec.checkpoint import load_model
+    from sidrec.run import ModelDir, RunDir
+    from sidrec.train import train
+
+    configs = tmp_path / "configs"
+    shutil.copytree(presets.config_dir(), configs)
+    tiger = yaml.safe_load((configs / "tiger.yaml").read_text())
+    tiger["cpu"]["tokenizer"] = {"method": "rqkmeans", "levels": 2, "codebook_size": 3,
+                                 "balanced": True}
+    (configs / "tiger.yaml").write_text(yaml.safe_dump(tiger))
+    monkeypatch.setattr(presets, "config_dir", lambda: configs)
+    run = tmp_path / "run"
+    shutil.copytree(bench_run["run_dir"], run, ignore=shutil.ignore_patterns("models"))
+    fast = {"max_epochs": 1, "num_threads": 1}
+    for name in ("own", "own-again"):
+        train("tiger", run, None, fast, name=name, progress=False)
+    tagged = ModelDir(run / "models" / "own").run
+    assert tagged.sid_set and tagged.sids.parent.parent == run / "sid_sets"
+    assert sorted(p.name for p in (run / "sid_sets").iterdir()) == [tagged.sid_set]  # once
+    own, _ = tagged.load_sids()
+    shared, _ = RunDir(run).load_sids()
+    assert own.shape[1] == 2 + 1 and shared.shape[1] == 3 + 1  # levels + collision token
+    model = load_model(run / "models" / "own")
+    assert model.tokens.sizes[:2] == (3, 3)

@@ -63,10 +63,14 @@ class Checkpoint:
     meta: dict[str, Any]  # optimiser param groups and non-tensor slots
 
 
-def model_record(settings: Any, inputs: dict[str, str], model_name: str) -> dict[str, Any]:
+def model_record(settings: Any, inputs: dict[str, str], model_name: str,
+                 sid_set: str = "") -> dict[str, Any]:
     """`config.json` without its hash: what defines a trained model (`settings` is a
-    `sidrec.presets.RunSettings`; runtime and inference settings are left out)."""
+    `sidrec.presets.RunSettings`; runtime and inference settings are left out). `sid_set`
+    names the model's own SIDs (`RunDir.with_sids`), when its preset asks for them."""
+    own_sids = {"sid_set": sid_set, "tokenizer": settings.tokenizer} if sid_set else {}
     return {
+        **own_sids,
         "format": RECORD_FORMAT,
         "model": model_name,
         "preset": settings.preset,
@@ -216,19 +220,20 @@ def load_model(
             f"inference settings; retrain it once (`sidrec train {run.root} --model "
             f"{record.get('model', 'NAME')} --name {md.name}`)"
         )
+    run = run.with_sids(str(record.get("sid_set") or ""))  # the SIDs it was trained on
     cls = get_model_class(record["model"])
     model_cfg = from_dict(cls.Config, record["model_config"], f"{md.config}: model_config")
     stored = (_read_json_file(md.inference, "delete it to use the model's default inference "
                               "settings") if md.inference.is_file() else {})
     ds = dataset if dataset is not None else Dataset.load(run.root)
-    now = input_fingerprint(cls, run.root, ds)
+    now = input_fingerprint(cls, run, ds)
     changed = [k for k in set(now) | set(record["inputs"]) if now.get(k) != record["inputs"].get(k)]
     if changed:
         raise SidrecError(
             f"{md.root}: the run's {', '.join(sorted(changed))} changed since this model was "
             f"trained; retrain it (`sidrec train {run.root} --model {record['model']}`)"
         )
-    model = cls(model_cfg, catalogue_for(cls, run.root, ds))
+    model = cls(model_cfg, catalogue_for(cls, run, ds))
     model.inference = from_dict(cls.Inference, stored, f"{md.inference}")
     model.inference = model.inference_with(inference)
     try:

@@ -91,6 +91,9 @@ class RunSettings:
     train: TrainConfig
     inference: Any  # cls.Inference
     runtime: RuntimeConfig
+    # The model's own tokenizer (`sidrec.tokenize.tokenizer_config` of {"method",
+    # "preset", overrides...}), or None for the run's SIDs. Part of what is trained.
+    tokenizer: dict[str, Any] | None = None
 
 
 def config_dir() -> Path:
@@ -110,10 +113,11 @@ def load_preset(file_stem: str, preset: str, directory: Path | None = None) -> d
     if preset not in data:
         raise SidrecError(f"{path}: no preset {preset!r}; available: {', '.join(sorted(data))}")
     section = data[preset] or {}
-    if not isinstance(section, dict) or set(section) - {"model", "train", "inference"}:
+    if not isinstance(section, dict) or set(section) - {"model", "train", "inference",
+                                                        "tokenizer"}:
         raise SidrecError(
-            f"{path}: preset {preset!r} may contain only 'model:', 'train:' and 'inference:' "
-            "mappings"
+            f"{path}: preset {preset!r} may contain only 'model:', 'train:', 'inference:' "
+            "and 'tokenizer:' mappings"
         )
     return section
 
@@ -158,6 +162,7 @@ def resolve_config(
                             merge(own.get("inference") or {}, inference_overrides or {}),
                             f"{where}.inference"),
         runtime=from_dict(RuntimeConfig, runtime_over, f"{where}.runtime"),
+        tokenizer=own.get("tokenizer") if cls.needs_sids else None,
     )
     check_train_config(settings.train)
     check_runtime_config(settings.runtime)

@@ -4,6 +4,8 @@
       dataset/            prepared split (`sidrec data prepare`): manifest.json + parquet
       embeddings.npy      item text vectors (`sidrec embed`) + embeddings.json (encoder, hash)
       sids.npy            semantic IDs (`sidrec tokenize`) + tokenizer.json + tokenizer/
+      sid_sets/<tag>/     the same three, for a model whose preset asks for its own
+                          tokenizer settings (`RunDir.with_sids`; e.g. COBRA's paper 3 x 32)
       models/<model>/     one trained model (`sidrec train`), see `ModelDir`
       added_items.parquet items added to the trained catalogue (`sidrec.added_items`)
       metrics.json        every evaluation (`sidrec evaluate`, `sidrec bench`)
@@ -18,6 +20,8 @@ file name is written once, here. The arrays are read only through `load_embeddin
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +44,13 @@ class ModelDir:
 
     @property
     def run(self) -> RunDir:
-        """The run directory that holds this model (`<run>/models/<model>`)."""
-        return RunDir(self.root.parent.parent)
+        """The run directory that holds this model (`<run>/models/<model>`), naming the SID
+        set the model was trained on (its record's `sid_set`)."""
+        tag = ""
+        # no or no readable record: loading the model reports that
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            tag = str(json.loads(self.config.read_text()).get("sid_set") or "")
+        return RunDir(self.root.parent.parent, tag)
 
     @property
     def config(self) -> Path:  # model name, preset, model + train configs, input hashes
@@ -80,9 +89,21 @@ class ModelDir:
 @dataclass(frozen=True)
 class RunDir:
     root: Path
+    sid_set: str = ""  # "" = the run's own SIDs; else a model's own tokenizer settings
 
-    def __init__(self, root: str | Path | RunDir) -> None:
+    def __init__(self, root: str | Path | RunDir, sid_set: str | None = None) -> None:
         object.__setattr__(self, "root", root.root if isinstance(root, RunDir) else Path(root))
+        inherited = root.sid_set if isinstance(root, RunDir) else ""
+        object.__setattr__(self, "sid_set", inherited if sid_set is None else sid_set)
+
+    def with_sids(self, tag: str) -> RunDir:
+        """This run, with `sids`, `tokenizer_info` and `tokenizer` naming SID set `tag`
+        ("" = the run's own)."""
+        return RunDir(self.root, tag)
+
+    @property
+    def _sid_root(self) -> Path:
+        return self.root / "sid_sets" / self.sid_set if self.sid_set else self.root
 
     def __fspath__(self) -> str:
         return str(self.root)
@@ -124,15 +145,15 @@ class RunDir:
 
     @property
     def sids(self) -> Path:
-        return self.root / "sids.npy"
+        return self._sid_root / "sids.npy"
 
     @property
     def tokenizer_info(self) -> Path:  # the stage's record; written last, marks it complete
-        return self.root / "tokenizer.json"
+        return self._sid_root / "tokenizer.json"
 
     @property
     def tokenizer(self) -> Path:  # the fitted tokenizer (weights + config)
-        return self.root / "tokenizer"
+        return self._sid_root / "tokenizer"
 
     @property
     def models(self) -> Path:

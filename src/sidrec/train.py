@@ -59,6 +59,7 @@ from sidrec.checkpoint import (
     write_inference,
     write_state,
 )
+from sidrec.config import to_dict
 from sidrec.data.dataset import Dataset, pad_histories
 from sidrec.errors import SidrecError
 from sidrec.evaluate import evaluate
@@ -152,13 +153,15 @@ def train(
     final = run.model(name or model_name)
     ds = dataset if dataset is not None else Dataset.load(run.root)
 
-    record = model_record(settings, input_fingerprint(cls, run.root, ds), model_name)
+    if settings.tokenizer is not None:  # the model's own SIDs, fitted once per setting
+        run = _own_sids(run, settings.tokenizer, ctx, progress)
+    record = model_record(settings, input_fingerprint(cls, run, ds), model_name, run.sid_set)
     config_hash = hash_obj(record)
     record["config_hash"] = config_hash
     record["sidrec_version"] = sidrec.__version__
 
     torch.manual_seed(cfg.seed)
-    model = cls(settings.model, catalogue_for(cls, run.root, ds)).to(device)
+    model = cls(settings.model, catalogue_for(cls, run, ds)).to(device)
     model.inference = settings.inference
     # Every rank reads the same files before rank 0 writes any (hence the barrier).
     out, ck = _workspace(final, config_hash, resume, ctx.main)
@@ -261,6 +264,21 @@ def group_by_length(perm: torch.Tensor, lengths: torch.Tensor | None,
     pools = perm.split(50 * batch_size)
     return torch.cat([p[torch.sort(lengths[p], descending=True, stable=True).indices]
                       for p in pools])
+
+
+def _own_sids(run: RunDir, settings: dict[str, Any], ctx: Any, progress: bool) -> RunDir:
+    """`run` naming the SID set of tokenizer `settings` ({"method", "preset", overrides}),
+    tokenized now unless it already is (by the main process; the others wait)."""
+    from sidrec.tokenize import run_tokenize, tokenizer_config
+
+    options = {k: v for k, v in settings.items() if k not in ("method", "preset")}
+    cfg = tokenizer_config(settings.get("method", "rqkmeans"), settings.get("preset", "small"),
+                           options)
+    tagged = run.with_sids(hash_obj({"method": cfg.method, "config": to_dict(cfg)})[:12])
+    if ctx.main:
+        run_tokenize(tagged, cfg, progress=progress)
+    distributed.barrier(ctx)
+    return tagged
 
 
 def _workspace(final: ModelDir, config_hash: str, resume: bool,
