@@ -60,6 +60,19 @@ def ml100k_holdout_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _prepare_and_embed(run, cold_mode="holdout", cold_fraction=HOLDOUT_FRACTION, seed=0)
 
 
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run with TIGER, LIGER and COBRA trained one epoch (tests/serving.py), for the
+    serving tests (~1 min on 2 cores). Read-only: serve a copy to add items.
+    SIDREC_TEST_SERVED_RUN=path reuses one made by `serving.train_tiny_run` (for a
+    developer re-running these tests)."""
+    from serving import train_tiny_run
+
+    if os.environ.get("SIDREC_TEST_SERVED_RUN"):
+        return Path(os.environ["SIDREC_TEST_SERVED_RUN"])
+    return train_tiny_run(tmp_path_factory.mktemp("served"))
+
+
 @pytest.fixture
 def copy_run(tmp_path: Path) -> Callable[[Path], Path]:
     """A writable copy of a (session) run directory."""
@@ -134,7 +147,7 @@ def sid_catalogue(n: int = 30, sizes: tuple[int, ...] = (4, 4), n_cold: int = 6,
     cold = torch.zeros(n, dtype=torch.bool)
     cold[:n_cold] = True
     return Catalogue(
-        n_users=10, item_text=[f"item {i}" for i in range(n)], cold=cold,
+        item_text=[f"item {i}" for i in range(n)], cold=cold,
         popularity=(~cold).float(),
         text_emb=torch.randn(n, text_dim, generator=g) if text_dim else None,
         sids=torch.cat([prefix, collision[:, None]], dim=1),

@@ -40,6 +40,7 @@ from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, hash_file, read_json
 from sidrec.models.base import Catalogue
 from sidrec.run import RunDir
+from sidrec.tokenize.sids import extend_sids
 
 FORMAT = 1
 
@@ -127,13 +128,13 @@ class Encoder:
         finally:
             torch.set_num_threads(threads)
 
-    def sids(self, existing: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """Full SIDs [m, L+1] of new vectors, after the `existing` ones [n, L+1]."""
-        from sidrec.tokenize import load_tokenizer, sids_for_new_items
+    def codes(self, vectors: np.ndarray) -> np.ndarray:
+        """The fitted tokenizer's codes [m, L] of new vectors [m, d] (no refitting)."""
+        from sidrec.tokenize import load_tokenizer
 
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.run.tokenizer, device="cpu")
-        return sids_for_new_items(self._tokenizer, existing, vectors)
+        return self._tokenizer.encode(vectors)
 
 
 def encode(encoder: Encoder, catalogue: Catalogue, ids: list[str], texts: list[str]) -> NewItems:
@@ -141,15 +142,67 @@ def encode(encoder: Encoder, catalogue: Catalogue, ids: list[str], texts: list[s
     vectors = encoder.vectors(texts)
     sids = None
     if catalogue.sids is not None:
-        sids = encoder.sids(catalogue.sids.cpu().numpy(), vectors)
+        existing = catalogue.sids.cpu().numpy()
+        codes = encoder.codes(vectors)
         limit = catalogue.codebook_sizes[-1]
-        too_big = np.flatnonzero(sids[:, -1] >= limit)
-        if len(too_big):
-            row = int(too_big[0])
-            raise ItemError(row, f" ({ids[row]!r}): its semantic-ID prefix is already shared "
-                            f"by {limit} items, the most the trained model can tell apart; "
-                            "retrain with the grown catalogue")
+        sids = extend_sids(existing, codes)
+        if (sids[:, -1] >= limit).any():
+            text = None if catalogue.text_emb is None else catalogue.text_emb.cpu().numpy()
+            sids = place(existing, text, codes, vectors, limit, ids)
     return NewItems(tuple(ids), tuple(texts), vectors, sids)
+
+
+def place(existing: np.ndarray, existing_vectors: np.ndarray | None, codes: np.ndarray,
+          vectors: np.ndarray, limit: int, ids: list[str]) -> np.ndarray:
+    """Full SIDs [m, L+1] for new codes [m, L] when some prefixes are full.
+
+    The trained model tells at most `limit` items of one prefix apart (its collision-token
+    vocabulary). A new item whose prefix already holds that many takes a free place in the
+    prefix nearest to it instead: the one sharing the most leading codes with its own, then
+    holding the item whose text vector is the most similar (cosine). Items are placed in
+    order, so several new items share room fairly. Only a catalogue with every prefix full
+    refuses an item.
+    """
+    n_codes = codes.shape[1]
+    prefixes, group = np.unique(existing[:, :n_codes], axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    free = np.zeros(len(prefixes), dtype=np.int64)  # next collision number per prefix
+    np.maximum.at(free, group, existing[:, n_codes] + 1)
+    index = {tuple(p): g for g, p in enumerate(prefixes.tolist())}
+    keys = prefixes.tolist()
+    rows = existing[:, :n_codes]
+    text = existing_vectors is not None
+    unit = _unit(existing_vectors) if text else np.zeros((len(existing), 1), np.float32)
+    out = np.empty((len(codes), n_codes + 1), dtype=np.int64)
+    for i, code in enumerate(codes.tolist()):
+        g = index.get(tuple(code))
+        if g is not None and free[g] >= limit:  # full: the nearest prefix with room
+            shared = np.cumprod(rows == np.asarray(code), axis=1).sum(axis=1)  # (n,)
+            similar = unit @ (_unit(vectors[i : i + 1])[0] if text else np.zeros(1))  # (n,)
+            score = np.where(free[group] < limit, shared + (similar + 1) / 4, -np.inf)
+            if not np.isfinite(score.max()):
+                raise ItemError(i, f" ({ids[i]!r}): every semantic-ID prefix already holds "
+                                f"{limit} items, the most the trained model can tell apart; "
+                                "retrain with the grown catalogue")
+            g = int(group[int(score.argmax())])
+            code = keys[g]
+        if g is None:  # a prefix no item had
+            g = len(keys)
+            index[tuple(code)] = g
+            keys.append(code)
+            free = np.append(free, 0)
+        out[i] = [*code, free[g]]
+        free[g] += 1
+        rows = np.vstack([rows, np.asarray(code)[None]])
+        group = np.append(group, g)
+        unit = np.vstack([unit, _unit(vectors[i : i + 1]) if text else np.zeros((1, 1))])
+    return out
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows [n, d] scaled to unit length."""
+    v = np.asarray(vectors, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 def grow(catalogue: Catalogue, new: NewItems) -> Catalogue:

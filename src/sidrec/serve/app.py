@@ -87,13 +87,13 @@ def check_query(body: schemas.RecommendRequest, service: Service, settings: Serv
 
 
 def _field(problem: dict[str, Any], list_body: str) -> str:
-    """("body", "requests", 0, "k") -> "requests[0].k"; the rows of a list body are
-    `list_body`[n]; a JSON syntax error is the body's."""
+    """("body", "requests", 0, "k") -> "requests[0].k", ("query", "limit") -> "limit"; the
+    rows of a list body are `list_body`[n]; a JSON syntax error is the body's."""
     loc = tuple(problem.get("loc") or ())
     if problem.get("type") == "json_invalid" or loc in ((), ("body",)):
         return "body"
     out = ""
-    for part in loc[1:] if loc[0] == "body" else loc:
+    for part in loc[1:] if loc[0] in ("body", "query", "path") else loc:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     out = out.lstrip(".")
     return f"{list_body}{out}" if out.startswith("[") else out
@@ -185,8 +185,8 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         rows = "items" if request.url.path == "/v1/items" else "body"
-        problems = [{"field": _field(p, rows), "message": p["msg"], "type": p["type"]}
-                    for p in e.errors()]
+        problems = list({_field(p, rows): {"field": _field(p, rows), "message": p["msg"],
+                                           "type": p["type"]} for p in e.errors()}.values())
         first = problems[0] if problems else {"field": None, "message": "invalid request"}
         return _error(422, f"{first['field'] or 'body'}: {first['message']}", first["field"],
                       detail=problems)

@@ -6,12 +6,18 @@ guess. Item and user ids may be JSON strings or integers; they are compared as s
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-Id = StrictStr | StrictInt
-Option = StrictBool | StrictInt | StrictFloat | StrictStr
+
+def _id(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("expected an id: a string (or an integer)")
+    return str(value)
+
+
+Id = Annotated[str, BeforeValidator(_id)]
 
 
 class RecommendRequest(BaseModel):
@@ -25,7 +31,7 @@ class RecommendRequest(BaseModel):
     user_id: Id | None = Field(None, description="a user known from training reads its own "
                                "user token; another id, or none, the anonymous one")
     exclude_seen: StrictBool = Field(False, description="leave out the history's items")
-    options: dict[str, Option] = Field(
+    options: dict[str, Any] = Field(
         default_factory=dict, description="inference settings for this request, e.g. "
         '{"beam": 40, "mode": "dense"} (GET /v1/info lists the model\'s)')
     on_unknown: Literal["error", "skip"] | None = Field(
@@ -93,7 +99,7 @@ class Info(BaseModel):
     n_added: int
     n_users: int
     supports_new_items: bool
-    inference: dict[str, Option]
+    inference: dict[str, Any]
     limits: dict[str, int | float | bool | str]
 
 

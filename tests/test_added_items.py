@@ -1,0 +1,91 @@
+"""Items added after training (`sidrec.added_items`): placing SIDs when a prefix is full,
+the persisted file, and the catalogue growth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import sid_catalogue
+
+from sidrec import added_items
+from sidrec.added_items import ItemError, NewItems, check_new, grow, place
+from sidrec.errors import SidrecError
+from sidrec.models.beam import SidIndex
+from sidrec.run import RunDir
+from sidrec.tokenize.sids import extend_sids
+
+
+def test_place_keeps_free_prefixes_and_moves_overflow_to_the_nearest_room() -> None:
+    # limit 2: prefix (0,0) is full, (0,1) and (1,1) have one free place each
+    existing = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 1, 0]])
+    vectors = np.array([[1, 0], [1, 0], [0, 1], [1, 0.1]], dtype=np.float32)
+    codes = np.array([[0, 1], [0, 0], [1, 0], [0, 0], [0, 0]])
+    new_vectors = np.array([[0, 1], [1, 0], [0, 1], [0, 1], [1, 0]], dtype=np.float32)
+    out = place(existing, vectors, codes[:4], new_vectors[:4], limit=2, ids=list("abcd"))
+    assert out.tolist() == [
+        [0, 1, 1],  # a: its own prefix has room (and is full after it)
+        [1, 1, 1],  # b: (0,0) full; the prefix with room holding the most similar item
+        [1, 0, 0],  # c: a prefix no item had
+        [1, 0, 1],  # d: (0,0) full; (1,0) is the only one with room left
+    ]
+    SidIndex(torch.as_tensor(np.concatenate([existing, out])), (2, 2, 2))  # unique SIDs
+    # sharing leading codes comes first: with (0,1) free, (0,0)'s overflow goes there
+    out = place(existing, vectors, codes[4:], new_vectors[4:], limit=2, ids=["e"])
+    assert out.tolist() == [[0, 1, 1]]
+
+
+def test_place_refuses_only_when_every_prefix_is_full() -> None:
+    existing = np.array([[0, 0], [1, 0]])
+    with pytest.raises(ItemError, match=r"items\[0\] \('a'\): every semantic-ID prefix"):
+        place(existing, None, np.array([[0]]), np.zeros((1, 2), np.float32), 1, ["a"])
+
+
+def test_place_equals_extend_sids_when_nothing_is_full() -> None:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 4, (30, 2))
+    existing = extend_sids(np.zeros((0, 3), np.int64), codes[:20])
+    vectors = rng.normal(size=(30, 5)).astype(np.float32)
+    expected = extend_sids(existing, codes[20:])
+    got = place(existing, vectors[:20], codes[20:], vectors[20:], 99, [str(i) for i in range(10)])
+    assert got.tolist() == expected.tolist()
+
+
+def test_check_new_names_the_row() -> None:
+    with pytest.raises(ItemError, match=r"items\[1\]: item id 'a' already exists") as e:
+        check_new([{"id": "b", "text": "t"}, {"id": "a", "text": "t"}], {"a": 0})
+    assert e.value.row == 1 and e.value.duplicate
+    with pytest.raises(ItemError, match=r"items\[0\] \('c'\): empty text"):
+        check_new([{"id": "c", "text": " "}], {})
+    assert check_new([{"id": 7, "text": " x "}], {}) == (["7"], ["x"])
+
+
+def test_the_file_round_trips_and_grow_appends(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    assert added_items.read(run) is None
+    items = NewItems(("n1", "n2"), ("Title: One", "Title: Two"),
+                     np.arange(6, dtype=np.float32).reshape(2, 3), np.array([[3, 3, 0], [3, 3, 1]]))
+    stamp = {"encoder": "e", "embeddings": "h1", "sids": "h2"}
+    added_items.write(run, items, stamp)
+    back, meta = added_items.read(run)
+    assert back.ids == items.ids and back.texts == items.texts
+    np.testing.assert_array_equal(back.vectors, items.vectors)
+    np.testing.assert_array_equal(back.sids, items.sids)
+    assert meta["fingerprint"] == stamp
+    both = items + back.tail(1)
+    assert both.ids == ("n1", "n2", "n2") and both.sids.shape == (3, 3)
+
+    cat = sid_catalogue(n=5, sizes=(4, 4), text_dim=3)
+    grown = grow(cat, items)
+    assert grown.n_items == 7 and grown.cold[-2:].all() and grown.popularity[-2:].sum() == 0
+    assert torch.equal(grown.sids[-2:], torch.as_tensor(items.sids))
+    assert cat.n_items == 5  # the old catalogue is untouched
+
+
+def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.added_items.write_bytes(b"not parquet")
+    with pytest.raises(SidrecError, match="unreadable added items"):
+        added_items.read(run)
