@@ -41,7 +41,7 @@ def synthetic_catalogue(n_items: int, levels: int, size: int, seed: int = 0) -> 
     collision[order] = torch.arange(n_items) - first
     sids = torch.cat([prefix, collision[:, None]], dim=1)
     return Catalogue(
-        n_users=10_000, item_text=[""] * n_items, cold=torch.zeros(n_items, dtype=torch.bool),
+        item_text=[""] * n_items, cold=torch.zeros(n_items, dtype=torch.bool),
         popularity=torch.ones(n_items), sids=sids,
         codebook_sizes=(*([size] * levels), int(collision.max()) + 1),
     )

@@ -33,7 +33,6 @@ def catalogue(n_items: int = 20, text_dim: int = 8, seed: int = 0) -> Catalogue:
     g = torch.Generator().manual_seed(seed)
     pop = torch.randint(0, 50, (n_items,), generator=g).float()
     return Catalogue(
-        n_users=4,
         item_text=[f"item {i}" for i in range(n_items)],
         cold=pop == 0,
         popularity=pop,

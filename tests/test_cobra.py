@@ -28,7 +28,7 @@ def catalogue(n_items: int = 24, seed: int = 0) -> Catalogue:
     cold = torch.zeros(n_items, dtype=torch.bool)
     cold[-2:] = True
     return Catalogue(
-        n_users=5, item_text=[f"item {i}" for i in range(n_items)], cold=cold,
+        item_text=[f"item {i}" for i in range(n_items)], cold=cold,
         popularity=torch.ones(n_items), text_emb=torch.randn(n_items, 16, generator=g),
         sids=sids, codebook_sizes=(4, 4, int(collision.max()) + 1),
     )

@@ -59,7 +59,6 @@ def make_dataset(
 
 def catalogue(ds: Dataset) -> Catalogue:
     return Catalogue(
-        n_users=ds.n_users,
         item_text=ds.item_text,
         cold=torch.as_tensor(ds.cold),
         popularity=torch.as_tensor(ds.popularity(), dtype=torch.float32),

@@ -149,7 +149,7 @@ def test_missing_sids_and_unknown_options_are_user_errors():
 def test_new_items_can_be_reached_after_set_catalogue():
     cat = sid_catalogue(n=30)
     old = Catalogue(  # the model was trained when only the first 24 items existed
-        n_users=10, item_text=cat.item_text[:24], cold=cat.cold[:24],
+        item_text=cat.item_text[:24], cold=cat.cold[:24],
         popularity=cat.popularity[:24], sids=cat.sids[:24], codebook_sizes=cat.codebook_sizes,
     )
     model = TIGER(TINY, old)

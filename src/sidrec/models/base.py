@@ -53,7 +53,6 @@ class NoInference(InferenceConfig):
 class Catalogue:
     """Item side information. It grows when items are added after training."""
 
-    n_users: int
     item_text: list[str]
     cold: torch.Tensor  # [n_items] bool: not seen in training
     popularity: torch.Tensor  # [n_items] float, training counts (0 for cold / new items)

@@ -49,7 +49,6 @@ def build_catalogue(
         sids = torch.from_numpy(codes)
     cold = np.array(ds.cold, dtype=bool)  # a copy: arrays read from parquet are read-only
     return Catalogue(
-        n_users=ds.n_users,
         item_text=list(ds.item_text),
         cold=torch.from_numpy(cold),
         popularity=torch.as_tensor(ds.popularity(), dtype=torch.float32),
