@@ -109,6 +109,7 @@ def load_sids(
     n_items: int | None = None,
     cold: np.ndarray | None = None,
     embeddings: Path | None = None,
+    command: str | None = None,
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """(SIDs [n_items, n_codes] int64, vocabulary size of each position) from `path`.
 
@@ -117,9 +118,10 @@ def load_sids(
     checked against the codes; without that file, the largest code + 1 per column.
     With `tokenizer_info`, also checked: `path` is the file it records, and the SIDs were
     fitted with the cold-start mask `cold` [n_items] bool (the dataset's, when given) and on
-    the `embeddings` file as it is now (when it exists).
+    the `embeddings` file as it is now (when it exists). `command` rewrites them
+    (default: `sidrec tokenize RUN`).
     """
-    command = f"sidrec tokenize {run}"
+    command = command or f"sidrec tokenize {run}"
     require_file(path, "semantic IDs", command)
     record = read_record(tokenizer_info, command) if tokenizer_info.is_file() else None
     if record is not None:

@@ -181,8 +181,10 @@ class RunDir:
         """(SIDs [n_items, n_codes] int64, vocabulary size of each SID position), checked
         (the file `tokenizer.json` records, fitted on the run's current embeddings and,
         when given, with the cold-start mask `cold` [n_items] bool)."""
+        # a model's own SID set is refitted by training that model, not by `sidrec tokenize`
+        command = (f"sidrec train {self.root} --model MODEL" if self.sid_set else None)
         return artifacts.load_sids(self.sids, self.tokenizer_info, self.root, n_items,
-                                   cold, self.embeddings)
+                                   cold, self.embeddings, command)
 
     def model(self, name: str) -> ModelDir:
         if not name or Path(name).name != name or name in (".", ".."):
