@@ -222,6 +222,8 @@ def train(
         entry: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "lr": lr}
         entry.update({f"train_{k}": v for k, v in means.items()})
         if not math.isfinite(entry["train_loss"]):
+            bar.leave = False  # the error is the one line the user sees
+            bar.close()
             raise SidrecError(
                 f"{model_name}: training loss became {entry['train_loss']} in epoch "
                 f"{state.epoch}; lower lr (now {cfg.lr}) or set grad_clip"
