@@ -6,6 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const picked = [];  // the history: [{id, title, cold}], oldest first
 let searchTimer = null;
+let searchTicket = 0;  // answers that arrive after a newer request are dropped
+let recommendTicket = 0;
 
 async function api(path, body) {
   const options = body === undefined ? {} : {
@@ -57,9 +59,11 @@ async function showInfo() {
 
 async function search() {
   const list = $("results");
+  const ticket = ++searchTicket;
   try {
     const q = encodeURIComponent($("search").value);
     const data = await api(`/v1/items?q=${q}&limit=25`);
+    if (ticket !== searchTicket) return;
     list.replaceChildren(...data.items.map((item) =>
       itemRow("li", item, () => addToHistory(item))));
     if (!data.items.length) list.replaceChildren(el("li", "hint", "no match"));
@@ -95,8 +99,11 @@ async function recommend() {
   const user = $("user").value.trim();
   if (user) body.user_id = user;
   const tbody = $("recs").tBodies[0];
+  const ticket = ++recommendTicket;
   try {
     const data = await api("/v1/recommend", body);
+    if (ticket !== recommendTicket) return;
+    $("recs").dataset.history = body.history.join(",");
     tbody.replaceChildren(...data.items.map((item, n) => {
       const row = el("tr");
       row.dataset.id = item.id;
