@@ -490,7 +490,8 @@ def test_recommend_output_stays_one_id_per_line(cli: Callable, tmp_path: Path) -
     result = cli("recommend", run / "models/pop", "x", "-k", "4")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert len(lines) == 4 and all(len(line.split("\t")) == 2 for line in lines)
+    # id, score, title: the escapes keep every line at three tab-separated fields
+    assert len(lines) == 4 and all(len(line.split("\t")) == 3 for line in lines)
     unescape = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
 
     def decode(field: str) -> str:

@@ -47,6 +47,22 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
 
 
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from sidrec.data import summary
+    from sidrec.data.synth import SynthConfig, prepare_synthetic, write_synth
+
+    settings = merge({"n_items": args.items, "seed": args.seed}, parse_overrides(args.overrides))
+    record = write_synth(args.out, from_dict(SynthConfig, settings, "data synth"), args.force)
+    c = record["counts"]
+    done = "reused" if record["cached"] else f"made in {record['seconds']:.1f}s"
+    print(f"{args.out}: {c['items']:,} items, {c['users']:,} users, {c['interactions']:,} "
+          f"interactions ({done})")
+    if args.run_dir:
+        manifest = prepare_synthetic(args.run_dir, args.out, args.cold_fraction, args.seed)
+        print(summary(manifest))
+        print(f"wrote {args.run_dir}/dataset/ and embeddings.npy (encoder: synthetic)")
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
     from sidrec.embed import EmbedConfig, embed
 
@@ -138,8 +154,18 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     history = [h for h in args.history if "=" not in h]
     rec = sidrec.load(args.model_dir, on_unknown="skip" if args.skip_unknown else "error",
                       inference=parse_overrides(settings))
-    for item, score in rec.recommend(history, k=args.k):
-        print(f"{_tsv_field(item)}\t{score:.4f}")
+    recs = rec.recommend(history, k=args.k, exclude_seen=args.exclude_seen, user_id=args.user)
+    items = [{**info, "score": score} for info, (_, score) in
+             zip(rec.items([i for i, _ in recs]), recs, strict=True)]
+    if args.json:
+        import json
+
+        rows = [{k: i[k] for k in ("id", "score", "title", "cold")} for i in items]
+        print(json.dumps({"model": rec.name, "items": rows}, ensure_ascii=False))
+        return
+    for i in items:
+        title = i["title"] + (" [new item]" if i["cold"] else "")
+        print(f"{_tsv_field(i['id'])}\t{i['score']:.4f}\t{_tsv_field(title)}")
 
 
 def _tsv_field(text: str) -> str:
@@ -207,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_prepare)
+    p = data_sub.add_parser("synth", help="a synthetic catalogue of any size (scale tests)")
+    p.add_argument("out", help="folder for interactions.parquet, items.parquet, vectors.npy")
+    p.add_argument("--items", type=int, default=10_000, help="catalogue size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", help="also prepare this run directory from the tables, with "
+                   "the vectors as its embeddings.npy")
+    p.add_argument("--cold-fraction", type=float, default=0.0,
+                   help="with --run-dir: hold this fraction of the items out (cold)")
+    p.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="SynthConfig fields")
+    p.set_defaults(func=cmd_data_synth)
     p = data_sub.add_parser("stats", help="users, items, interactions, density, lengths, cold")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
@@ -257,13 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("recommend", help="top-k for one history of original item ids",
-                       description="Prints one line per item: id, a tab, the score. A "
-                       "backslash, tab, newline or carriage return inside an id is written "
-                       "\\\\, \\t, \\n or \\r.")
+                       description="Prints one line per item: id, score and title, "
+                       "tab-separated (an item not seen in training is marked [new item]). A "
+                       "backslash, tab, newline or carriage return inside an id or a title "
+                       "is written \\\\, \\t, \\n or \\r; --json prints them as they are.")
     p.add_argument("model_dir", help="runs/<name>/models/<model>")
     p.add_argument("history", nargs="+", help="original item ids, oldest first")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--skip-unknown", action="store_true", help="skip unknown ids (warn)")
+    p.add_argument("--exclude-seen", action="store_true", help="leave out the history's items")
+    p.add_argument("--user", help="a user id from training (its user token); default: an "
+                   "anonymous user")
+    p.add_argument("--json", action="store_true",
+                   help='print {"model", "items": [{"id", "score", "title", "cold"}]}')
     p.set_defaults(func=cmd_recommend, overrides=[])
 
     p = sub.add_parser("serve", help="recommendations over HTTP (FastAPI; explorer page at /)",
