@@ -238,20 +238,21 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
 
     @app.post("/v1/recommend", response_model=schemas.RecommendResponse,
               summary="Top-k items for one history")
-    async def recommend_one(body: schemas.RecommendRequest) -> dict[str, Any]:
+    async def recommend_one(body: schemas.RecommendRequest) -> JSONResponse:
         start, svc = time.perf_counter(), service()
-        return respond(svc, await run(await checked(body, svc)), start)
+        # built here, so FastAPI does not validate the answer again (response_model: docs)
+        return JSONResponse(respond(svc, await run(await checked(body, svc)), start))
 
     @app.post("/v1/recommend/batch", response_model=schemas.BatchResponse,
               summary="Several recommendation requests; results in the same order")
-    async def recommend_many(body: schemas.BatchRequest) -> dict[str, Any]:
+    async def recommend_many(body: schemas.BatchRequest) -> JSONResponse:
         start, svc = time.perf_counter(), service()
         if len(body.requests) > settings.max_batch_requests:
             raise ApiError(400, f"{len(body.requests)} requests; the limit is "
                            f"{settings.max_batch_requests}", "requests")
         queries = [await checked(r, svc, f"requests[{n}].") for n, r in enumerate(body.requests)]
         results = await asyncio.gather(*(run(q) for q in queries))
-        return {"results": [respond(svc, r, start) for r in results]}
+        return JSONResponse({"results": [respond(svc, r, start) for r in results]})
 
     @app.post("/v1/items", response_model=schemas.AddResponse,
               summary="Add items live (encoder -> tokenizer -> catalogue; persisted)")
