@@ -193,7 +193,7 @@ class SidIndex:
         """Allowed codes at `level` after prefix nodes [N] (-1 = dead prefix): [N, V] bool."""
         mask = self._mask(level)
         if mask is not None:  # one gather (see the module docstring)
-            return mask[node.clamp_min(0)] & (node >= 0)[:, None]
+            return mask.index_select(0, node.clamp_min(0)) & (node >= 0)[:, None]
         size = self.sizes[level]
         codes = torch.arange(size, device=node.device)
         cand = node.clamp_min(0)[:, None] * size + codes  # (N, V)

@@ -136,7 +136,7 @@ class LIGER(Recommender):
         self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
         self.register_buffer("text_emb", text, persistent=False)
         self.register_buffer("cold", catalogue.cold.bool(), persistent=False)
-        self.items = ItemVectors(self.dense.project_items, self.dense.item_proj.parameters)
+        self.dense_items = ItemVectors(self.dense.project_items, self.dense.item_proj.parameters)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         memory, pad = self.encoder(batch["history"], batch["user"], self.text_emb)
@@ -170,7 +170,7 @@ class LIGER(Recommender):
         self.gen.set_items(catalogue.cold)
         self.text_emb = catalogue_text(catalogue, self.name).to(self.text_emb.device)
         self.cold = catalogue.cold.bool().to(self.cold.device)
-        self.items.grown(before[0], self.text_emb, before[1], self.cold)
+        self.dense_items.grown(before[0], self.text_emb, before[1], self.cold)
 
     # -- inference -------------------------------------------------------------------
 
@@ -193,7 +193,7 @@ class LIGER(Recommender):
         """Dense scores cos(u, e_a) / τ of every item [B, n_items]."""
         with eval_mode(self):
             memory, _ = self.encode(history, users)
-            return self.dense.scores(memory[:, -1], self.items(self.text_emb))
+            return self.dense.scores(memory[:, -1], self.dense_items(self.text_emb))
 
     @torch.no_grad()
     def recommend(
@@ -229,10 +229,10 @@ class LIGER(Recommender):
                                     inference.include_cold, seen)
             beam_items, _ = self.gen.top_k(out, kk)  # (B, K)
             u = self.dense.user_vectors(memory[:, -1])  # (B, d) unit
-        vectors = self.items(self.text_emb)  # (n_items, d)
+        vectors = self.dense_items(self.text_emb)  # (n_items, d)
         e = F.normalize(vectors[beam_items.clamp_min(0)], dim=-1)  # (B, K, d)
         beam = ((u[:, None] * e).sum(-1) / tau).masked_fill(beam_items < 0, float("-inf"))
-        index = self.items.pool_index(self.text_emb, self.cold)
+        index = self.dense_items.pool_index(self.text_emb, self.cold)
         extra = history.shape[1] if seen is not None else 0  # room for seen cold items
         cold_items, cos = index.search(u, k + extra)  # (B, M)
         if seen is not None:

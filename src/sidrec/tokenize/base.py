@@ -223,11 +223,18 @@ def kmeans(x: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
 
 def nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index of the nearest centroid [n] int64, squared distance [n]) by exact L2 search."""
+    dist, idx = nearest_k(x, centroids, 1)
+    return idx[:, 0], dist[:, 0]
+
+
+def nearest_k(x: np.ndarray, centroids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(squared distances [n, k], centroid ids [n, k] int64) of the k nearest centroids of
+    each row of x [n, d], nearest first, by exact L2 search."""
     index = faiss.IndexFlatL2(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     with _faiss_threads(len(x) * len(centroids) * centroids.shape[1]):
-        dist, idx = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return idx[:, 0].astype(np.int64), dist[:, 0]
+        dist, idx = index.search(np.ascontiguousarray(x, dtype=np.float32), k)
+    return dist, idx.astype(np.int64)
 
 
 @contextlib.contextmanager

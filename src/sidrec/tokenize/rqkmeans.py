@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from sidrec.tokenize.base import Standardizer, Tokenizer, kmeans, nearest
+from sidrec.tokenize.base import Standardizer, Tokenizer, kmeans, nearest, nearest_k
 from sidrec.tokenize.config import RQKMeansConfig
 
 
@@ -36,17 +36,24 @@ class RQKMeansTokenizer(Tokenizer):
         cfg = self.cfg
         self.scaler = Standardizer.fit(warm, cfg.standardize)
         residual = self.scaler(warm)  # [n, d]
+        sample = None  # rows the balanced steps see (None: all)
+        limit = cfg.balanced_sample * cfg.codebook_size
+        if cfg.balanced and cfg.balanced_sample > 0 and len(warm) > limit:
+            rng = np.random.default_rng(cfg.seed)
+            sample = np.sort(rng.choice(len(warm), limit, replace=False))
         books = []
         for level in range(cfg.levels):
             # A different seed per level: the same seed would pick the same initial rows.
             centroids = kmeans(residual, cfg.codebook_size, cfg.kmeans_iters, cfg.seed + level)
             if cfg.balanced:
-                centroids = balanced_kmeans(residual, centroids, cfg.balanced_iters)
+                rows = residual if sample is None else residual[sample]
+                centroids = balanced_kmeans(rows, centroids, cfg.balanced_iters)
             codes, _ = nearest(residual, centroids)
-            residual = residual - centroids[codes]
+            residual -= centroids[codes]
             books.append(centroids)
         self.codebooks = np.stack(books)  # [L, K, d]
-        self.fit_log = {"n_fit": len(warm)}
+        self.fit_log = {"n_fit": len(warm),
+                        "n_balanced": len(warm) if sample is None else len(sample)}
 
     def _residual_pass(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         residual = self.scaler(vectors)  # [n, d]
@@ -83,9 +90,8 @@ def balanced_kmeans(x: np.ndarray, centroids: np.ndarray, iters: int) -> np.ndar
     capacity = math.ceil(len(x) / k)
     x = np.ascontiguousarray(x, dtype=np.float32)
     x_t = torch.from_numpy(x)  # shares memory
-    sq_norms = (x**2).sum(1)  # [n], reused by every assignment
     for _ in range(iters):
-        assign = balanced_assign(x, centroids, capacity, sq_norms)
+        assign = balanced_assign(x, centroids, capacity)
         counts = np.bincount(assign, minlength=k)
         sums = torch.zeros(k, x.shape[1]).index_add_(0, torch.from_numpy(assign), x_t)  # [K, d]
         # A centroid that no row ends up in keeps its old position.
@@ -96,23 +102,29 @@ def balanced_kmeans(x: np.ndarray, centroids: np.ndarray, iters: int) -> np.ndar
 
 
 def balanced_assign(
-    x: np.ndarray, centroids: np.ndarray, capacity: int, sq_norms: np.ndarray | None = None
+    x: np.ndarray, centroids: np.ndarray, capacity: int, candidates: int = 16
 ) -> np.ndarray:
     """Assign each row of x [n, d] to a centroid, at most `capacity` rows per centroid.
 
     Vectorised greedy rounds: every unassigned row proposes to its next-nearest centroid;
     each centroid accepts the closest proposers up to its remaining capacity. At most K
     rounds, since total capacity K * capacity >= n. Returns [n] int64.
+
+    A row's preference order is needed only as far as it gets: the `candidates` nearest
+    centroids of every row come from one faiss k-NN search (sorted, with their distances),
+    and a row that all of them refuse gets its full order then. `candidates=0` orders
+    every row fully up front (the reference: the same assignment). Sorting the full
+    [n, K] distance matrix (and holding it: 1 GB at 1 M x 256) was most of the fit.
     """
     n, k = len(x), len(centroids)
     if capacity * k < n:
         raise ValueError(f"capacity {capacity} x {k} centroids cannot hold {n} rows")
-    x = np.asarray(x, dtype=np.float32)
-    c = np.asarray(centroids, dtype=np.float32)
-    if sq_norms is None:
-        sq_norms = (x**2).sum(1)
-    d2 = sq_norms[:, None] - 2.0 * (x @ c.T) + (c**2).sum(1)[None, :]  # [n, K]
-    pref = np.argsort(d2, axis=1, kind="stable")  # [n, K] centroids by preference
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    width = k if candidates <= 0 else min(candidates, k)
+    dist, pref = nearest_k(x, centroids, width)  # (n, T) each, nearest first
+    more_dist = np.zeros((0, k), dtype=np.float32)  # full orders of rows that ran out
+    more_pref = np.zeros((0, k), dtype=np.int64)
+    more_row = np.full(n, -1, dtype=np.int64)  # row -> its line in more_*
     assign = np.full(n, -1, dtype=np.int64)
     load = np.zeros(k, dtype=np.int64)
     ptr = np.zeros(n, dtype=np.int64)  # next preference to try, per row
@@ -120,8 +132,21 @@ def balanced_assign(
         rows = np.flatnonzero(assign < 0)
         if len(rows) == 0:
             break
-        choice = pref[rows, ptr[rows]]  # [m]
-        order = np.lexsort((rows, d2[rows, choice], choice))  # by centroid, then distance
+        at = ptr[rows]
+        out = at >= width  # refused by all T nearest: needs its full order (rare)
+        fresh = rows[out & (more_row[rows] < 0)]
+        if len(fresh):
+            d_full, p_full = nearest_k(x[fresh], centroids, k)
+            more_row[fresh] = len(more_pref) + np.arange(len(fresh))
+            more_dist, more_pref = np.concatenate([more_dist, d_full]), np.concatenate(
+                [more_pref, p_full])
+        inside = ~out
+        choice = np.empty(len(rows), dtype=np.int64)
+        d = np.empty(len(rows), dtype=np.float32)
+        choice[inside], d[inside] = pref[rows[inside], at[inside]], dist[rows[inside], at[inside]]
+        line = more_row[rows[out]]
+        choice[out], d[out] = more_pref[line, at[out]], more_dist[line, at[out]]
+        order = np.lexsort((rows, d, choice))  # by centroid, then distance
         chosen = choice[order]
         first = np.searchsorted(chosen, chosen, side="left")
         rank = np.arange(len(order)) - first  # position among this centroid's proposers

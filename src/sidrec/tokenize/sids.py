@@ -97,9 +97,8 @@ def extend_sids(existing: np.ndarray, new_codes: np.ndarray) -> np.ndarray:
     # addition costs O(n) cheap passes over the catalogue, not a sort of it.
     old_keys, new_keys = keys
     prefixes, new_groups = np.unique(new_keys, return_inverse=True)
-    # kind="table": one bit per key in the new prefixes' range, a single pass over n keys.
-    table = int(prefixes[-1] - prefixes[0]) < 1 << 27
-    rows = np.flatnonzero(np.isin(old_keys, prefixes, kind="table" if table else None))
+    at = np.minimum(np.searchsorted(prefixes, old_keys), len(prefixes) - 1)  # (n,), m small
+    rows = np.flatnonzero(prefixes[at] == old_keys)
     next_free = np.zeros(len(prefixes), dtype=np.int64)
     np.maximum.at(next_free, np.searchsorted(prefixes, old_keys[rows]), existing[rows, levels] + 1)
     tokens = next_free[new_groups] + rank_in_group(new_groups.reshape(-1))
