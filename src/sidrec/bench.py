@@ -29,9 +29,10 @@ from sidrec.run import ModelDir, RunDir
 # The demo's bench takes ~12 min on 2 cores (2026-11-23), `full` (3 seeds) ~35. The
 # text-only Dense and the LIGER paper's controls, TIGER (T) and Dense (SID), add ~10 min a
 # seed on CPU: `paper` runs them, and `models=...` adds them to any profile.
-DEMO_MODELS = ("pop", "sasrec", "dense", "tiger", "liger", "cobra")
+DEMO_MODELS = ("pop", "sasrec", "dense", "tiger", "liger", "cobra", "cobra-no-dense",
+               "cobra-no-sparse")
 ALL_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "tiger-t", "liger",
-              "dense-sid", "cobra")
+              "dense-sid", "cobra", "cobra-no-dense", "cobra-no-sparse")
 
 
 @dataclass(frozen=True)
