@@ -279,3 +279,19 @@ def test_real_movielens_codebooks_do_not_collapse(method, ml100k_holdout_run, tm
     assert info["diagnostics"]["levels"][0]["usage"] >= 0.6
     sids, _ = RunDir(run).load_sids()
     assert len(np.unique(sids, axis=0)) == len(sids)
+
+
+def test_dead_codes_are_reset_from_the_whole_epoch_not_its_last_batch():
+    from sidrec.tokenize.rqvae import sample_residuals
+
+    gen = torch.Generator().manual_seed(0)
+    sample = None
+    for batch in range(10):  # 10 batches of 100 residuals, each tagged with its batch id
+        residuals = torch.full((2, 100, 3), float(batch))  # [L, B, latent]
+        sample = sample_residuals(sample, residuals, 100, gen)
+    rows, keys = sample
+    assert rows.shape == (2, 100, 3) and keys.shape == (100,)
+    counts = torch.bincount(rows[0, :, 0].long(), minlength=10)
+    assert (counts > 0).all()  # every batch of the epoch is represented ...
+    assert counts.max() <= 25  # ... about evenly (10 each on average), not the last one only
+    assert torch.equal(rows[0], rows[1])  # the levels are sampled at the same rows

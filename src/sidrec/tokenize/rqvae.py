@@ -10,9 +10,10 @@ r_1 = z, c_l = argmin_k ||r_l - e_{l,k}||, r_{l+1} = r_l - e_{l,c_l}; z_q = sum_
 with the straight-through estimator z_st = z + sg[z_q - z] feeding the decoder, beta=0.25.
 Each level's codebook is initialised by k-means (faiss) on that level's residuals of the
 first `max(batch_size, kmeans_init_items)` warm items of the first shuffle (TIGER: the
-first batch), and a code unused for a whole epoch is reset to a random residual of the
-epoch's last batch (both against codebook collapse, TIGER Sec. 4 "RQ-VAE"); resets stop
-after `reset_until` of the epochs. The SIDs are the codes (c_1..c_L).
+first batch), and a code unused for a whole epoch is reset to a residual drawn uniformly
+from the whole epoch (a reservoir sample, `sample_residuals`; both against codebook
+collapse, TIGER Sec. 4 "RQ-VAE"); resets stop after `reset_until` of the epochs. The
+SIDs are the codes (c_1..c_L).
 
 NOTE (deviations): squared errors are means over elements, not sums (a constant rescale
 of each term); r_{l+1} uses sg[e_{l,c_l}], so codebook l is trained only by its own
@@ -43,6 +44,24 @@ def mlp(widths: list[int]) -> nn.Sequential:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
+
+
+def sample_residuals(
+    sample: tuple[torch.Tensor, torch.Tensor] | None, residuals: torch.Tensor, size: int,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniform sample of `size` rows of every batch's residuals [L, B, latent] seen so far
+    (reservoir sampling by random keys: the `size` smallest keys are kept), so a dead code
+    is reset from the whole epoch, not from its last batch. Returns (rows [L, R, latent],
+    keys [R])."""
+    keys = torch.rand(residuals.shape[1], generator=gen).to(residuals.device)
+    if sample is not None:
+        residuals = torch.cat([sample[0], residuals], dim=1)
+        keys = torch.cat([sample[1], keys])
+    if len(keys) > size:
+        keys, keep = keys.topk(size, largest=False)
+        residuals = residuals[:, keep]
+    return residuals, keys
 
 class RQVAE(nn.Module):
     """The network. Inputs are already standardised vectors [B, d]."""
@@ -128,6 +147,7 @@ class RQVAETokenizer(Tokenizer):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # module initialisation
         gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and code resets
+        draw = torch.Generator().manual_seed(cfg.seed + 1)  # the epoch's residual sample
         self.scaler = Standardizer.fit(warm, cfg.standardize)
         x = torch.from_numpy(self.scaler(warm)).to(self.device)  # [n, d]
         n = len(x)
@@ -150,6 +170,7 @@ class RQVAETokenizer(Tokenizer):
                 perm = torch.randperm(n, generator=gen).to(self.device)
             usage = torch.zeros(cfg.levels, cfg.codebook_size, device=self.device)  # [L, K]
             totals = torch.zeros(4, device=self.device)
+            sample: tuple[torch.Tensor, torch.Tensor] | None = None  # residuals, their keys
             for start in range(0, n, bs):
                 out = model(x[perm[start : start + bs]])
                 opt.zero_grad(set_to_none=True)
@@ -160,8 +181,10 @@ class RQVAETokenizer(Tokenizer):
                 weight = len(codes) / n
                 terms = [out["loss"].detach(), out["recon"], out["codebook"], out["commit"]]
                 totals += weight * torch.stack(terms)
+                if epoch < reset_epochs:
+                    sample = sample_residuals(sample, out["residuals"].detach(), bs, draw)
             if epoch < reset_epochs:
-                resets += self._reset_dead_codes(usage, out["residuals"], gen)
+                resets += self._reset_dead_codes(usage, sample[0], gen)
             if epoch % 10 == 0 or epoch == cfg.epochs - 1:
                 row = dict(
                     zip(("loss", "recon", "codebook", "commit"), totals.tolist(), strict=True)
@@ -196,7 +219,8 @@ class RQVAETokenizer(Tokenizer):
     def _reset_dead_codes(
         self, usage: torch.Tensor, residuals: torch.Tensor, gen: torch.Generator
     ) -> int:
-        """Move codes unused in the epoch onto random residuals of the last batch."""
+        """Move codes unused in the epoch onto random residuals of the epoch's sample
+        `residuals` [L, R, latent]."""
         n_reset = 0
         batch = residuals.shape[1]
         for level in range(self.cfg.levels):
