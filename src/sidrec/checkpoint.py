@@ -1,4 +1,5 @@
-"""A trained model on disk: its record, weights, resume checkpoint, and `load_model`.
+"""A trained model on disk: its record, weights, resume checkpoint, the staging directory
+of a retrain (`workspace`, `publish`), and `load_model`.
 
 Files in `runs/<run>/models/<name>/` (`sidrec.run.ModelDir`):
 - `config.json`        model name, preset, model and train configs, hashes of the inputs
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +174,40 @@ def restore(
     ]
     if device.type == "cuda" and cuda_states:
         torch.cuda.set_rng_state_all(cuda_states)
+
+
+def workspace(final: ModelDir, config_hash: str, resume: bool,
+              verbose: bool = True) -> tuple[ModelDir, Any]:
+    """(directory to train in, checkpoint to resume or None), for the trainer.
+
+    The model directory itself when its checkpoint has this config; otherwise the
+    staging directory `.<name>.partial`, so the trained model stays intact (and
+    loadable) until its replacement is complete.
+    """
+    staging = ModelDir(final.root.parent / f".{final.name}.partial")
+    for candidate in (final, staging):
+        if resume and candidate.checkpoint.is_file():
+            ck = read_checkpoint(candidate.checkpoint)
+            if ck is not None and ck.state.config_hash == config_hash:
+                return candidate, ck
+            if ck is not None and candidate is final and verbose:
+                tqdm.write(f"{final.root}: settings or inputs changed since it was trained; "
+                           "training a new model beside it")
+    if not final.root.exists():
+        return final, None
+    return staging, None
+
+
+def publish(out: ModelDir, final: ModelDir) -> None:
+    """Move a completed staging directory over the model it replaces."""
+    if out.root == final.root:
+        return
+    old = final.root.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.root.exists():
+        os.replace(final.root, old)
+    os.replace(out.root, final.root)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_state(model_dir: ModelDir, state: TrainState) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -51,10 +50,11 @@ from sidrec import distributed
 from sidrec.checkpoint import (
     TrainState,
     model_record,
-    read_checkpoint,
+    publish,
     read_log,
     restore,
     save_weights,
+    workspace,
     write_checkpoint,
     write_inference,
     write_state,
@@ -164,7 +164,7 @@ def train(
     model = cls(settings.model, catalogue_for(cls, run, ds)).to(device)
     model.inference = settings.inference
     # Every rank reads the same files before rank 0 writes any (hence the barrier).
-    out, ck = _workspace(final, config_hash, resume, ctx.main)
+    out, ck = workspace(final, config_hash, resume, ctx.main)
     have_weights = ck is not None and out.weights.is_file()
     distributed.barrier(ctx)
     if ck is not None and ck.state.done:
@@ -251,7 +251,7 @@ def train(
         if progress and ctx.main:
             tqdm.write(f"{model.name}: nothing to train; valid {cfg.metric} = {state.best:.4f}")
     if ctx.main:
-        _publish(out, final)
+        publish(out, final)
     distributed.barrier(ctx)  # the other ranks return once the model is in place
     return _summary(final, state, cfg, resumed=resumed)
 
@@ -281,40 +281,6 @@ def _own_sids(run: RunDir, settings: dict[str, Any], ctx: Any, progress: bool) -
         run_tokenize(tagged, cfg, progress=progress)
     distributed.barrier(ctx)
     return tagged
-
-
-def _workspace(final: ModelDir, config_hash: str, resume: bool,
-               verbose: bool = True) -> tuple[ModelDir, Any]:
-    """(directory to train in, checkpoint to resume or None).
-
-    The model directory itself when its checkpoint has this config; otherwise the
-    staging directory `.<name>.partial`, so the trained model stays intact (and
-    loadable) until its replacement is complete.
-    """
-    staging = ModelDir(final.root.parent / f".{final.name}.partial")
-    for candidate in (final, staging):
-        if resume and candidate.checkpoint.is_file():
-            ck = read_checkpoint(candidate.checkpoint)
-            if ck is not None and ck.state.config_hash == config_hash:
-                return candidate, ck
-            if ck is not None and candidate is final and verbose:
-                tqdm.write(f"{final.root}: settings or inputs changed since it was trained; "
-                           "training a new model beside it")
-    if not final.root.exists():
-        return final, None
-    return staging, None
-
-
-def _publish(out: ModelDir, final: ModelDir) -> None:
-    """Move a completed staging directory over the model it replaces."""
-    if out.root == final.root:
-        return
-    old = final.root.parent / f".{final.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.root.exists():
-        os.replace(final.root, old)
-    os.replace(out.root, final.root)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _evaluate_epoch(model: Recommender, ds: Dataset, cfg: TrainConfig, runtime: RuntimeConfig,
