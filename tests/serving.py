@@ -3,7 +3,7 @@
 
 The run is the tiny two-genre catalogue of test_bench_api.py's kind (48 items, 64 users)
 with TIGER, LIGER and COBRA trained for one epoch at the cpu presets (so TIGER and LIGER
-have the anonymous user token), which takes about a minute on 2 cores; the session
+have the anonymous user token), which takes well under a minute on 2 cores; the session
 fixture `served_run` (conftest.py) builds it once for every serving test.
 """
 
@@ -48,19 +48,24 @@ def write_tables(folder: Path) -> tuple[Path, Path]:
 
 
 def train_tiny_run(folder: Path) -> Path:
-    """The run directory, with models/{tiger,liger,cobra} trained one epoch."""
-    from sidrec.bench import BenchConfig, TokenizeSettings, run_bench
-    from sidrec.data.prepare import PrepareConfig
+    """The run directory, with models/{tiger,liger,cobra} trained one epoch at the cpu
+    presets: the pipeline's stages called one by one (no evaluation, report or plots)."""
+    from sidrec.data.prepare import PrepareConfig, prepare
+    from sidrec.embed import EmbedConfig, embed
+    from sidrec.tokenize import run_tokenize, tokenizer_config
+    from sidrec.train import train
 
     inter, items = write_tables(folder)
-    cfg = BenchConfig(
-        prepare=PrepareConfig(source=str(inter), items=str(items), cold_mode="holdout",
-                              cold_fraction=0.1),
-        run_dir=str(folder / "run"),
-        tokenize=TokenizeSettings(options={"codebook_size": 4, "balanced": True}),
-        models=MODELS, train={"max_epochs": 1},
-    )
-    return Path(run_bench(cfg, progress=False)["run_dir"])
+    run = folder / "run"
+    prepare(run, PrepareConfig(source=str(inter), items=str(items), cold_mode="holdout",
+                               cold_fraction=0.1))
+    embed(run, EmbedConfig(device="cpu"), progress=False)
+    run_tokenize(run, tokenizer_config("rqkmeans", "small",
+                                       {"codebook_size": 4, "balanced": True}),
+                 device="cpu", progress=False)
+    for model in MODELS:
+        train(model, run, train_overrides={"max_epochs": 1}, progress=False)
+    return run
 
 
 def free_port() -> int:
