@@ -74,15 +74,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def load(model_dir: Path):
+    """`sidrec.load`, then one torch thread (the load sets min(4, cores)): these models are
+    tiny, and on a busy 2-core machine a second thread makes each call several times slower."""
+    import torch
+
+    import sidrec
+
+    rec = sidrec.load(model_dir)
+    torch.set_num_threads(1)
+    return rec
+
+
 class Server:
-    """`sidrec serve MODEL_DIR --port P [args]` in a subprocess; `url` is 127.0.0.1 only."""
+    """`sidrec serve MODEL_DIR --port P [args]` in a subprocess (one torch thread unless
+    `args` sets threads=); `url` is 127.0.0.1 only."""
 
     def __init__(self, model_dir: Path, *args: str, log: Path, timeout: float = 90.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        threads = [] if any(a.startswith("threads=") for a in args) else ["threads=1"]
         command = [sys.executable, "-m", "sidrec.cli", "serve", str(model_dir), "--host",
-                   "127.0.0.1", "--port", str(self.port), *args]
+                   "127.0.0.1", "--port", str(self.port), *threads, *args]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
         with open(log, "ab") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,

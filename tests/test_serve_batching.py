@@ -16,9 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving import N_ITEMS, copy_of, metric, post_all, running
-
-import sidrec
+from serving import N_ITEMS, copy_of, load, metric, post_all, running
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +64,16 @@ def queries(n: int, seed: int) -> list[dict]:
 @pytest.mark.parametrize("model", ["tiger", "liger", "cobra"])
 def test_batched_answers_equal_offline(servers, run: Path, model: str) -> None:
     server = servers(model)
-    bodies = queries(48, seed=1)
+    bodies = queries(32, seed=1)
     before = httpx.get(f"{server.url}/metrics").text
-    responses = post_all(f"{server.url}/v1/recommend", bodies, concurrency=48)
+    responses = post_all(f"{server.url}/v1/recommend", bodies, concurrency=32)
     assert [r.status_code for r in responses] == [200] * len(bodies)
     after = httpx.get(f"{server.url}/metrics").text
     calls = metric(after, "sidrec_batch_size_count") - metric(before, "sidrec_batch_size_count")
     rows = metric(after, "sidrec_batch_size_sum") - metric(before, "sidrec_batch_size_sum")
     assert rows == len(bodies) and calls < len(bodies), "no request was batched with another"
 
-    offline = sidrec.load(run / "models" / model)
+    offline = load(run / "models" / model)
     for body, response in zip(bodies, responses, strict=True):
         served = response.json()["items"]
         alone = offline.recommend(body["history"], k=body["k"],

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import sid_batch, sid_catalogue
+from serving import load
 
-import sidrec
 from sidrec.models.sid_parts import SIDEncoder, SIDTokens, user_bucket
 from sidrec.models.tiger import TIGER, TIGERConfig
 from sidrec.models.transformer import StackConfig
@@ -64,7 +64,7 @@ def test_dropout_swaps_user_tokens_in_training_only() -> None:
 
 @pytest.mark.parametrize("name", ["tiger", "liger"])
 def test_api_reads_the_user_token(served_run: Path, name: str) -> None:
-    rec = sidrec.load(served_run / "models" / name)
+    rec = load(served_run / "models" / name)
     assert rec.model.cfg.user_dropout > 0  # the cpu preset trains the anonymous token
     history = ["i01", "i03", "i05"]
     encoded = torch.tensor([[rec.index[i] for i in history]])
