@@ -27,8 +27,12 @@ peak RSS it reports (`ru_maxrss` of that process, from `os.wait4`) is its own.
   (`set_catalogue`: SID trie, item vectors, cold-pool index), and `Service.add_items`
   end to end with the encoder stubbed out (it also copies the catalogue's arrays).
 
+- ratio: TIGER decoding and the LIGER hybrid at N and at 10k, their batches interleaved in
+  one process, so both sizes see the same machine (it is shared: load varies by minutes).
+
 The last two lines compare constrained decoding and the LIGER hybrid at the largest size
-with 10k. Results go to `<work>/scale.json`, the plot to `--plot` (docs/scale.png).
+with 10k (from the interleaved ratio stage). Results go to `<work>/scale.json`, the plot
+to `--plot` (docs/scale.png).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import torch
 SIZES = (10_000, 100_000, 1_000_000)
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("synth", "prepare", "embeddings", "rqkmeans", "rqvae", "trie", "decode", "liger",
-          "cobra", "dense", "add")
+          "cobra", "dense", "add", "ratio")
 
 
 @dataclass(frozen=True)
@@ -257,8 +261,12 @@ def stage_liger(n: int, work: Path, opt: Options) -> dict[str, Any]:
         ups_index, got = users_per_s(model, history, users, opt, forced)
         out.update(index_seconds=t_index, index_users_per_s=ups_index,
                    index_recall=recall(got, want))
-    else:
-        out.update(index_users_per_s=ups, index_recall=out["recall"])
+    else:  # the default: the recall / speed trade-off of the fraction of cells scanned
+        out.update(index_users_per_s=ups, index_recall=out["recall"], probes={})
+        for probe in (0.125, 0.25, 0.375):
+            ups_p, got = users_per_s(model, history, users, opt,
+                                     replace(auto, cold_probe=probe))
+            out["probes"][str(probe)] = {"users_per_s": ups_p, "recall": recall(got, want)}
     return out
 
 
@@ -386,6 +394,30 @@ def stage_add(n: int, work: Path, opt: Options) -> dict[str, Any]:
     return out
 
 
+def stage_ratio(n: int, work: Path, opt: Options) -> dict[str, Any]:
+    """Users/s at n vs at the smallest size, batches of the two interleaved in one
+    process: on a machine shared with other jobs, load comes and goes over minutes, and two
+    stages run minutes apart can see 5x different machines."""
+    small = SIZES[0]
+    out: dict[str, Any] = {}
+    for name, inference in (("tiger", {"beam": 20}), ("liger", {"beam": 20, "hybrid_k": 20})):
+        runs = [load_model(name, size, work, inference)[:3] for size in (small, n)]
+        seconds = [0.0, 0.0]
+        b = opt.batch
+        for model, history, users in runs:
+            model.recommend(history[:b], users[:b], 10)  # warm-up: lazy indexes and caches
+        for _ in range(opt.repeats):
+            for lo in range(b, b + opt.users, b):
+                for i, (model, history, users) in enumerate(runs):
+                    seconds[i] += timed(model.recommend, history[lo : lo + b],
+                                        users[lo : lo + b], 10)[1]
+        done = opt.users * opt.repeats
+        out[name] = {"small_users_per_s": done / seconds[0], "users_per_s": done / seconds[1],
+                     "ratio": seconds[0] / seconds[1]}
+        del runs
+    return {**out, "small": small}
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -419,7 +451,7 @@ def run_all(sizes: list[int], work: Path, opt: Options, inline: bool = False,
     for i, n in enumerate(sizes):
         row = record["sizes"].setdefault(str(n), {})
         for name in stages:
-            if name == "rqvae" and n != 100_000:
+            if (name == "rqvae" and n != 100_000) or (name == "ratio" and i == 0):
                 continue
             o = opt if i == 0 or name != "add" else replace(opt, encode_texts=False)
             load = os.getloadavg()[0]
@@ -461,6 +493,10 @@ METRICS = [  # (stage, key, label, format)
     ("dense", "sasrec.exact_users_per_s", "SASRec-style top-10 exact (users/s)", "{:,.0f}"),
     ("dense", "sasrec.index_users_per_s", "SASRec-style top-10 IVF (users/s)", "{:,.0f}"),
     ("dense", "sasrec.recall", "SASRec-style IVF recall@10", "{:.4f}"),
+    ("ratio", "tiger.users_per_s", "TIGER decode, interleaved with 10k (users/s)", "{:.1f}"),
+    ("ratio", "tiger.small_users_per_s", "  10k in the same batches (users/s)", "{:.1f}"),
+    ("ratio", "liger.users_per_s", "LIGER hybrid, interleaved with 10k (users/s)", "{:.1f}"),
+    ("ratio", "liger.small_users_per_s", "  10k in the same batches (users/s)", "{:.1f}"),
     ("add", "text_items_per_s", "add_items: text encoding (items/s)", "{:,.0f}"),
     ("add", "sid_index_items_per_s", "add_items: SID + index update (items/s)", "{:,.0f}"),
     ("add", "api_items_per_s", "add_items: Service end to end, no encoder (items/s)", "{:,.0f}"),
@@ -495,13 +531,17 @@ def table(record: dict[str, Any]) -> str:
 
 
 def ratios(record: dict[str, Any]) -> list[str]:
+    """The last lines: users/s at the largest size over users/s at the smallest, from the
+    interleaved `ratio` stage when it ran, else from the two sizes' own stages."""
     sizes = sorted(record["sizes"], key=int)
     first, last = record["sizes"][sizes[0]], record["sizes"][sizes[-1]]
     out = []
-    for stage, what in (("decode", "decode"), ("liger", "liger hybrid")):
+    for stage, model, what in (("decode", "tiger", "decode"), ("liger", "liger", "liger hybrid")):
+        paired = get(last, "ratio", f"{model}.ratio")
         a, b = get(first, stage, "users_per_s"), get(last, stage, "users_per_s")
-        value = f"{b / a:.2f}" if a and b else "n/a"
-        out.append(f"{what} users/s at {label(int(sizes[-1]))} items = {value} x at "
+        value = paired if paired is not None else (b / a if a and b else None)
+        text = "n/a" if value is None else f"{value:.2f}"
+        out.append(f"{what} users/s at {label(int(sizes[-1]))} items = {text} x at "
                    f"{label(int(sizes[0]))}")
     return out
 

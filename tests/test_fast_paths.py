@@ -1,6 +1,7 @@
 """Every fast path added for large catalogues equals its reference on small data.
 
-- SidIndex: the dense child-mask tables == the sorted-key search; `extended` == a rebuild.
+- SidIndex: child-mask tables == scattered runs of the sorted keys == brute force;
+  `extended` == a rebuild.
 - extend_sids / collision tokens: mixed-radix keys == numbering unique rows.
 - GenerativeSIDHead.set_items on a grown catalogue == building its indexes afresh.
 - ItemIndex: chunked exact search == one product; IVF probing every cell == exact.
@@ -44,7 +45,7 @@ def random_sids(n: int, sizes: tuple[int, ...], seed: int) -> torch.Tensor:
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 200), st.integers(0, 10_000))
-def test_mask_tables_equal_the_sorted_key_search(n, seed):
+def test_mask_tables_equal_the_runs_of_sorted_keys(n, seed):
     sids = random_sids(n, (5, 3, 4), seed)
     sizes = (5, 3, 4, int(sids[:, -1].max()) + 1 if n else 1)
     fast, slow = SidIndex(sids, sizes), SidIndex(sids, sizes, mask_budget=0)
@@ -53,7 +54,15 @@ def test_mask_tables_equal_the_sorted_key_search(n, seed):
         parents = len(fast.keys[level - 1]) if level else 1
         node = torch.randint(-1, max(parents, 1), (50,), generator=g)
         assert torch.equal(fast.children_mask(level, node), slow.children_mask(level, node))
-    if n:  # the reference really searched, the fast one really gathered
+        code = torch.randint(-1, sizes[level] + 1, (50,), generator=g)
+        assert torch.equal(fast.child(level, node, code), slow.child(level, node, code))
+        want = torch.zeros(len(node), sizes[level], dtype=torch.bool)  # by brute force
+        for row, parent in enumerate(node.tolist()):
+            for code in range(sizes[level]) if parent >= 0 else ():
+                want[row, code] = bool((fast._find(level, torch.tensor(
+                    [parent * sizes[level] + code])) >= 0).item())
+        assert torch.equal(slow.children_mask(level, node), want)
+    if n:  # the table path really gathered, the other really scattered runs
         assert slow._mask(1) is None and fast._mask(1) is not None
 
 
@@ -217,3 +226,38 @@ def test_liger_indexed_hybrid_equals_exact_hybrid_and_after_adding_items(exclude
     assert int(new[:, -1].max()) < 12
     model.set_catalogue(grown)
     agree()
+
+
+# ---------------------------------------------------------------- balanced RQ-KMeans
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_assign_from_nearest_candidates_equals_full_orders(seed):
+    from sidrec.tokenize.rqkmeans import balanced_assign
+
+    rng = np.random.default_rng(seed)
+    # a few dense blobs and many centroids: most rows are refused by their 4 nearest
+    x = (rng.standard_normal((6, 8)) * 4)[rng.integers(0, 6, 3000)] + rng.standard_normal(
+        (3000, 8))
+    centroids = x[rng.choice(3000, 48, replace=False)].astype(np.float32)
+    capacity = int(np.ceil(3000 / 48))
+    fast = balanced_assign(x, centroids, capacity, candidates=4)
+    np.testing.assert_array_equal(fast, balanced_assign(x, centroids, capacity, candidates=0))
+    assert np.bincount(fast, minlength=48).max() <= capacity
+
+
+def test_liger_one_encoder_pass_is_bit_identical_to_generate_plus_score():
+    # The hybrid used to encode the history twice (generate, then score); one pass now.
+    cat = sid_catalogue(n=40, n_cold=12, text_dim=12)
+    model = LIGER(TINY, cat).eval()
+    b = sid_batch(cat)
+    for exclude in (False, True):
+        inference = LIGERInference(beam=6, hybrid_k=6, exclude_history=exclude)
+        dense = model.score(b["history"], b["user"])
+        if exclude:
+            dense = dense.index_put((torch.arange(8)[:, None].expand(8, 5)[b["history"] >= 0],
+                                     b["history"][b["history"] >= 0]), torch.tensor(-torch.inf))
+        beam, _ = model.gen.top_k(model.generate(b["history"], b["user"], inference), 6)
+        want = liger_rerank(beam, model.cold, dense, 8)
+        got = model.recommend(b["history"], b["user"], 8, inference)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -9,13 +9,14 @@ search; LIGER and COBRA reuse the same function. Everything is batched over user
   structure (`SidIndex`) is built once as tensors: at level t, every valid prefix of
   length t+1 is a node, numbered by its rank among the sorted keys
   `parent_node * V_t + code_t` (the keys stay below n_items * V_t, so no overflow however
-  many levels there are). A beam's allowed next codes are one row of a dense table
-  `[n_nodes_{t-1}, V_t]` bool per level, built from the keys on first use, so the mask of
-  all rows is one gather whose cost grows with the codebook, not the catalogue; a level
-  whose table would pass `mask_budget` entries falls back to a membership test of
-  `node * V_t + arange(V_t)` in the sorted keys (`torch.searchsorted`, ~30x slower at
-  1 M items: a binary search per candidate, each a cache miss). No Python loop per user
-  or beam either way.
+  many levels there are). A beam's allowed next codes (and the nodes they lead to) are one
+  row of a dense table `[n_nodes_{t-1}, V_t]` of child node ids per level, built from the
+  keys on first use, so the mask of all rows is one gather whose cost grows with the
+  codebook, not the catalogue; a level whose table would pass `mask_budget` entries (the
+  collision level at 1 M items: 626k prefixes x 608) scatters each row's children
+  instead, one run of the sorted keys per node. (Both replace a membership test of
+  `node * V_t + arange(V_t)` in the sorted keys, a binary search per candidate, each a
+  cache miss: ~30x slower at 1 M items.) No Python loop per user or beam either way.
 - Items added later (`SidIndex.extended`) are merged into the sorted keys level by level
   (O(n) per level) instead of rebuilding the index.
 - Unconstrained mode (paper-faithful): any code sequence may come out; those that are no
@@ -44,7 +45,7 @@ from sidrec.errors import SidrecError
 StepFn = Callable[[torch.Tensor, int, Any], tuple[torch.Tensor, Any]]
 
 
-MASK_BUDGET = 1 << 28  # entries (bytes) of one level's dense child table; beyond: search
+MASK_BUDGET = 1 << 26  # entries (int32) of one level's dense child table; beyond: runs
 
 
 class SidIndex:
@@ -87,6 +88,7 @@ class SidIndex:
         self.leaf_items = torch.full((len(sids),), -1, dtype=torch.int64)
         self.leaf_items[node] = items  # (n,)
         self._masks: list[torch.Tensor | None] = [None] * len(self.sizes)
+        self._runs: list[torch.Tensor | None] = [None] * len(self.sizes)
 
     def _check(self, sids: torch.Tensor) -> None:
         if sids.dim() != 2 or sids.shape[1] != len(self.sizes):
@@ -114,11 +116,13 @@ class SidIndex:
         out.sizes, out.mask_budget = self.sizes, self.mask_budget
         out.keys, out.leaf_items = keys, leaf_items
         out._masks = [None] * len(self.sizes)
+        out._runs = [None] * len(self.sizes)
         return out
 
     def to(self, device: torch.device | str) -> SidIndex:
         out = self._like([k.to(device) for k in self.keys], self.leaf_items.to(device))
         out._masks = [None if m is None else m.to(device) for m in self._masks]
+        out._runs = [None if r is None else r.to(device) for r in self._runs]
         return out
 
     def extended(self, sids: torch.Tensor, items: torch.Tensor) -> SidIndex:
@@ -177,33 +181,57 @@ class SidIndex:
         return torch.where(table[pos] == keys, pos, -1)
 
     def _mask(self, level: int) -> torch.Tensor | None:
-        """Allowed children of every node of level-1: [n_nodes_{level-1}, V] bool, built once
-        (None when larger than `mask_budget`)."""
+        """Children of every node of level-1: [n_nodes_{level-1}, V] int32, the child's node
+        id or -1, built once (None when larger than `mask_budget` entries)."""
         if self._masks[level] is None:
             size, keys = self.sizes[level], self.keys[level]
             parents = len(self.keys[level - 1]) if level else 1
-            if parents * size > self.mask_budget:
+            if parents * size > self.mask_budget or len(keys) >= 2**31:
                 return None
-            mask = torch.zeros(max(parents, 1), size, dtype=torch.bool, device=keys.device)
-            mask[keys // size, keys % size] = True
-            self._masks[level] = mask
+            table = torch.full((max(parents, 1), size), -1, dtype=torch.int32,
+                               device=keys.device)
+            table[keys // size, keys % size] = torch.arange(
+                len(keys), dtype=torch.int32, device=keys.device)
+            self._masks[level] = table
         return self._masks[level]
 
     def children_mask(self, level: int, node: torch.Tensor) -> torch.Tensor:
         """Allowed codes at `level` after prefix nodes [N] (-1 = dead prefix): [N, V] bool."""
-        mask = self._mask(level)
-        if mask is not None:  # one gather (see the module docstring)
-            return mask.index_select(0, node.clamp_min(0)) & (node >= 0)[:, None]
-        size = self.sizes[level]
-        codes = torch.arange(size, device=node.device)
-        cand = node.clamp_min(0)[:, None] * size + codes  # (N, V)
-        return (self._find(level, cand) >= 0) & (node >= 0)[:, None]
+        table = self._mask(level)
+        if table is not None:  # one gather (see the module docstring)
+            return (table.index_select(0, node.clamp_min(0)) >= 0) & (node >= 0)[:, None]
+        # Too many nodes x codes for a table (e.g. the collision level at 1 M items): the
+        # children of a node are one run of the sorted keys; scatter the runs of the N rows.
+        size, keys = self.sizes[level], self.keys[level]
+        start = self._starts(level)  # (n_parents + 1,)
+        parent = node.clamp_min(0)
+        first = start[parent]
+        count = torch.where(node >= 0, start[parent + 1] - first, 0)  # (N,)
+        row = torch.repeat_interleave(torch.arange(len(node), device=node.device), count)
+        offset = torch.arange(len(row), device=node.device) - torch.repeat_interleave(
+            torch.cumsum(count, 0) - count, count)
+        out = torch.zeros(len(node), size, dtype=torch.bool, device=node.device)
+        out[row, keys[torch.repeat_interleave(first, count) + offset] % size] = True
+        return out
+
+    def _starts(self, level: int) -> torch.Tensor:
+        """Where each node of level-1's children begin in keys[level] (+ the end): [P + 1]."""
+        if self._runs[level] is None:
+            keys, size = self.keys[level], self.sizes[level]
+            parents = len(self.keys[level - 1]) if level else 1
+            bounds = torch.arange(parents + 1, device=keys.device) * size
+            self._runs[level] = torch.searchsorted(keys, bounds)
+        return self._runs[level]
 
     def child(self, level: int, node: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """Node reached from `node` by `code` (same shapes), -1 when not a valid prefix
         (a code outside [0, sizes[level]) included: its key would alias another node's)."""
         size = self.sizes[level]
-        found = self._find(level, node.clamp_min(0) * size + code.clamp(0, size - 1))
+        table = self._mask(level) if self._masks[level] is not None else None
+        if table is not None:  # the table decoding built: a gather, not a search
+            found = table[node.clamp_min(0), code.clamp(0, size - 1)].long()
+        else:
+            found = self._find(level, node.clamp_min(0) * size + code.clamp(0, size - 1))
         return torch.where((node >= 0) & (code >= 0) & (code < size), found, -1)
 
     def lookup(self, sids: torch.Tensor) -> torch.Tensor:

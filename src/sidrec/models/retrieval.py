@@ -7,9 +7,12 @@ faiss IVF-Flat index when the catalogue is large (`exact_below`), since a brute-
 
 IVF-Flat, not HNSW: on clustered item vectors (text embeddings, and the synthetic
 catalogue of `sidrec data synth`) an HNSW graph (M 32, efSearch 512) found 0.96 of the
-exact top-10 of 100k cold items while IVF-Flat probing 1/8 of its cells found 0.99+ in
-a quarter of the time, and adding items to IVF is one nearest-cell lookup each
-(benchmarks/bench_scale.py measures recall against exact search at every size).
+exact top-10 of 100k items where IVF-Flat probing a quarter of its cells found 0.99, and
+adding items to IVF is one nearest-cell lookup each. A quarter, not the usual few
+percent: the queries of an untrained model lie far from every item (cosine ~0.45 to the
+nearest), and there 1/8 of 1,265 cells found 0.94 of the top-10 of 100k items, 1/4 0.990,
+3/8 0.997 (benchmarks/bench_scale.py measures the recall of exact search at every size);
+a trained model's queries, near their items, need fewer cells.
 """
 
 from __future__ import annotations
@@ -62,12 +65,13 @@ class ItemIndex:
     COBRA and LIGER score) or searched as they are (dot products, SASRec-style); ids [N]
     is the item id of each row (default 0..N-1). Below `exact_below` rows the search is
     exact; above it, a faiss IVF-Flat index: k-means cells (nlist = 4 sqrt(N)), each query
-    scores the items of the `probe` fraction of cells nearest to it exactly. `add` appends
-    rows in place (an IVF row goes to its nearest cell; the cells are not refitted).
+    scores the items of the `probe` fraction of cells nearest to it exactly (`search` may
+    ask for another fraction). `add` appends rows in place (an IVF row goes to its nearest
+    cell; the cells are not refitted).
     """
 
     def __init__(self, vectors: torch.Tensor, ids: torch.Tensor | None = None,
-                 exact_below: int = EXACT_BELOW, normalize: bool = True, probe: float = 0.125,
+                 exact_below: int = EXACT_BELOW, normalize: bool = True, probe: float = 0.25,
                  seed: int = 0) -> None:
         self.normalize = normalize
         self.vectors = self._prepare(vectors)
@@ -87,9 +91,9 @@ class ItemIndex:
             x = self.vectors.cpu().numpy()
             index.train(x)
             index.add_with_ids(x, self.ids.cpu().numpy())
-            index.nprobe = max(1, math.ceil(probe * nlist))
             self._faiss = index
             self.vectors = self.vectors[:0]  # faiss holds the rows
+        self.probe = probe
 
     def _prepare(self, vectors: torch.Tensor) -> torch.Tensor:
         vectors = vectors.detach().float()
@@ -108,10 +112,12 @@ class ItemIndex:
             self.vectors = torch.cat([self.vectors, x])
         self.ids = torch.cat([self.ids, ids])
 
-    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, queries: torch.Tensor, k: int, probe: float | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids [B, k'], scores [B, k']) of the best rows, best first: cosine (or dot
-        products) to queries [B, d]. Exact: k' = min(k, N); IVF: k' = k, ids -1 and scores
-        -inf where fewer than k rows were found."""
+        products) to queries [B, d]. Exact: k' = min(k, N); IVF (scanning the `probe`
+        fraction of its cells, default the index's own): k' = k, ids -1 and scores -inf
+        where fewer than k rows were found."""
         if self.exact:
             if self.normalize and len(self.vectors) <= EXACT_CHUNK:  # one product, as before
                 rows, scores = cosine_topk(queries, self.vectors.to(queries.device), k)
@@ -121,6 +127,8 @@ class ItemIndex:
             return self.ids.to(queries.device)[rows], scores
         q = queries.detach().float()
         q = (F.normalize(q, dim=-1) if self.normalize else q).cpu().numpy()
+        fraction = self.probe if probe is None else probe
+        self._faiss.nprobe = max(1, math.ceil(fraction * self._faiss.nlist))
         scores, ids = self._faiss.search(q, k)
         ids_t, scores_t = torch.from_numpy(ids), torch.from_numpy(scores)
         scores_t = scores_t.masked_fill(ids_t < 0, float("-inf"))

@@ -49,7 +49,8 @@ class RQKMeansTokenizer(Tokenizer):
                 rows = residual if sample is None else residual[sample]
                 centroids = balanced_kmeans(rows, centroids, cfg.balanced_iters)
             codes, _ = nearest(residual, centroids)
-            residual -= centroids[codes]
+            for lo in range(0, len(residual), 65_536):  # in place, no [n, d] temporary
+                residual[lo : lo + 65_536] -= centroids[codes[lo : lo + 65_536]]
             books.append(centroids)
         self.codebooks = np.stack(books)  # [L, K, d]
         self.fit_log = {"n_fit": len(warm),
