@@ -130,6 +130,7 @@ def resolve_config(
     *,
     inference_overrides: dict[str, Any] | None = None,
     runtime_overrides: dict[str, Any] | None = None,
+    tokenizer_overrides: dict[str, Any] | None = None,
     directory: Path | None = None,
 ) -> RunSettings:
     """Every setting of a run of `model_name`.
@@ -137,6 +138,8 @@ def resolve_config(
     Precedence, lowest first: dataclass defaults, `configs/train.yaml[preset].train`,
     `configs/<model>.yaml[preset]`, then the overrides. `train_overrides` may also name
     runtime settings (device, num_threads, eval_batch_size): they go to `runtime`.
+    `tokenizer_overrides` change a preset's own tokenizer settings (e.g. {"method":
+    "rqkmeans"} for COBRA's paper preset, whose RQ-VAE takes 20k epochs).
     """
     cls = get_model_class(model_name)
     own: dict[str, Any] = {}
@@ -162,7 +165,8 @@ def resolve_config(
                             merge(own.get("inference") or {}, inference_overrides or {}),
                             f"{where}.inference"),
         runtime=from_dict(RuntimeConfig, runtime_over, f"{where}.runtime"),
-        tokenizer=own.get("tokenizer") if cls.needs_sids else None,
+        tokenizer=(merge(own["tokenizer"], tokenizer_overrides or {})
+                   if cls.needs_sids and own.get("tokenizer") is not None else None),
     )
     check_train_config(settings.train)
     check_runtime_config(settings.runtime)

@@ -127,6 +127,7 @@ def train(
     *,
     inference_overrides: dict[str, Any] | None = None,
     runtime_overrides: dict[str, Any] | None = None,
+    tokenizer_overrides: dict[str, Any] | None = None,
     name: str | None = None,
     resume: bool = True,
     dataset: Dataset | None = None,
@@ -136,7 +137,8 @@ def train(
     """Train `model_name` on `run_dir` into `run_dir/models/<name or model_name>/`.
 
     `train_overrides` may also hold runtime settings (device, num_threads,
-    eval_batch_size, compile); see `sidrec.presets`. `dataset` replaces
+    eval_batch_size, compile); see `sidrec.presets`; `tokenizer_overrides` change the
+    preset's own tokenizer settings, if it has them. `dataset` replaces
     `Dataset.load(run_dir)` (tests, notebooks). `on_epoch_end` is called with each epoch's
     log entry after its checkpoint is written. Under torchrun every process calls this
     (and `on_epoch_end`) and gets the same summary. Returns a summary: {"model_dir",
@@ -145,7 +147,8 @@ def train(
     run = RunDir(run_dir)
     settings = resolve_config(model_name, preset, model_overrides, train_overrides,
                               inference_overrides=inference_overrides,
-                              runtime_overrides=runtime_overrides)
+                              runtime_overrides=runtime_overrides,
+                              tokenizer_overrides=tokenizer_overrides)
     ctx = distributed.setup(settings.runtime.device, settings.runtime.num_threads)
     device = ctx.device
     settings = replace(settings, train=for_device(settings.train, device.type))
