@@ -123,6 +123,8 @@ def test_the_server_keeps_serving_after_bad_input(client: httpx.Client) -> None:
     assert metric(text, 'sidrec_requests_total{route="/v1/recommend",status="400"') >= 1
     assert metric(text, 'sidrec_requests_total{route="/v1/recommend",status="422"') >= 1
     assert 'status="500"' not in text
+    # every request that failed on its way to the worker left the arriving count
+    assert metric(text, "sidrec_requests_arriving") == 0
 
 
 def test_health_metrics_docs_and_page(client: httpx.Client) -> None:

@@ -100,10 +100,12 @@ def _field(problem: dict[str, Any], list_body: str) -> str:
 
 
 class Guard:
-    """ASGI middleware: the body-size limit (413) and the request metrics."""
+    """ASGI middleware: the body-size limit (413), the request metrics, and the count of
+    recommendation requests on their way to the worker (`InferenceWorker.arriving`)."""
 
-    def __init__(self, app: Any, max_body: int, metrics: Metrics) -> None:
-        self.app, self.max_body, self.metrics = app, max_body, metrics
+    def __init__(self, app: Any, max_body: int, metrics: Metrics,
+                 worker: InferenceWorker) -> None:
+        self.app, self.max_body, self.metrics, self.worker = app, max_body, metrics, worker
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -128,6 +130,9 @@ class Guard:
                 status[0] = message["status"]
             await send(message)
 
+        if scope["path"].startswith("/v1/recommend"):
+            scope[ARRIVING] = True
+            self.worker.arriving += 1
         try:
             if length > self.max_body:
                 await _error(413, f"request body over {self.max_body} bytes")(scope, receive,
@@ -135,8 +140,18 @@ class Guard:
             else:
                 await self.app(scope, limited, sending)
         finally:
+            arrived(scope, self.worker)
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe(route, status[0], time.perf_counter() - start)
+
+
+ARRIVING = "sidrec.arriving"
+
+
+def arrived(scope: dict, worker: InferenceWorker) -> None:
+    """This request is about to be queued (or is over): no longer on its way."""
+    if scope.pop(ARRIVING, False):
+        worker.arriving -= 1
 
 
 def _error(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
@@ -155,7 +170,8 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
         return lambda: float(getattr(worker.service, attr, 0) if worker.service else 0)
 
     metrics.watch(size("n_items"), lambda: float(len(worker.service.added))
-                  if worker.service else 0.0, lambda: float(worker.depth), size("n_invalid"))
+                  if worker.service else 0.0, lambda: float(worker.depth), size("n_invalid"),
+                  lambda: float(worker.arriving))
 
     async def queued(query: Query) -> Recommendations:
         future = worker.submit(query)
@@ -174,7 +190,7 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
                   "COBRA, ...): POST /v1/recommend; the explorer page is at /.",
                   responses={400: {"model": schemas.ErrorResponse},
                              422: {"model": schemas.ErrorResponse}})
-    app.add_middleware(Guard, max_body=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(Guard, max_body=settings.max_body_bytes, metrics=metrics, worker=worker)
     static = resources.files("sidrec.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -238,19 +254,22 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
 
     @app.post("/v1/recommend", response_model=schemas.RecommendResponse,
               summary="Top-k items for one history")
-    async def recommend_one(body: schemas.RecommendRequest) -> JSONResponse:
+    async def recommend_one(body: schemas.RecommendRequest, request: Request) -> JSONResponse:
         start, svc = time.perf_counter(), service()
+        query = await checked(body, svc)
+        arrived(request.scope, worker)
         # built here, so FastAPI does not validate the answer again (response_model: docs)
-        return JSONResponse(respond(svc, await run(await checked(body, svc)), start))
+        return JSONResponse(respond(svc, await run(query), start))
 
     @app.post("/v1/recommend/batch", response_model=schemas.BatchResponse,
               summary="Several recommendation requests; results in the same order")
-    async def recommend_many(body: schemas.BatchRequest) -> JSONResponse:
+    async def recommend_many(body: schemas.BatchRequest, request: Request) -> JSONResponse:
         start, svc = time.perf_counter(), service()
         if len(body.requests) > settings.max_batch_requests:
             raise ApiError(400, f"{len(body.requests)} requests; the limit is "
                            f"{settings.max_batch_requests}", "requests")
         queries = [await checked(r, svc, f"requests[{n}].") for n, r in enumerate(body.requests)]
+        arrived(request.scope, worker)
         results = await asyncio.gather(*(run(q) for q in queries))
         return JSONResponse({"results": [respond(svc, r, start) for r in results]})
 

@@ -5,6 +5,7 @@
     sidrec_batch_size                         rows per model call (dynamic batching)
     sidrec_catalogue_items, sidrec_added_items  catalogue size, items added after training
     sidrec_queue_depth                        queries waiting for the inference worker
+    sidrec_requests_arriving                  recommendation requests not queued yet
     sidrec_invalid_sids_total                 generated SIDs that were no catalogue item
 """
 
@@ -40,12 +41,16 @@ class Metrics:
         self.items = Gauge("sidrec_catalogue_items", "Items in the catalogue", registry=r)
         self.added = Gauge("sidrec_added_items", "Items added after training", registry=r)
         self.queue = Gauge("sidrec_queue_depth", "Queries waiting for the worker", registry=r)
+        self.arriving = Gauge("sidrec_requests_arriving",
+                              "Recommendation requests received and not queued yet", registry=r)
         self.invalid = Gauge("sidrec_invalid_sids_total",
                              "Generated SIDs that were no catalogue item", registry=r)
 
     def watch(self, items: Callable[[], float], added: Callable[[], float],
-              queue: Callable[[], float], invalid: Callable[[], float]) -> None:
+              queue: Callable[[], float], invalid: Callable[[], float],
+              arriving: Callable[[], float]) -> None:
         """Gauges read at scrape time."""
+        self.arriving.set_function(arriving)
         self.items.set_function(items)
         self.added.set_function(added)
         self.queue.set_function(queue)

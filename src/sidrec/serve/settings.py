@@ -23,11 +23,11 @@ class ServeSettings:
     # -- dynamic batching: concurrent requests merged into one `recommend` call
     batching: bool = True  # False: one model call per request (for comparison)
     max_batch: int = 64  # rows of one model call; a fuller queue flushes at once
-    max_wait_ms: float = 2.0  # after the first queued request, wait this long for others
+    max_wait_ms: float = 10.0  # wait at most this long for requests on their way
     max_queue: int = 4096  # requests waiting for the worker before 503 (overload)
     timeout_s: float = 30.0  # a request waits this long for its result before 504
     # -- the inference worker (one thread runs every model call)
-    threads: int = 0  # torch CPU threads; 0 = min(4, cores)
+    threads: int = 0  # torch CPU threads; 0 = cores - 1 (at least 1, at most 4)
     device: str = "auto"  # auto | cpu | cuda[:N]
     on_unknown: str = "error"  # an unknown history item: 400 (error) or ignored (skip)
 

@@ -1,13 +1,14 @@
 """Dynamic batching on one inference thread.
 
 HTTP handlers put `Query`s on a queue and await their futures; one worker thread takes
-the first waiting query, collects more for up to `max_wait_ms` (or until `max_batch` are
-in hand), and answers them with as few `Service.recommend_batch` calls as possible: one
-per group of queries that can share a call (same k, exclude_seen, on_unknown and
-inference options; user ids and histories may differ per row). Every model call runs on
-this one thread, so torch's intra-op threads (`threads`) are never oversubscribed by
-concurrent requests, and a catalogue swap (`add_items`, run on the same thread) never
-meets a batch halfway.
+the first waiting query, collects more while others are on their way (requests the HTTP
+side has received but not queued yet: `arriving`), for up to `max_wait_ms` or until
+`max_batch` are in hand, and answers them with as few `Service.recommend_batch` calls as
+possible: one per group of queries that can share a call (same k, exclude_seen,
+on_unknown and inference options; user ids and histories may differ per row). Every
+model call runs on this one thread, so torch's intra-op threads (`threads`) are never
+oversubscribed by concurrent requests, and a catalogue swap (`add_items`, run on the
+same thread) never meets a batch halfway.
 
 A grouped call returns what `recommend_batch` returns for those rows offline (the model
 contract is row-independent; tests/test_serve_batching.py checks it within 1e-5).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -109,6 +111,10 @@ class InferenceWorker:
         self.service: Service | None = None
         self.ready = threading.Event()
         self.error: str | None = None
+        # Requests received by the HTTP side and not queued yet (read by this thread, kept
+        # by the event loop): while some are on their way a batch waits for them; with
+        # none, it goes at once, so a lone request never waits max_wait_ms.
+        self.arriving = 0
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=settings.max_queue)
         self._thread = threading.Thread(target=self._run, name="sidrec-inference", daemon=True)
 
@@ -142,10 +148,9 @@ class InferenceWorker:
     # ------------------------------------------------------------ the thread
 
     def _run(self) -> None:
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)
         try:
             self.service = self._load()
+            torch.set_num_threads(self.threads)  # after the load, which sets its own
         except Exception as e:  # reported by /readyz, logged
             self.error = f"{type(e).__name__}: {e}" if not isinstance(e, SidrecError) else str(e)
             log.error("sidrec serve: the model did not load: %s", self.error)
@@ -166,18 +171,28 @@ class InferenceWorker:
             self._run_batch(batch)
         self._drain(SidrecError("the server is shutting down"))
 
+    @property
+    def threads(self) -> int:
+        """Torch threads of the model: `threads`, or all cores but one (at most 4), so
+        that the HTTP side keeps a core (on 2 cores: 1)."""
+        return self.settings.threads or max(1, min(4, (os.cpu_count() or 1) - 1))
+
     def _collect(self, batch: list[_Job]) -> _Job | None:
-        """Add waiting queries to `batch` (up to max_batch, for up to max_wait_ms); returns
-        a non-query job met on the way, to run after this batch."""
+        """Add queued queries to `batch` (up to max_batch), waiting up to max_wait_ms while
+        more are arriving; returns a non-query job met on the way, to run after it."""
         limit = self.settings.rows_per_call
         deadline = time.monotonic() + self.settings.max_wait_ms / 1000
         while len(batch) < limit:
-            remaining = deadline - time.monotonic()
             try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 \
-                    else self._queue.get_nowait()
+                job = self._queue.get_nowait()
             except queue.Empty:
-                break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.arriving <= 0:
+                    break  # nothing queued and nothing on its way: go now
+                try:
+                    job = self._queue.get(timeout=min(remaining, 0.0005))
+                except queue.Empty:
+                    continue
             if job.query is None:
                 return job
             batch.append(job)
