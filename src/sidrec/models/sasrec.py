@@ -39,7 +39,7 @@ NDCG@10 / Recall@10:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +49,6 @@ from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, Recommender, init_weights, item_padding
 from sidrec.models.transformer import CausalEncoder, StackConfig
-
-if TYPE_CHECKING:
-    from sidrec.models.dense import DenseConfig
 
 
 @dataclass(frozen=True)
@@ -65,8 +62,9 @@ class SASRecConfig:
     loss: Literal["ce", "bce"] = "ce"  # see the module docstring
 
 
-def causal_encoder(cfg: SASRecConfig | DenseConfig) -> CausalEncoder:
-    """SASRec's stack on the shared blocks (Dense uses it too, with its own sizes): heads
+def causal_encoder(cfg: Any) -> CausalEncoder:
+    """SASRec's stack on the shared blocks; `cfg` has d_model, n_heads, n_layers, d_ff,
+    dropout and max_len (a SASRecConfig, or Dense's config, which uses it too): heads
     split d_model, biased attention projections and dropout on the attention weights, as
     in the reference code and RecBole."""
     if cfg.d_model % cfg.n_heads:
