@@ -104,7 +104,7 @@ def serve_ray(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     if not settings.threads:
         settings = replace(settings, threads=max(1, cores // replicas))
     app = deployment(model_dir, settings, inference, replicas)
-    ray.init(num_cpus=max(cores, replicas), include_dashboard=False,
+    ray.init(address="local", num_cpus=max(cores, replicas), include_dashboard=False,
              _node_ip_address="127.0.0.1", configure_logging=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
