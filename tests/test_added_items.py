@@ -89,3 +89,32 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     run.added_items.write_bytes(b"not parquet")
     with pytest.raises(SidrecError, match="unreadable added items"):
         added_items.read(run)
+
+
+def test_stored_items_are_re_derived_when_the_run_changed(served_run: Path,
+                                                          tmp_path: Path) -> None:
+    """Stored SIDs of another SID set (another model's tokenizer settings, a re-tokenized
+    run) are computed again from the stored vectors; stale vectors (a re-embedded run) are
+    encoded again from the texts, and the file is rewritten."""
+    from serving import copy_of, load
+
+    run = copy_of(served_run, tmp_path)
+    rec = load(run / "models" / "liger")
+    rec.add_items([{"id": "n1", "text": "Title: Arctic Expedition; Genres: documentary"},
+                   {"id": "n2", "text": "Title: Jazz Piano Nights; Genres: music"}])
+    sids = rec.model.catalogue.sids[-2:].clone()
+    items, meta = added_items.read(RunDir(run))
+
+    stale_sids = NewItems(items.ids, items.texts, items.vectors, np.zeros_like(items.sids))
+    added_items.write(RunDir(run), stale_sids, {**meta["fingerprint"], "sids": "another-set"})
+    again = load(run / "models" / "liger")
+    assert again.item_ids[-2:] == ["n1", "n2"]
+    assert torch.equal(again.model.catalogue.sids[-2:], sids)
+    assert added_items.read(RunDir(run))[1]["fingerprint"]["sids"] == "another-set"  # as is
+
+    stale = NewItems(items.ids, items.texts, np.zeros_like(items.vectors), items.sids)
+    added_items.write(RunDir(run), stale, {**meta["fingerprint"], "embeddings": "old"})
+    third = load(run / "models" / "liger")
+    np.testing.assert_allclose(third.model.catalogue.text_emb[-2:].numpy(), items.vectors,
+                               atol=1e-5)
+    assert added_items.read(RunDir(run))[1]["fingerprint"] == meta["fingerprint"]

@@ -14,8 +14,10 @@ order added, so that `sidrec.load` (and so a restarted `sidrec serve`) serves th
     sid     int64[L+1]      its full SID (null when the run has no SIDs)
 
 The file's metadata records the encoder and the hashes of `embeddings.npy` and
-`sids.npy` the rows were computed against; when they differ from the run's (the run was
-re-embedded or re-tokenized), the items are encoded again from their text.
+`sids.npy` the rows were computed against. When the encoder or the embeddings differ from
+the run's (it was re-embedded), the items are encoded again from their text; when only the
+SIDs differ (the run was re-tokenized, or the reader is a model with its own SID set,
+`RunDir.with_sids`), their SIDs are computed again from the stored vectors.
 
 The file is rewritten whole and atomically on each add (temporary file, then rename), so
 a reader sees all of an add or none of it; `lock` serialises writers across processes
@@ -140,16 +142,22 @@ class Encoder:
 def encode(encoder: Encoder, catalogue: Catalogue, ids: list[str], texts: list[str]) -> NewItems:
     """Vectors and SIDs of new items for `catalogue` (whose SIDs give the collision tokens)."""
     vectors = encoder.vectors(texts)
+    return with_sids(encoder, catalogue, NewItems(tuple(ids), tuple(texts), vectors, None))
+
+
+def with_sids(encoder: Encoder, catalogue: Catalogue, items: NewItems) -> NewItems:
+    """`items` with the SIDs of `catalogue`'s tokenizer, from their vectors (no SIDs when
+    the catalogue has none). For items stored with another model's SID set, too."""
     sids = None
-    if catalogue.sids is not None:
+    if catalogue.sids is not None and len(items):
         existing = catalogue.sids.cpu().numpy()
-        codes = encoder.codes(vectors)
+        codes = encoder.codes(items.vectors)
         limit = catalogue.codebook_sizes[-1]
         sids = extend_sids(existing, codes)
         if (sids[:, -1] >= limit).any():
             text = None if catalogue.text_emb is None else catalogue.text_emb.cpu().numpy()
-            sids = place(existing, text, codes, vectors, limit, ids)
-    return NewItems(tuple(ids), tuple(texts), vectors, sids)
+            sids = place(existing, text, codes, items.vectors, limit, list(items.ids))
+    return NewItems(items.ids, items.texts, items.vectors, sids)
 
 
 def place(existing: np.ndarray, existing_vectors: np.ndarray | None, codes: np.ndarray,

@@ -319,18 +319,33 @@ class Service:
             return 0
         items, meta = found
         n = len(self.added)
-        if items.ids[:n] != self.added.ids or meta.get("fingerprint") != self.fingerprint():
+        if items.ids[:n] != self.added.ids or not self._same_vectors(meta):
             warnings.warn(f"{self.run.added_items} was rewritten by another process or for "
                           "other embeddings; restart to serve it", stacklevel=2)
             return 0
-        tail = items.tail(n)
+        tail = self._own_sids(items.tail(n), meta)
         if len(tail):
             self._commit(tail, persist=False)
         return len(tail)
 
+    def _same_vectors(self, meta: dict[str, Any]) -> bool:
+        """The stored vectors came from this run's encoder and embeddings."""
+        stored, mine = meta.get("fingerprint") or {}, self.fingerprint()
+        return all(stored.get(k) == mine[k] for k in ("encoder", "embeddings"))
+
+    def _own_sids(self, items: NewItems, meta: dict[str, Any]) -> NewItems:
+        """`items` with this model's SIDs: the stored ones when they were computed for the
+        same SIDs, else recomputed from the stored vectors (another model's SID set)."""
+        stored = (meta.get("fingerprint") or {}).get("sids")
+        if stored == self.fingerprint()["sids"] and (items.sids is not None
+                                                     or self.model.catalogue.sids is None):
+            return items
+        return added_items.with_sids(self._encoder, self.model.catalogue, items)
+
     def load_added(self) -> int:
-        """Re-apply the run's added items (at load); re-encoded from their text when the
-        run's encoder, embeddings or SIDs changed since they were added."""
+        """Re-apply the run's added items (at load): encoded again from their text when the
+        run's encoder or embeddings changed since, their SIDs computed again from their
+        vectors when only the SIDs differ (`sidrec.added_items`)."""
         if not self.model.supports_new_items or len(self.added):
             return 0
         found = added_items.read(self.run)
@@ -343,10 +358,10 @@ class Service:
                                    zip(items.ids, items.texts, strict=True)], self.index)
         except SidrecError as e:
             raise SidrecError(f"{self.run.added_items}: {e}") from None
-        if meta.get("fingerprint") == self.fingerprint():
-            self._commit(items, persist=False)
+        if self._same_vectors(meta):
+            self._commit(self._own_sids(items, meta), persist=False)
             return len(items)
-        with self._add_lock, added_items.lock(self.run):
+        with self._add_lock, added_items.lock(self.run):  # re-embedded: encode them again
             items = added_items.encode(self._encoder, self.model.catalogue, list(items.ids),
                                        list(items.texts))
             self._commit(items, persist=True)
