@@ -28,7 +28,8 @@ peak RSS it reports (`ru_maxrss` of that process, from `os.wait4`) is its own.
   end to end with the encoder stubbed out (it also copies the catalogue's arrays).
 
 - ratio: TIGER decoding and the LIGER hybrid at N and at 10k, their batches interleaved in
-  one process, so both sizes see the same machine (it is shared: load varies by minutes).
+  one single-threaded process, timed in its CPU time (and wall time): on a shared machine
+  the load varies by minutes, and other stages' users/s are wall-clock, 2 threads.
 
 The last two lines compare constrained decoding and the LIGER hybrid at the largest size
 with 10k (from the interleaved ratio stage). Results go to `<work>/scale.json`, the plot
@@ -359,21 +360,26 @@ def stage_add(n: int, work: Path, opt: Options) -> dict[str, Any]:
         _, t_text = timed(encode_texts, texts, EmbedConfig(device="cpu"), progress=False)
         out["text_items_per_s"] = opt.add_batch / t_text
     tok = load_tokenizer(RunDir(run).tokenizer, device="cpu")
-    t_sid = t_grow = t_update = 0.0
+    t_sid = t_grow = t_update = cpu = 0.0
     for r in range(opt.add_rounds):
         vecs = new_vectors(opt.add_batch)
         current = model.catalogue
+        c0 = time.process_time()
         new_sids, t = timed(sids_for_new_items, tok, current.sids.numpy(), vecs)
+        cpu += time.process_time() - c0
         t_sid += t
         ids = tuple(f"new-{r}-{i}" for i in range(opt.add_batch))
         new = added_items.NewItems(ids, ids, vecs, new_sids)
         grown, t = timed(added_items.grow, current, new)
         t_grow += t
+        c0 = time.process_time()
         t_update += timed(model.set_catalogue, grown)[1]
+        cpu += time.process_time() - c0
     items = opt.add_batch * opt.add_rounds
     got, _ = model.recommend(history[:8], users[:8], 10)  # the new items are recommendable
     out.update({"sid_items_per_s": items / t_sid, "index_items_per_s": items / t_update,
                 "sid_index_items_per_s": items / (t_sid + t_update),
+                "sid_index_items_per_cpu_s": items / cpu,
                 "catalogue_copy_seconds": t_grow / opt.add_rounds,
                 "new_in_top10": int((got >= n).sum())})
     # End to end through the API (encoder stubbed: its cost is text_items_per_s above).
@@ -395,27 +401,33 @@ def stage_add(n: int, work: Path, opt: Options) -> dict[str, Any]:
 
 
 def stage_ratio(n: int, work: Path, opt: Options) -> dict[str, Any]:
-    """Users/s at n vs at the smallest size, batches of the two interleaved in one
-    process: on a machine shared with other jobs, load comes and goes over minutes, and two
-    stages run minutes apart can see 5x different machines."""
+    """Users/s at n vs at the smallest size, measured so that both sizes see the same
+    machine: batches of the two interleaved in one process, on one thread, in CPU time of
+    this process (`time.process_time`) as well as wall time. On a machine shared with other
+    jobs the load moves by minutes, so wall times taken minutes apart differed by up to 5x
+    for the same work; a single-threaded process's CPU time hardly moves with the load."""
     small = SIZES[0]
-    out: dict[str, Any] = {}
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {"small": small, "threads": 1}
     for name, inference in (("tiger", {"beam": 20}), ("liger", {"beam": 20, "hybrid_k": 20})):
         runs = [load_model(name, size, work, inference)[:3] for size in (small, n)]
-        seconds = [0.0, 0.0]
+        wall, cpu = [0.0, 0.0], [0.0, 0.0]
         b = opt.batch
         for model, history, users in runs:
             model.recommend(history[:b], users[:b], 10)  # warm-up: lazy indexes and caches
         for _ in range(opt.repeats):
             for lo in range(b, b + opt.users, b):
                 for i, (model, history, users) in enumerate(runs):
-                    seconds[i] += timed(model.recommend, history[lo : lo + b],
-                                        users[lo : lo + b], 10)[1]
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    model.recommend(history[lo : lo + b], users[lo : lo + b], 10)
+                    cpu[i] += time.process_time() - c0
+                    wall[i] += time.perf_counter() - w0
         done = opt.users * opt.repeats
-        out[name] = {"small_users_per_s": done / seconds[0], "users_per_s": done / seconds[1],
-                     "ratio": seconds[0] / seconds[1]}
+        out[name] = {"small_users_per_s": done / cpu[0], "users_per_s": done / cpu[1],
+                     "ratio": cpu[0] / cpu[1], "wall_ratio": wall[0] / wall[1],
+                     "small_wall_users_per_s": done / wall[0], "wall_users_per_s": done / wall[1]}
         del runs
-    return {**out, "small": small}
+    return out
 
 
 # ---------------------------------------------------------------- driver
@@ -493,12 +505,18 @@ METRICS = [  # (stage, key, label, format)
     ("dense", "sasrec.exact_users_per_s", "SASRec-style top-10 exact (users/s)", "{:,.0f}"),
     ("dense", "sasrec.index_users_per_s", "SASRec-style top-10 IVF (users/s)", "{:,.0f}"),
     ("dense", "sasrec.recall", "SASRec-style IVF recall@10", "{:.4f}"),
-    ("ratio", "tiger.users_per_s", "TIGER decode, interleaved with 10k (users/s)", "{:.1f}"),
-    ("ratio", "tiger.small_users_per_s", "  10k in the same batches (users/s)", "{:.1f}"),
-    ("ratio", "liger.users_per_s", "LIGER hybrid, interleaved with 10k (users/s)", "{:.1f}"),
-    ("ratio", "liger.small_users_per_s", "  10k in the same batches (users/s)", "{:.1f}"),
+    ("ratio", "tiger.users_per_s", "TIGER decode, 1 thread, CPU time (users/CPU-s)", "{:.1f}"),
+    ("ratio", "tiger.small_users_per_s", "  10k interleaved with it (users/CPU-s)", "{:.1f}"),
+    ("ratio", "tiger.ratio", "  ratio (CPU time)", "{:.2f}"),
+    ("ratio", "tiger.wall_ratio", "  ratio (wall time)", "{:.2f}"),
+    ("ratio", "liger.users_per_s", "LIGER hybrid, 1 thread, CPU time (users/CPU-s)", "{:.1f}"),
+    ("ratio", "liger.small_users_per_s", "  10k interleaved with it (users/CPU-s)", "{:.1f}"),
+    ("ratio", "liger.ratio", "  ratio (CPU time)", "{:.2f}"),
+    ("ratio", "liger.wall_ratio", "  ratio (wall time)", "{:.2f}"),
     ("add", "text_items_per_s", "add_items: text encoding (items/s)", "{:,.0f}"),
     ("add", "sid_index_items_per_s", "add_items: SID + index update (items/s)", "{:,.0f}"),
+    ("add", "sid_index_items_per_cpu_s", "  the same per CPU-second (items/CPU-s)", "{:,.0f}"),
+    ("add", "catalogue_copy_seconds", "  Service's catalogue copy per add (s)", "{:.2f}"),
     ("add", "api_items_per_s", "add_items: Service end to end, no encoder (items/s)", "{:,.0f}"),
 ]
 
@@ -567,13 +585,19 @@ def plot(record: dict[str, Any], path: Path) -> None:
              ("Dense top-10 exact (ms/user)", "dense", "dense.exact_users_per_s", -1),
              ("Dense top-10 IVF (ms/user)", "dense", "dense.index_users_per_s", -1),
              ("add_items SID + index (ms/1k items)", "add", "sid_index_items_per_s", -2)]
-    for name, stage, key, kind in costs:
+    colours = [f"C{i}" for i in range(10)] + ["black", "olive"]
+    for i, (name, stage, key, kind) in enumerate(costs):
         ys = [get(rows[n], stage, key) for n in sizes]
         pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
         if not pts:
             continue
         conv = {1.0: lambda v: v, -1: lambda v: 1000.0 / v, -2: lambda v: 1e6 / v}[kind]
-        ax.plot([p[0] for p in pts], [conv(p[1]) for p in pts], marker="o", label=name)
+        ax.plot([p[0] for p in pts], [conv(p[1]) for p in pts], marker="osv^D"[i % 5],
+                color=colours[i % len(colours)], linestyle="-" if kind > 0 else "--",
+                label=name)
+    if len(xs) > 1:  # what growing with the catalogue looks like
+        ax.plot(xs, [0.1 * x / xs[0] for x in xs], color="grey", linestyle=":",
+                label="slope 1 (linear in items)")
     for stage in STAGES:
         pts = [(x, rows[n].get(stage, {}).get("peak_rss_gb")) for x, n in zip(xs, sizes,
                                                                               strict=True)]

@@ -100,9 +100,12 @@ def test_extend_sids_fast_equals_reference(n_old, n_new, seed):
     codes = rng.integers(0, 4, (n_old + n_new, 3))
     old = add_collision_tokens(codes[:n_old])
     fast = extend_sids(old, codes[n_old:])
+    np.testing.assert_array_equal(extend_sids(old, codes[n_old:], codebook_size=4), fast)
+    with pytest.raises(SidrecError):  # a code outside the codebook: the reference's error
+        extend_sids(old, codes[n_old:, :2])
     original = sids_module.prefix_keys
     try:
-        sids_module.prefix_keys = lambda *a: None  # force the unique-rows reference
+        sids_module.prefix_keys = lambda *a, **k: None  # force the unique-rows reference
         reference = extend_sids(old, codes[n_old:])
         reference_all = add_collision_tokens(codes)
     finally:

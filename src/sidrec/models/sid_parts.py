@@ -53,6 +53,7 @@ from sidrec.errors import SidrecError
 from sidrec.models.base import Catalogue, init_weights
 from sidrec.models.beam import BeamResult, SidIndex, beam_search, exact_scores
 from sidrec.models.heads import mlp
+from sidrec.models.item_vectors import same
 from sidrec.models.transformer import Decoder, Encoder, KVCache, StackConfig
 
 PAD_TOKEN, BOS_TOKEN, FIRST_CODE = 0, 1, 2
@@ -110,8 +111,7 @@ def _grew(before: tuple[torch.Tensor, torch.Tensor], codes: torch.Tensor,
           cold: torch.Tensor) -> bool:
     """Whether the catalogue (codes [n, L], cold [n]) is `before` with rows appended."""
     n = len(before[0])
-    return (len(codes) >= n and torch.equal(codes[:n], before[0])
-            and torch.equal(cold[:n], before[1]))
+    return len(codes) >= n and same(codes[:n], before[0]) and same(cold[:n], before[1])
 
 
 def user_bucket(users: torch.Tensor, n_buckets: int) -> torch.Tensor:

@@ -30,18 +30,27 @@ def rank_in_group(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
-def prefix_keys(*codes: np.ndarray) -> list[np.ndarray] | None:
+def prefix_keys(*codes: np.ndarray, radix: int | None = None) -> list[np.ndarray] | None:
     """One int64 key per row of each codes array [n_i, L], equal for equal rows and
     ordered as the rows are (lexicographically): the codes in mixed radix, each column's
-    radix its largest code + 1 over all the arrays. None when the keys would overflow."""
+    radix its largest code + 1 over all the arrays, or `radix` for every column when
+    given (the codebook size: one pass over the rows, not three). None when the keys
+    would overflow (or a code is negative or, with `radix`, not below it)."""
     codes = [np.asarray(c, dtype=np.int64) for c in codes]
-    tops = [c.max(axis=0) for c in codes if len(c)]
-    if not tops or any(c.min(initial=0) < 0 for c in codes):
+    levels = codes[0].shape[1]
+    if radix is None:
+        tops = [c.max(axis=0) for c in codes if len(c)]
+        if not tops or any(c.min(initial=0) < 0 for c in codes):
+            return None
+        dims = tuple(int(r) for r in np.max(tops, axis=0) + 1)
+    else:
+        dims = (int(radix),) * levels
+    if math.prod(dims) >= 2**62:
         return None
-    radix = np.max(tops, axis=0) + 1
-    if math.prod(int(r) for r in radix) >= 2**62:
+    try:
+        return [np.ravel_multi_index(tuple(c.T), dims).astype(np.int64) for c in codes]
+    except ValueError:  # a code outside [0, radix)
         return None
-    return [np.ravel_multi_index(tuple(c.T), tuple(radix)).astype(np.int64) for c in codes]
 
 
 def _prefix_groups(codes: np.ndarray) -> np.ndarray:
@@ -67,13 +76,16 @@ def add_collision_tokens(codes: np.ndarray) -> np.ndarray:
     return np.concatenate([codes, collision_tokens(codes)[:, None]], axis=1)
 
 
-def extend_sids(existing: np.ndarray, new_codes: np.ndarray) -> np.ndarray:
+def extend_sids(
+    existing: np.ndarray, new_codes: np.ndarray, codebook_size: int | None = None
+) -> np.ndarray:
     """Full SIDs [m, L+1] for new items' codes [m, L], given the existing SIDs [n, L+1].
 
     A new item takes the next free collision number of its prefix (one more than the
     largest number already used there, 0 for a new prefix); several new items in the same
     prefix are numbered in row order. Existing SIDs are never changed. This is how cold
-    items and items added after training (`add_items`) get their SIDs.
+    items and items added after training (`add_items`) get their SIDs. `codebook_size`
+    (the tokenizer's K, when known) saves a pass over the existing SIDs.
     """
     existing = np.asarray(existing, dtype=np.int64)
     new_codes = np.asarray(new_codes, dtype=np.int64)
@@ -85,7 +97,7 @@ def extend_sids(existing: np.ndarray, new_codes: np.ndarray) -> np.ndarray:
         )
     if len(new_codes) == 0:
         return np.zeros((0, levels + 1), dtype=np.int64)
-    keys = prefix_keys(existing[:, :levels], new_codes)
+    keys = prefix_keys(existing[:, :levels], new_codes, radix=codebook_size)
     if keys is None:  # the reference: group every row, old and new
         groups = _prefix_groups(np.concatenate([existing[:, :levels], new_codes]))
         old_groups, new_groups = groups[: len(existing)], groups[len(existing) :]

@@ -69,7 +69,7 @@ def sids_for_new_items(
     number of its prefix. Existing SIDs are unchanged. The collision token of a new item
     can exceed the last entry of the old `codebook_sizes`; a model must check for that.
     """
-    return extend_sids(existing_sids, tokenizer.encode(vectors))
+    return extend_sids(existing_sids, tokenizer.encode(vectors), tokenizer.codebook_size)
 
 
 def run_tokenize(
