@@ -595,15 +595,25 @@ def plot(record: dict[str, Any], path: Path) -> None:
         ax.plot([p[0] for p in pts], [conv(p[1]) for p in pts], marker="osv^D"[i % 5],
                 color=colours[i % len(colours)], linestyle="-" if kind > 0 else "--",
                 label=name)
+    for name, model, style in (("TIGER decode, 1 thread (CPU ms/user)", "tiger", "red"),
+                               ("LIGER hybrid, 1 thread (CPU ms/user)", "liger", "purple")):
+        pts = [(int(sizes[0]), get(rows[sizes[-1]], "ratio", f"{model}.small_users_per_s"))]
+        pts += [(int(n), get(rows[n], "ratio", f"{model}.users_per_s")) for n in sizes[1:]]
+        pts = [(x, 1000.0 / y) for x, y in pts if y]
+        if len(pts) > 1:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=style, linestyle=":",
+                    marker="x", label=name)
     if len(xs) > 1:  # what growing with the catalogue looks like
         ax.plot(xs, [0.1 * x / xs[0] for x in xs], color="grey", linestyle=":",
                 label="slope 1 (linear in items)")
-    for stage in STAGES:
+    for i, stage in enumerate(STAGES):
         pts = [(x, rows[n].get(stage, {}).get("peak_rss_gb")) for x, n in zip(xs, sizes,
                                                                               strict=True)]
         pts = [p for p in pts if p[1]]
         if pts:
-            mem.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=stage)
+            mem.plot([p[0] for p in pts], [p[1] for p in pts], marker="osv^D"[i % 5],
+                     color=colours[i % len(colours)], label=stage)
+    mem.axhline(24, color="grey", linestyle=":", label="24 GB")
     ax.set(xscale="log", yscale="log", xlabel="catalogue items", ylabel="cost",
            title="cost vs catalogue size (flat = does not grow with the catalogue)")
     mem.set(xscale="log", yscale="log", xlabel="catalogue items", ylabel="peak RSS (GB)",

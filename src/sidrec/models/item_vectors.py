@@ -2,8 +2,8 @@
 
 A text-projection dense head (LIGER's, Dense (SID)'s: `heads.DenseHead`) scores items by
 their projected text, mlp(text_emb) [n_items, d]. Projecting the whole catalogue on every
-request costs n_items x (d_text x hidden + hidden x d) multiply-adds: 0.2 TFLOP at 1 M
-items for LIGER's `cpu` preset (384 -> 256 -> 64), seconds per batch on a CPU, for vectors
+request costs n_items x (d_text x hidden + hidden x d) multiply-adds: 0.1 TFLOP at 1 M
+items for LIGER's `cpu` preset (384 -> 128 -> 64), seconds per batch on a CPU, for vectors
 that only change when the weights or the catalogue do. `ItemVectors` computes them once
 (65,536 items at a time, so a small catalogue gets exactly the one-shot values) and keeps
 them until the head's parameters or the text embeddings change (their tensors' version
