@@ -3,7 +3,7 @@ TIGER's time to its final validation NDCG@10.
 
     .venv/bin/python benchmarks/bench_train.py                 # ~25 min on 2 busy cores
     .venv/bin/python benchmarks/bench_train.py --quick         # throughput only, a few min
-    .venv/bin/python benchmarks/bench_train.py --compile       # + torch.compile rows
+    .venv/bin/python benchmarks/bench_train.py --quick --compile --models tiger
 
 1. Throughput. One optimiser step is the trainer's own `train_epoch` (forward, backward,
    gradient clipping, AdamW), for TIGER and SASRec at the `cpu` and `paper` model sizes,
@@ -313,10 +313,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=DEMO_RUN)
     parser.add_argument("--beauty", type=Path, default=BEAUTY)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: the trainer's)")
+    # 1 thread by default: with 2 threads on a busy 2-core machine every op waits for both
+    # threads to be scheduled, and timings swing several-fold between runs.
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of the throughput rows (0: the trainer's)")
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per timing")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")
+    parser.add_argument("--models", default="tiger,sasrec", help="throughput rows")
     parser.add_argument("--quick", action="store_true", help="throughput only")
     parser.add_argument("--levers", action="store_true", help="time to quality with 2 processes")
     args = parser.parse_args()
@@ -328,7 +332,8 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}, {threads} CPU thread(s), torch {torch.__version__}; "
           f"data: {run} ({len(ds.train_examples()[1]):,} prefixes)")
 
-    rows = [throughput(m, s, ds, sids, args) for m in ("tiger", "sasrec") for s in ("cpu", "paper")]
+    rows = [throughput(m, s, ds, sids, args) for m in args.models.split(",")
+            for s in ("cpu", "paper")]
     twin = {"tiger": "HF T5", "sasrec": "HF GPT-2"}
     print(f"\n| model | size | params | batch | ours ex/s{' (compiled)' if args.compile else ''} "
           "| HF twin | HF ex/s | ours / HF |")
