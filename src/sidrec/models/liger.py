@@ -54,6 +54,7 @@ from sidrec.models.sid_parts import (
     catalogue_sids,
     catalogue_text,
     eval_mode,
+    search_next_sid,
 )
 from sidrec.models.tiger import TIGERConfig, TIGERInference
 
@@ -183,13 +184,7 @@ class LIGER(Recommender):
         beam: int | None = None,
     ) -> BeamResult:
         """The generative head's beam search: items / log-probs [B, beam], n_invalid."""
-        inference = self._inference(inference)
-        with eval_mode(self):
-            memory, pad = self.encode(history, users)
-            width = inference.beam if beam is None else beam
-            exclude = history if inference.exclude_history else None
-            return self.gen.generate(memory, pad, width, inference.constrained,
-                                     inference.include_cold, exclude)
+        return search_next_sid(self, history, users, self._inference(inference), beam)
 
     @torch.no_grad()
     def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:

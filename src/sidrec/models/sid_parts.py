@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -397,3 +398,16 @@ class GenerativeSIDHead(nn.Module):
         rank as item -1 with score -inf (a miss, as in the paper)."""
         items = out.items[:, :k]
         return items, out.log_probs[:, :k].masked_fill(items < 0, float("-inf"))
+
+
+@torch.no_grad()
+def search_next_sid(model: nn.Module, history: torch.Tensor, users: torch.Tensor,
+                    inference: Any, beam: int | None = None) -> BeamResult:
+    """`generate` of TIGER and LIGER: `model.encode` the history, then beam-search the next
+    item's SID with `model.gen` (width `beam`, default the inference config's)."""
+    with eval_mode(model):
+        memory, pad = model.encode(history, users)
+        width = inference.beam if beam is None else beam
+        exclude = history if inference.exclude_history else None
+        return model.gen.generate(memory, pad, width, inference.constrained,
+                                  inference.include_cold, exclude)

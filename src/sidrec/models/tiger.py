@@ -32,6 +32,7 @@ from sidrec.models.sid_parts import (
     SIDTokens,
     catalogue_sids,
     eval_mode,
+    search_next_sid,
 )
 
 
@@ -110,13 +111,7 @@ class TIGER(Recommender):
         beam: int | None = None,
     ) -> BeamResult:
         """Beam search of the next item's SID: items / log-probs [B, beam], n_invalid."""
-        inference = self._inference(inference)
-        with eval_mode(self):
-            memory, pad = self.encode(history, users)
-            width = inference.beam if beam is None else beam
-            exclude = history if inference.exclude_history else None
-            return self.gen.generate(memory, pad, width, inference.constrained,
-                                     inference.include_cold, exclude)
+        return search_next_sid(self, history, users, self._inference(inference), beam)
 
     @torch.no_grad()
     def recommend(
