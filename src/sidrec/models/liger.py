@@ -115,6 +115,18 @@ def liger_rerank(
     return top.indices.masked_fill(~torch.isfinite(top.values), -1), top.values
 
 
+def _text_sid_encoder(cfg: Any, catalogue: Catalogue, text: torch.Tensor,
+                      name: str) -> tuple[SIDTokens, SIDEncoder]:
+    """LIGER's input (Sec. 4.1), shared with Dense (SID): SID tokens + projected item text."""
+    codes, sizes = catalogue_sids(catalogue, name)
+    tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets,
+                       anonymous_user=cfg.user_dropout > 0)
+    encoder = SIDEncoder(tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
+                         d_text=text.shape[1], text_hidden=cfg.text_hidden,
+                         user_dropout=cfg.user_dropout)
+    return tokens, encoder
+
+
 @register
 class LIGER(Recommender):
     """SIDEncoder (SID + text input) + GenerativeSIDHead + DenseHead; hybrid inference."""
@@ -129,13 +141,8 @@ class LIGER(Recommender):
     def __init__(self, cfg: LIGERConfig, catalogue: Catalogue) -> None:
         super().__init__(cfg, catalogue)
         text = catalogue_text(catalogue, self.name)  # (n_items, d_text)
-        codes, sizes = catalogue_sids(catalogue, self.name)
         d_text = text.shape[1]
-        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets,
-                                anonymous_user=cfg.user_dropout > 0)
-        self.encoder = SIDEncoder(self.tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
-                                  d_text=d_text, text_hidden=cfg.text_hidden,
-                                  user_dropout=cfg.user_dropout)
+        self.tokens, self.encoder = _text_sid_encoder(cfg, catalogue, text, self.name)
         self.gen = GenerativeSIDHead(self.tokens, cfg.stack(cfg.n_decoder_layers), catalogue.cold)
         self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
         self.register_buffer("text_emb", text, persistent=False)
@@ -287,13 +294,8 @@ class DenseSID(Recommender):
     def __init__(self, cfg: DenseSIDConfig, catalogue: Catalogue) -> None:
         super().__init__(cfg, catalogue)
         text = catalogue_text(catalogue, self.name)  # (n_items, d_text)
-        codes, sizes = catalogue_sids(catalogue, self.name)
         d_text = text.shape[1]
-        self.tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets,
-                                anonymous_user=cfg.user_dropout > 0)
-        self.encoder = SIDEncoder(self.tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
-                                  d_text=d_text, text_hidden=cfg.text_hidden,
-                                  user_dropout=cfg.user_dropout)
+        self.tokens, self.encoder = _text_sid_encoder(cfg, catalogue, text, self.name)
         self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
         self.register_buffer("text_emb", text, persistent=False)
         self.register_buffer("cold", catalogue.cold.bool(), persistent=False)
