@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import sid_catalogue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +25,7 @@ from sidrec.evaluate import (
     target_ranks,
 )
 from sidrec.io import read_json
+from sidrec.models import available_models, get_model_class
 from sidrec.models.base import (
     INVALID_ITEM,
     Catalogue,
@@ -77,13 +80,13 @@ class FixedScores(Recommender):
         self.table = scores
         self._variants = variants or {"": Sign()}
 
-    def recommend(self, history, users, k, inference=None):
+    def recommend(self, history, users, k, inference=None, margin=0):
         inference = self._inference(inference)
         scores = self.table[users] * inference.sign
         if inference.exclude_history:
             scores = mask_history(scores, history)
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        return top.indices, top.values
+        order = scores.argsort(dim=1, descending=True, stable=True)[:, : k + margin]
+        return order, scores.gather(1, order)  # equal scores listed by item id
 
     def variants(self) -> dict[str, Any]:
         return self._variants
@@ -100,7 +103,7 @@ class Recorder(Recommender):
         self.oracle = torch.as_tensor(oracle)
         self.seen: list[torch.Tensor] = []
 
-    def recommend(self, history, users, k, inference=None):
+    def recommend(self, history, users, k, inference=None, margin=0):
         self.seen.append(history.clone())
         items = torch.full((len(users), k), -1, dtype=torch.int64)
         items[:, 0] = self.oracle[users]
@@ -127,6 +130,34 @@ def test_ties_rank_after_every_tied_item():
     # a constant scorer cannot collect hits from the list order
     flat = torch.zeros(1, 5)
     assert target_ranks(items[:1], flat, torch.tensor([10])).tolist() == [5]
+
+
+def test_a_tie_crossing_the_kth_item_is_a_miss():
+    # items 0..8 score 9..1, items 9..14 all 0.5: the target 9 ties with the 10th..15th
+    ds = make_dataset([[20], [21]], [22, 23], [9, 9], n_items=30)
+    row = torch.cat([torch.arange(9, 0, -1).float(), torch.full((6,), 0.5), torch.zeros(15)])
+    model = FixedScores(row.repeat(2, 1), ds)
+    at_10 = evaluate(model, ds, "test", ks=(10,), coverage_k=10)["rows"][0]
+    assert at_10["recall@10"] == 0.0  # without the margin it was listed 10th: a hit
+    at_15 = evaluate(model, ds, "test", ks=(15,))["rows"][0]
+    assert at_15["recall@15"] == 1.0 and at_15["ndcg@15"] == pytest.approx(1 / math.log2(16))
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_the_margin_never_changes_the_first_k(name):
+    cls = get_model_class(name)
+    torch.manual_seed(0)
+    model = cls(cls.Config(), sid_catalogue(n=40, text_dim=8)).eval()
+    history = torch.tensor([[-1, 7, 8, 9], [10, 11, 12, 13], [-1, -1, -1, 20]])
+    users = torch.tensor([0, 1, 2])
+    for inference in model.variants().values():
+        for masked in (False, True):
+            inference = dataclasses.replace(inference, exclude_history=masked)
+            items, scores = model.recommend(history, users, 5, inference)
+            wide_items, wide_scores = model.recommend(history, users, 5, inference, margin=5)
+            assert wide_items.shape[1] <= 10
+            assert torch.equal(wide_items[:, :5], items)
+            assert torch.equal(wide_scores[:, :5], scores)
 
 
 def test_recall_ndcg_values():

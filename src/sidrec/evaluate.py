@@ -12,9 +12,12 @@ all metrics are computed from that [U, k] matrix at once (no loop per user):
 - Items the model does not return (-1 entries, e.g. a beam that found fewer items) count
   as misses.
 - Ties: a target that shares its score with items listed after it is ranked *after all
-  of them* (pessimistic within the returned list). A model that scores every item alike
-  then cannot collect hits from the list order; ties that run past the k-th item are not
-  visible to the evaluator and are ranked as listed (the model's order).
+  of them* (pessimistic). A model that scores every item alike then cannot collect hits
+  from the list order. So that ties crossing the k-th item are seen, the evaluator asks
+  for `max(ks)` more items than it reports (`recommend(..., margin=)`): a target tied
+  with the 10th and 11th item is ranked 11th, a miss at K = 10. Ties that run past the
+  margin are ranked as listed. A beam's margin is the rest of that beam (its width stays
+  max(beam, k)), and beam log-probabilities practically never tie.
 - coverage@C: distinct items in the top-C lists of the users in a row / n_items.
 - filled@k: mean fraction of the k slots holding a real item (< 1 when a generative
   model returns fewer items than asked, e.g. invalid SIDs dropped).
@@ -145,29 +148,31 @@ def top_k(
     users: np.ndarray,
     k: int,
     *,
+    margin: int = 0,
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     inference: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched `model.recommend` over all rows: (items [U, k] int64, scores [U, k]) on CPU.
+    """Batched `model.recommend` over all rows: (items [U, k + margin] int64, scores
+    [U, k + margin]) on CPU.
 
-    Rows with fewer than k items (small catalogues, short beams) are padded with -1 / -inf.
+    Rows with fewer items (small catalogues, short beams) are padded with -1 / -inf.
     """
-    n = len(histories)
-    items = torch.full((n, k), -1, dtype=torch.int64)
-    scores = torch.full((n, k), -math.inf, dtype=torch.float32)
+    n, width = len(histories), k + margin
+    items = torch.full((n, width), -1, dtype=torch.int64)
+    scores = torch.full((n, width), -math.inf, dtype=torch.float32)
     for start in range(0, n, batch_size):
         h = torch.as_tensor(histories[start : start + batch_size], device=device)  # [B, L]
         u = torch.as_tensor(users[start : start + batch_size], device=device)  # [B]
-        top_items, top_scores = model.recommend(h, u, k, inference)  # [B, <=k]
+        top_items, top_scores = model.recommend(h, u, k, inference, margin)  # [B, <=width]
         if torch.isnan(top_scores).any():
             raise SidrecError(
                 f"{model.name}: NaN scores for users {start}..{start + len(h) - 1}; the "
                 "weights are not finite (diverged training?): retrain with a lower lr"
             )
-        width = min(k, top_items.shape[1])
-        items[start : start + len(h), :width] = top_items[:, :width].to("cpu", torch.int64)
-        scores[start : start + len(h), :width] = top_scores[:, :width].to("cpu", torch.float32)
+        got = min(width, top_items.shape[1])
+        items[start : start + len(h), :got] = top_items[:, :got].to("cpu", torch.int64)
+        scores[start : start + len(h), :got] = top_scores[:, :got].to("cpu", torch.float32)
     return items, scores
 
 
@@ -178,6 +183,7 @@ def sharded_top_k(
     users: np.ndarray,
     k: int,
     *,
+    margin: int = 0,
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     inference: Any = None,
@@ -188,11 +194,11 @@ def sharded_top_k(
     same as one process's (`sidrec.distributed`)."""
     rank, world = distributed.current()
     if world == 1:
-        return top_k(model, histories, users, k, batch_size=batch_size, device=device,
-                     inference=inference)
+        return top_k(model, histories, users, k, margin=margin, batch_size=batch_size,
+                     device=device, inference=inference)
     lo, hi = distributed.batch_shard(len(histories), batch_size, rank, world)
-    items, scores = top_k(model, histories[lo:hi], users[lo:hi], k, batch_size=batch_size,
-                          device=device, inference=inference)
+    items, scores = top_k(model, histories[lo:hi], users[lo:hi], k, margin=margin,
+                          batch_size=batch_size, device=device, inference=inference)
     return distributed.gather_rows(items, scores)
 
 
@@ -253,8 +259,8 @@ def evaluate(
         for label, inference in all_variants.items():
             t0 = time.perf_counter()
             items, scores = sharded_top_k(
-                model, histories, users, kmax, batch_size=batch_size, device=device,
-                inference=inference,
+                model, histories, users, kmax, margin=kmax, batch_size=batch_size,
+                device=device, inference=inference,
             )
             seconds += time.perf_counter() - t0
             for subset, mask in masks.items():

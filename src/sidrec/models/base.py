@@ -121,18 +121,22 @@ class Recommender(nn.Module):
 
     @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
+        margin: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k items per row: (items [B, k] int64, scores [B, k] float), best first.
+        """Top-k items per row: (items [B, <= k + margin] int64, scores, same shape), best
+        first.
 
         Rows may contain -1 items (with score -inf) when a model returns fewer than k.
+        `margin` asks for the items that follow the k-th as well, so that an evaluator can
+        see ties that cross the k-th item; it never changes the first k (a beam keeps its
+        width, max(beam, k), and the margin is what else that beam holds).
         """
         inference = self._inference(inference)
         scores = self.score(history, users)
         if inference.exclude_history:
             scores = mask_history(scores, history)
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        return top.indices.masked_fill(top.values == float("-inf"), -1), top.values
+        return top_scored(scores, k + margin)
 
     @torch.no_grad()
     def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
@@ -167,6 +171,12 @@ def mask_history(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
     real = history >= 0
     return scores.index_put((rows[real], history[real]), scores.new_tensor(float("-inf")))
+
+
+def top_scored(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of scores [B, n_items] as (items, scores); -inf scores are item -1."""
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    return top.indices.masked_fill(top.values == float("-inf"), -1), top.values
 
 
 def item_padding(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

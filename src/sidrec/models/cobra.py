@@ -23,8 +23,7 @@ Inference is coarse-to-fine (Sec. 3.3): beam search the top-M sparse IDs, genera
 for each, take the items under that sparse ID (or the global nearest neighbours) and fuse
 with BeamFusion (`beam_fusion`). Cold items have a sparse ID and a dense vector, so they
 can be retrieved. The sparse ID must be coarse enough that its groups hold several items
-(`sparse_levels`; the group sizes are in `diagnostics()`), or BeamFusion over one
-candidate does nothing.
+(`sparse_levels`; group sizes in `diagnostics()`), or BeamFusion over one does nothing.
 
 Ablations (the paper's Table 4) are separately *trained* models, set by `tokens`:
 - `cobra-no-dense` (`tokens: sparse`): no dense token and no dense loss; the item is its
@@ -32,8 +31,8 @@ Ablations (the paper's Table 4) are separately *trained* models, set by `tokens`
   cascade adds over decoder-only training;
 - `cobra-no-sparse` (`tokens: dense`): no sparse tokens; v̂ of the next item from the
   last dense token, retrieved from all items by nearest neighbours.
-The inference-time switches of one trained COBRA (`variants`) stay beside them, labelled
-"(inference)"; "no-beamfusion" ranks the beams' candidates by cosine alone.
+One trained COBRA's inference-time switches (`variants`) are labelled "(inference)";
+"no-beamfusion" ranks the beams' candidates by cosine alone.
 """
 
 from __future__ import annotations
@@ -309,7 +308,8 @@ class Cobra(Recommender):
 
     @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
+        margin: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self._inference(inference)
         history = history[:, -self.cfg.max_len :]
@@ -320,7 +320,7 @@ class Cobra(Recommender):
         hidden, cache = self.decoder.prefill(x, pad)
         if not self.levels:  # w/o sparse: the next item's v̂ from the last dense token
             v_hat = self.dense_head(hidden[:, -1])
-            return nearest(v_hat, vectors, k, history if cfg.exclude_history else None)
+            return nearest(v_hat, vectors, k + margin, history if cfg.exclude_history else None)
         first = torch.log_softmax(self.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
 
         def step(prev: torch.Tensor, t: int, state: KVCache):
@@ -340,12 +340,12 @@ class Cobra(Recommender):
                                  exclude=exclude)
             items = groups.members[result.items.clamp_min(0), 0].masked_fill(
                 result.items < 0, -1)  # each full SID is one item's group
-            return items[:, :k], result.log_probs[:, :k].masked_fill(items[:, :k] < 0,
-                                                                       float("-inf"))
-        return self._fuse(step, cache, b, history, vectors, k, cfg)
+            items, logp = items[:, : k + margin], result.log_probs[:, : k + margin]
+            return items, logp.masked_fill(items < 0, float("-inf"))
+        return self._fuse(step, cache, b, history, vectors, k, cfg, margin)
 
     def _fuse(self, step: Any, cache: KVCache, b: int, history: torch.Tensor,
-              vectors: torch.Tensor, k: int, cfg: CobraInference,
+              vectors: torch.Tensor, k: int, cfg: CobraInference, margin: int,
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Coarse to fine: top-M sparse IDs, v̂_k for each, candidates, BeamFusion."""
         mode, n_nb = cfg.mode, cfg.neighbours
@@ -363,7 +363,7 @@ class Cobra(Recommender):
         v_hat = self.dense_head(h[:, -1])  # (B*M, d)
         seen = history if cfg.exclude_history else None
         if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
-            return nearest(v_hat.view(b, m, -1)[:, 0], vectors, k, seen)
+            return nearest(v_hat.view(b, m, -1)[:, 0], vectors, k + margin, seen)
         valid = torch.isfinite(result.log_probs).view(-1)
         if cfg.retrieval == "global":
             cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb)  # (B*M, N), built once
@@ -385,7 +385,7 @@ class Cobra(Recommender):
             scores = beam_fusion(result.log_probs, cos, cfg.tau, psi)
             # a dead beam's or a missing candidate's item is no recommendation
             scores = scores.masked_fill(~torch.isfinite(cos), float("-inf"))
-        return merge_candidates(cand.view(b, -1), scores.view(b, -1), k)
+        return merge_candidates(cand.view(b, -1), scores.view(b, -1), k + margin)
 
     def _code_token(self, prev: torch.Tensor, level: int, position: int) -> torch.Tensor:
         x = self.code_emb(prev + self.offsets[level]) + self.type_emb.weight[level]

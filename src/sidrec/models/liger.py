@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender, mask_history
+from sidrec.models.base import Batch, Catalogue, Recommender, mask_history, top_scored
 from sidrec.models.beam import BeamResult
 from sidrec.models.heads import DenseHead
 from sidrec.models.item_vectors import ItemVectors
@@ -111,8 +111,7 @@ def liger_rerank(
     rows = torch.arange(len(beam_items), device=beam_items.device)[:, None]
     in_c[rows.expand_as(beam_items)[beam_items >= 0], beam_items[beam_items >= 0]] = True
     scores = dense_scores.masked_fill(~in_c, float("-inf"))
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-    return top.indices.masked_fill(~torch.isfinite(top.values), -1), top.values
+    return top_scored(scores, k)
 
 
 def _text_sid_encoder(cfg: Any, catalogue: Catalogue, text: torch.Tensor,
@@ -202,19 +201,19 @@ class LIGER(Recommender):
 
     @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
+        margin: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         inference = self._inference(inference)
         if inference.mode == "generative":  # SID log-probabilities, as TIGER
             out = self.generate(history, users, inference, beam=max(inference.beam, k))
-            return self.gen.top_k(out, k)
+            return self.gen.top_k(out, k + margin)
         if inference.mode == "dense":
             dense = self.score(history, users)  # (B, n_items)
             if inference.exclude_history:
                 dense = mask_history(dense, history)
-            top = torch.topk(dense, min(k, dense.shape[1]), dim=1)
-            return top.indices.masked_fill(top.values == float("-inf"), -1), top.values
-        return self._hybrid(history, users, k, inference)
+            return top_scored(dense, k + margin)
+        return self._hybrid(history, users, k + margin, inference)
 
     def _hybrid(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: LIGERInference

@@ -9,13 +9,14 @@ tie-breaking bug shows up as a Pop score that is too good).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sidrec.models import register
-from sidrec.models.base import Catalogue, Recommender
+from sidrec.models.base import Catalogue, Recommender, mask_history, top_scored
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,21 @@ class Pop(Recommender):
 
     @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
+        margin: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._inference(inference).exclude_history:
-            return Recommender.recommend(self, history, users, k, inference)
-        top = self.order[: min(k, self.order.numel())]  # [k]
-        items = top.expand(history.shape[0], -1)  # [B, k]
-        return items, self.popularity[items]
+        n = min(k + margin, self.order.numel())
+        if not self._inference(inference).exclude_history:
+            items = self.order[:n].expand(history.shape[0], -1)  # [B, n]
+            return items, self.popularity[items]
+        # Rank by minus the position in the stable order, not by the (tied) counts, so
+        # that equal counts are listed the same way whatever k and the margin are.
+        position = torch.empty_like(self.popularity)
+        position[self.order] = torch.arange(len(self.order), dtype=position.dtype,
+                                            device=position.device)
+        listed = mask_history((-position).expand(history.shape[0], -1), history)
+        items, _ = top_scored(listed, n)
+        return items, self.popularity[items.clamp_min(0)].masked_fill(items < 0, -math.inf)
 
     def set_catalogue(self, catalogue: Catalogue) -> None:
         # New items have no training occurrences (popularity 0), so Pop can always list them.

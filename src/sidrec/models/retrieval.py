@@ -206,8 +206,9 @@ def merge_candidates(
     items: torch.Tensor, scores: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k distinct items from candidates [B, C] (-1 = none); an item's best score counts."""
+    # Stable sorts: equal scores keep the candidates' order, the same whatever k is.
     scores = scores.masked_fill(items < 0, float("-inf"))
-    order = scores.argsort(dim=1, descending=True)
+    order = scores.argsort(dim=1, descending=True, stable=True)
     items, scores = items.gather(1, order), scores.gather(1, order)
     # After sorting, keep the first occurrence of each item in a row.
     srt, idx = items.sort(dim=1, stable=True)
@@ -215,7 +216,8 @@ def merge_candidates(
     dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
     dup = torch.zeros_like(dup_sorted).scatter(1, idx, dup_sorted)
     scores = scores.masked_fill(dup | (items < 0), float("-inf"))
-    top, pos = scores.topk(min(k, scores.shape[1]), dim=1)
+    pos = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
+    top = scores.gather(1, pos)
     out = items.gather(1, pos).masked_fill(~torch.isfinite(top), -1)
     if out.shape[1] < k:
         pad = k - out.shape[1]

@@ -115,13 +115,15 @@ class TIGER(Recommender):
 
     @torch.no_grad()
     def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
+        margin: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k of a beam of width max(beam, k); scores are SID log-probabilities, and an
-        invalid SID (unconstrained decoding) is item -1 with score -inf."""
+        invalid SID (unconstrained decoding) is item -1 with score -inf; the margin is the
+        rest of that beam."""
         inference = self._inference(inference)
         out = self.generate(history, users, inference, beam=max(inference.beam, k))
-        return self.gen.top_k(out, k)
+        return self.gen.top_k(out, k + margin)
 
     @torch.no_grad()
     def log_likelihood(
