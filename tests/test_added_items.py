@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import sid_catalogue
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidrec import added_items
 from sidrec.added_items import ItemError, NewItems, check_new, grow, place
@@ -118,3 +120,35 @@ def test_stored_items_are_re_derived_when_the_run_changed(served_run: Path,
     np.testing.assert_allclose(third.model.catalogue.text_emb[-2:].numpy(), items.vectors,
                                atol=1e-5)
     assert added_items.read(RunDir(run))[1]["fingerprint"] == meta["fingerprint"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 9), st.integers(1, 5)), min_size=1, max_size=12))
+def test_grow_copies_only_new_rows_and_never_changes_an_older_catalogue(steps) -> None:
+    # Each step grows one of the catalogues so far (the newest, or an older one, as after
+    # a rolled-back add) by m items; every catalogue must keep equalling its reference.
+    base = sid_catalogue(n=6, text_dim=3)
+    kept = [(base, base.text_emb.clone(), base.sids.clone())]
+    for pick, m in steps:
+        cat, emb, sids = kept[min(pick, len(kept) - 1)]
+        new = NewItems(tuple(f"n{len(kept)}-{i}" for i in range(m)), ("t",) * m,
+                       np.random.default_rng(len(kept)).normal(size=(m, 3)).astype(np.float32),
+                       np.full((m, 3), len(kept), dtype=np.int64))
+        grown = grow(cat, new)
+        kept.append((grown, torch.cat([emb, torch.as_tensor(new.vectors)]),
+                     torch.cat([sids, torch.as_tensor(new.sids)])))
+        for c, e, s in kept:
+            assert torch.equal(c.text_emb, e) and torch.equal(c.sids, s)
+            assert len(c.cold) == len(c.popularity) == c.n_items == len(e)
+
+
+def test_appends_reuse_the_spare_rows() -> None:
+    cat = sid_catalogue(n=64, text_dim=2)
+    new = NewItems(("a",), ("t",), np.ones((1, 2), np.float32), np.zeros((1, 3), np.int64))
+    first = grow(cat, new)  # moves the rows into a reserve with 1/8 to spare
+    second = grow(first, NewItems(("b",), ("t",), 2 * new.vectors, new.sids + 1))
+    assert second.text_emb.data_ptr() == first.text_emb.data_ptr()  # no copy
+    assert torch.equal(first.text_emb[-1], torch.ones(2)) and len(first.text_emb) == 65
+    again = grow(first, NewItems(("c",), ("t",), 3 * new.vectors, new.sids + 2))
+    assert again.text_emb.data_ptr() != first.text_emb.data_ptr()  # not the newest: a copy
+    assert torch.equal(second.text_emb[-1], 2 * torch.ones(2))

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import toy_dataset, write_run
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_distributed import MODEL as TINY_TIGER
+from test_distributed import toy_run
 
 from sidrec.checkpoint import load_model
 from sidrec.errors import SidrecError
@@ -335,3 +338,26 @@ def test_non_finite_scores_are_an_error_at_evaluation(tmp_path):
             weight.fill_(float("nan"))
     with pytest.raises(SidrecError, match="NaN scores"):
         evaluate(model, ds, "valid", ks=(10,))
+
+
+def test_tied_weights_are_stored_once_and_load_back(tmp_path):
+    run = toy_run(tmp_path / "run")
+    summary = train("tiger", run, TINY_TIGER, {**FAST, "max_epochs": 1}, "cpu", progress=False)
+    path = tmp_path / "run/models/tiger/model.safetensors"
+    stored = load_file(path)
+    # the token table is one tensor in three modules: stored once
+    assert "tokens.emb.weight" in stored
+    assert not {"encoder.tokens.emb.weight", "gen.tokens.emb.weight"} & set(stored)
+    model = load_model(summary["model_dir"], run)
+    assert model.gen.tokens.emb.weight is model.tokens.emb.weight
+    assert torch.equal(model.tokens.emb.weight, stored["tokens.emb.weight"])
+    history, users = torch.tensor([[-1, 1, 2, 3]]), torch.tensor([0])
+    expected = model.recommend(history, users, 5)
+    # a file written before (every name of a tie stored) loads the same model
+    full = {k: v.clone() for k, v in model.state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(full, str(path), metadata=metadata)
+    again = load_model(summary["model_dir"], run).recommend(history, users, 5)
+    assert all(torch.equal(a, b) for a, b in zip(expected, again, strict=True))
+

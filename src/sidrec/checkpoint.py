@@ -92,10 +92,33 @@ def write_inference(model_dir: ModelDir, inference: Any) -> None:
 # ---------------------------------------------------------------- weights and checkpoints
 
 
+def _tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """Each state-dict name that is a tie of an earlier one (the same tensor, e.g. TIGER
+    (T)'s token table in three modules) -> that earlier name."""
+    first: dict[tuple, str] = {}
+    tied = {}
+    for name, v in model.state_dict(keep_vars=True).items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape),
+               tuple(v.stride()))
+        if key in first and v.numel():
+            tied[name] = first[key]
+        first.setdefault(key, name)
+    return tied
+
+
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # clone: safetensors refuses tensors that share memory (tied weights); each name gets
-    # its own copy and load_state_dict fills both ties with the same values.
-    return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    # A tied tensor is stored once, under its first name (safetensors refuses shared
+    # memory); `_untie` gives the other names back at load.
+    tied = _tied_names(model)
+    return {k: v.detach().to("cpu").clone().contiguous()
+            for k, v in model.state_dict().items() if k not in tied}
+
+
+def _untie(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The stored tensors with every tie's name filled in (files from before ties were
+    stored once hold them already)."""
+    return {**{k: tensors[v] for k, v in _tied_names(model).items() if v in tensors},
+            **tensors}
 
 
 def save_weights(model: torch.nn.Module, path: Path, config_hash: str, epoch: int) -> None:
@@ -156,7 +179,8 @@ def restore(
     device: torch.device,
 ) -> None:
     """Put weights, optimiser state and every RNG back as they were when `ck` was saved."""
-    model.load_state_dict({k[6:]: v for k, v in ck.tensors.items() if k.startswith("model/")})
+    model.load_state_dict(_untie(model, {k[6:]: v for k, v in ck.tensors.items()
+                                         if k.startswith("model/")}))
     slots: dict[int, dict[str, Any]] = {}
     for key, value in ck.tensors.items():
         if key.startswith("optim/"):
@@ -275,7 +299,7 @@ def load_model(
     model.inference = model.inference_with(inference)
     try:
         weights = load_file(str(md.weights))
-        model.load_state_dict(weights)
+        model.load_state_dict(_untie(model, weights))
     except Exception as e:  # truncated, foreign or mismatched weights: a user-facing error
         raise SidrecError(
             f"{md.weights}: unreadable or not this model's weights ({type(e).__name__}); "

@@ -59,6 +59,9 @@ class Catalogue:
     text_emb: torch.Tensor | None = None  # [n_items, d] frozen sentence embeddings
     sids: torch.Tensor | None = None  # [n_items, n_codes] int64, unique rows
     codebook_sizes: tuple[int, ...] = ()  # vocabulary size of each SID position
+    # Spare rows behind the tables, shared by the catalogues grown from this one, so that
+    # adding m items copies m rows, not the catalogue (`sidrec.added_items.grow`).
+    reserve: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_items(self) -> int:
