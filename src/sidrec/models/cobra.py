@@ -49,7 +49,7 @@ from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, InferenceConfig, Recommender, init_weights
 from sidrec.models.beam import SidIndex, beam_search
-from sidrec.models.heads import mlp
+from sidrec.models.heads import gather_rows, mlp
 from sidrec.models.item_encoder import ItemEncoder
 from sidrec.models.retrieval import (
     GroupedItems,
@@ -257,7 +257,7 @@ class Cobra(Recommender):
         # v of each distinct item once: the in-batch InfoNCE candidates and the inputs.
         uniq, inverse = torch.unique(items, return_inverse=True)  # (U,), (B, m)
         v = self.item_encoder(uniq) if self.has_dense else None  # (U, d)
-        x, pad = self._cascade(seq, v[inverse] if v is not None else None)
+        x, pad = self._cascade(seq, gather_rows(v, inverse) if v is not None else None)
         h = self.decoder(x, pad).view(b, m, T, -1)  # (B, m, T, d)
         is_target = real[:, :-1]  # s_i (i >= 1) whose predecessor is real
         terms: dict[str, torch.Tensor] = {}

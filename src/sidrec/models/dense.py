@@ -35,7 +35,7 @@ from torch import nn
 from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, Recommender, init_weights, item_padding
-from sidrec.models.heads import DenseHead
+from sidrec.models.heads import DenseHead, gather_rows
 from sidrec.models.sasrec import causal_encoder, next_items
 
 
@@ -92,7 +92,7 @@ class Dense(Recommender):
         """(user vectors at every position [B, L', d], padding mask [B, L'])."""
         ids, pad = item_padding(history[:, -self.cfg.max_len :])  # [B, L'] (0 = padding)
         table = torch.cat([items.new_zeros(1, items.shape[1]), items])  # [n_items + 1, d]
-        x = self.in_norm(table[ids])  # [B, L', d]
+        x = self.in_norm(gather_rows(table, ids))  # [B, L', d]
         return self.encoder(x, pad), pad
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Small blocks shared by the models: the one Linear–GELU–Linear `mlp`, and `DenseHead`.
+"""Small blocks shared by the models: the one Linear–GELU–Linear `mlp`, `DenseHead`, and
+`gather_rows` for trained item tables.
 
 `DenseHead` is dense retrieval over items described by their frozen text embedding, as
 UniSRec (Hou et al., KDD 2022) and LIGER's dense head (Yang et al., arXiv 2411.18814,
@@ -20,6 +21,14 @@ from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.models.base import init_weights
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`table[index]` ([n, d] rows at an index of any shape) for a table that is trained.
+    Indexing's backward (index_put_ with accumulate) adds repeated rows' gradients in a
+    different order on each run with several CPU threads, so training was not repeatable;
+    F.embedding's backward sums them in a fixed order."""
+    return F.embedding(index, table)
 
 
 def mlp(d_in: int, hidden: int, d_out: int) -> nn.Module:
