@@ -31,6 +31,7 @@ Results of this script on 2026-11-30 are in the README (Benchmarks).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -176,6 +177,7 @@ def hf_gpt2(sasrec):
 def throughput(name: str, size: str, ds: Dataset, sids: np.ndarray, args) -> dict:
     """Per-step seconds of ours and of the Hugging Face twin on the same batches."""
     model, cfg = build(name, size, ds, sids)
+    cfg = dataclasses.replace(cfg, precision=args.precision)
     twin, twin_inputs, twin_loss = (hf_t5 if name == "tiger" else hf_gpt2)(model)
     examples = examples_of(model, ds)
     g = torch.Generator().manual_seed(0)
@@ -189,24 +191,31 @@ def throughput(name: str, size: str, ds: Dataset, sids: np.ndarray, args) -> dic
     def ours() -> None:
         train_epoch(stepper, optimizer, examples, perm, cfg, 0, 10**6)
 
-    def theirs() -> None:
+    def theirs(bf16: bool) -> None:
         twin.train()
         for x in hf_batches:
             twin_opt.zero_grad(set_to_none=True)
-            twin_loss(twin, x).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = twin_loss(twin, x)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(twin.parameters(), cfg.grad_clip)
             twin_opt.step()
 
-    ours(), theirs()  # warm-up (and compilation)
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
+    # HF in fp32 always (how T5 and GPT-2 train on a CPU by default); with --precision
+    # bf16 also under the same bf16 autocast as ours, the like-for-like twin.
+    runs = {"ours": ours, "hf": lambda: theirs(False)}
+    if args.precision == "bf16":
+        runs["hf_bf16"] = lambda: theirs(True)
+    for fn in runs.values():  # warm-up (and compilation)
+        fn()
+    times: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(args.rounds):
-        for key, fn in (("ours", ours), ("hf", theirs)):
+        for key, fn in runs.items():
             t0 = time.perf_counter()
             fn()
             times[key].append((time.perf_counter() - t0) / args.steps)
-    step = {k: statistics.median(v) for k, v in times.items()}
-    return {"model": name, "size": size, "batch": cfg.batch_size,
-            "ours": cfg.batch_size / step["ours"], "hf": cfg.batch_size / step["hf"],
+    rate = {k: cfg.batch_size / statistics.median(v) for k, v in times.items()}
+    return {"model": name, "size": size, "batch": cfg.batch_size, **rate,
             "params": sum(p.numel() for p in model.parameters()),
             "hf_params": sum(p.numel() for p in twin.parameters())}
 
@@ -274,20 +283,21 @@ def time_to_quality(run: Path, args, processes: int = 1) -> dict:
                                                                  "results.md", "bench*"))
         ends = Path(tmp) / "ends.jsonl"
         if processes == 1:  # as the demo trains it: the trainer's thread count
-            _train_demo_tiger(0, copy, 0, ends)
+            _train_demo_tiger(0, copy, 0, ends, args.precision)
         else:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
             torch.multiprocessing.spawn(_ddp_worker, nprocs=processes,
-                                        args=(processes, port, copy, ends))
+                                        args=(processes, port, copy, ends, args.precision))
         curve = [json.loads(line) for line in ends.read_text().splitlines()]
     final = curve[-1]["ndcg"]
     reached = next(e["seconds"] for e in curve if e["ndcg"] >= final)
     return {"processes": processes, "final": final, "seconds": reached, "curve": curve}
 
 
-def _train_demo_tiger(rank: int, run: Path, threads: int, ends: Path) -> None:
+def _train_demo_tiger(rank: int, run: Path, threads: int, ends: Path,
+                      precision: str = "fp32") -> None:
     start = time.perf_counter()
 
     def mark(entry: dict) -> None:  # rank 0 appends (seconds so far, valid NDCG@10)
@@ -296,14 +306,15 @@ def _train_demo_tiger(rank: int, run: Path, threads: int, ends: Path) -> None:
                 f.write(json.dumps({"seconds": time.perf_counter() - start,
                                     "ndcg": entry["valid_ndcg@10"]}) + "\n")
 
-    train("tiger", run, None, {"num_threads": threads}, "cpu", progress=False,
-          on_epoch_end=mark)
+    train("tiger", run, None, {"num_threads": threads, "precision": precision}, "cpu",
+          progress=False, on_epoch_end=mark)
 
 
-def _ddp_worker(rank: int, world: int, port: int, run: Path, ends: Path) -> None:
+def _ddp_worker(rank: int, world: int, port: int, run: Path, ends: Path,
+                precision: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    _train_demo_tiger(rank, run, 1, ends)
+    _train_demo_tiger(rank, run, 1, ends, precision)
 
 
 # ---------------------------------------------------------------- report
@@ -320,6 +331,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per timing")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="our training precision (bf16: autocast; the CPU needs "
+                             "avx512_bf16 or AMX for it to pay)")
     parser.add_argument("--models", default="tiger,sasrec", help="throughput rows")
     parser.add_argument("--quick", action="store_true", help="throughput only")
     parser.add_argument("--levers", action="store_true", help="time to quality with 2 processes")
@@ -335,12 +349,15 @@ def main() -> None:
     rows = [throughput(m, s, ds, sids, args) for m in args.models.split(",")
             for s in ("cpu", "paper")]
     twin = {"tiger": "HF T5", "sasrec": "HF GPT-2"}
-    print(f"\n| model | size | params | batch | ours ex/s{' (compiled)' if args.compile else ''} "
-          "| HF twin | HF ex/s | ours / HF |")
-    print("|---|---|---:|---:|---:|---|---:|---:|")
+    ours = f"ours ({args.precision}{', compiled' if args.compile else ''})"
+    bf16 = args.precision == "bf16"
+    print(f"\n| model | size | params | batch | {ours} ex/s | HF twin | HF fp32 ex/s "
+          f"| ours / HF fp32 |{' HF bf16 ex/s | ours / HF bf16 |' if bf16 else ''}")
+    print(f"|---|---|---:|---:|---:|---|---:|---:|{'---:|---:|' if bf16 else ''}")
     for r in rows:
+        like = f" {r['hf_bf16']:,.0f} | {r['ours'] / r['hf_bf16']:.2f}x |" if bf16 else ""
         print(f"| {r['model']} | {r['size']} | {r['params']:,} | {r['batch']} | {r['ours']:,.0f} "
-              f"| {twin[r['model']]} | {r['hf']:,.0f} | {r['ours'] / r['hf']:.2f}x |")
+              f"| {twin[r['model']]} | {r['hf']:,.0f} | {r['ours'] / r['hf']:.2f}x |{like}")
     if args.quick:
         return
     share = encoder_share(ds, sids, args)
@@ -366,7 +383,8 @@ def main() -> None:
     for r in runs:
         layout = f"{r['processes']} x {demo_threads if r['processes'] == 1 else 1}"
         curve = ", ".join(f"{e['ndcg']:.4f} ({e['seconds']:.0f} s)" for e in r["curve"])
-        print(f"| preset cpu | {layout} | {r['final']:.4f} | {r['seconds']:.0f} | {curve} |")
+        print(f"| preset cpu, {args.precision} | {layout} | {r['final']:.4f} "
+              f"| {r['seconds']:.0f} | {curve} |")
     if not math.isfinite(runs[0]["final"]):
         raise SystemExit("validation NDCG is not finite")
 
