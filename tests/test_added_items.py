@@ -3,6 +3,7 @@ the persisted file, and the catalogue growth."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from sidrec import added_items
 from sidrec.added_items import ItemError, NewItems, check_new, grow, place
 from sidrec.errors import SidrecError
+from sidrec.models import get_model_class
 from sidrec.models.beam import SidIndex
 from sidrec.run import RunDir
 from sidrec.tokenize.sids import extend_sids
@@ -152,3 +154,28 @@ def test_appends_reuse_the_spare_rows() -> None:
     again = grow(first, NewItems(("c",), ("t",), 3 * new.vectors, new.sids + 2))
     assert again.text_emb.data_ptr() != first.text_emb.data_ptr()  # not the newest: a copy
     assert torch.equal(second.text_emb[-1], 2 * torch.ones(2))
+
+
+def test_a_model_between_adds_projects_only_the_new_items() -> None:
+    # ItemVectors caches LIGER's projected item vectors by the text table's version: an
+    # append must not look like an in-place change of the older catalogue's table.
+    cat = sid_catalogue(n=64, text_dim=8)
+    cls = get_model_class("liger")
+    torch.manual_seed(0)
+    model = cls(cls.Config(), cat).eval()
+    projected: list[int] = []
+    project = model.dense_items.project
+    model.dense_items.project = lambda text: (projected.append(len(text)), project(text))[1]
+    history, users, dense = torch.tensor([[-1, 10, 11, 12]]), torch.tensor([0]), {"mode": "dense"}
+    model.recommend(history, users, 5, dense)
+    used = {tuple(row) for row in cat.sids.tolist()}
+    free = [s for s in itertools.product(range(4), range(4), range(5))
+            if s not in used][:3]
+    per_add = []
+    for step, sid in enumerate(free):
+        projected.clear()
+        new = NewItems((f"n{step}",), ("t",), np.ones((1, 8), np.float32), np.array([sid]))
+        model.set_catalogue(grow(model.catalogue, new))
+        model.recommend(history, users, 5, dense)
+        per_add.append(sum(projected))
+    assert per_add == [1, 1, 1]

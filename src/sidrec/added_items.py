@@ -215,22 +215,23 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 def grow(catalogue: Catalogue, new: NewItems) -> Catalogue:
     """`catalogue` with `new` appended: cold, popularity 0, their text vectors and SIDs.
-    `catalogue` itself is unchanged (in-flight requests may still read it), and only the
-    new rows are copied (`append_rows`)."""
-    m, spare = len(new), catalogue.reserve
+    `catalogue` itself is unchanged (in-flight requests may still read it), and of its
+    tensors only the new rows are copied (`append_rows`; the item-text list is copied).
+    """
+    m, reserve = len(new), catalogue.reserve
     grown: dict[str, Any] = {
         "item_text": [*catalogue.item_text, *new.texts],
-        "cold": append_rows(catalogue.cold, torch.ones(m, dtype=torch.bool), spare, "cold"),
-        "popularity": append_rows(catalogue.popularity, torch.zeros(m), spare, "popularity"),
+        "cold": append_rows(catalogue.cold, torch.ones(m, dtype=torch.bool), reserve, "cold"),
+        "popularity": append_rows(catalogue.popularity, torch.zeros(m), reserve, "popularity"),
     }
     if catalogue.text_emb is not None:
         vectors = torch.as_tensor(new.vectors)
-        grown["text_emb"] = append_rows(catalogue.text_emb, vectors, spare, "text_emb")
+        grown["text_emb"] = append_rows(catalogue.text_emb, vectors, reserve, "text_emb")
     if catalogue.sids is not None:
         if new.sids is None:
             raise SidrecError("the added items have no SIDs but the catalogue has; re-add them")
         sids = torch.as_tensor(new.sids, dtype=torch.int64)
-        grown["sids"] = append_rows(catalogue.sids, sids, spare, "sids")
+        grown["sids"] = append_rows(catalogue.sids, sids, reserve, "sids")
     return replace(catalogue, **grown)
 
 
@@ -262,7 +263,11 @@ def append_rows(table: torch.Tensor, new: torch.Tensor, reserve: dict[str, Reser
         spare = reserve[name] = Reserve(rows, n)
     spare.rows[n : n + m] = new.to(table)
     spare.used = n + m
-    return spare.rows[: n + m]
+    # A tensor of its own over the first n + m rows, not a view of `rows`: views share one
+    # version counter, so the next append would look like an in-place change of this
+    # table to whatever caches by version (ItemVectors) and throw its cache away.
+    shape = (n + m, *table.shape[1:])
+    return table.new_empty(0).set_(spare.rows.untyped_storage(), 0, shape, spare.rows.stride())
 
 
 # ---------------------------------------------------------------- the file

@@ -92,33 +92,36 @@ def write_inference(model_dir: ModelDir, inference: Any) -> None:
 # ---------------------------------------------------------------- weights and checkpoints
 
 
-def _tied_names(model: torch.nn.Module) -> dict[str, str]:
-    """Each state-dict name that is a tie of an earlier one (the same tensor, e.g. TIGER
-    (T)'s token table in three modules) -> that earlier name."""
-    first: dict[tuple, str] = {}
-    tied = {}
+def _tie_groups(model: torch.nn.Module) -> list[list[str]]:
+    """The state-dict names that hold one tensor, in groups of two or more (e.g. the SID
+    models' token table, one tensor in three modules)."""
+    groups: dict[tuple, list[str]] = {}
     for name, v in model.state_dict(keep_vars=True).items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape),
-               tuple(v.stride()))
-        if key in first and v.numel():
-            tied[name] = first[key]
-        first.setdefault(key, name)
-    return tied
+        if v.numel():
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape),
+                   tuple(v.stride()), str(v.device))
+            groups.setdefault(key, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # A tied tensor is stored once, under its first name (safetensors refuses shared
-    # memory); `_untie` gives the other names back at load.
-    tied = _tied_names(model)
+    # memory); `_with_tied_names` gives the other names back at load.
+    others = {name for names in _tie_groups(model) for name in names[1:]}
     return {k: v.detach().to("cpu").clone().contiguous()
-            for k, v in model.state_dict().items() if k not in tied}
+            for k, v in model.state_dict().items() if k not in others}
 
 
-def _untie(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The stored tensors with every tie's name filled in (files from before ties were
-    stored once hold them already)."""
-    return {**{k: tensors[v] for k, v in _tied_names(model).items() if v in tensors},
-            **tensors}
+def _with_tied_names(model: torch.nn.Module,
+                     tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The stored tensors with every name of a tie filled in from whichever of its names
+    the file holds (a file from before ties were stored once holds them all)."""
+    out = dict(tensors)
+    for names in _tie_groups(model):
+        stored = next((tensors[n] for n in names if n in tensors), None)
+        if stored is not None:
+            out.update({n: stored for n in names if n not in tensors})
+    return out
 
 
 def save_weights(model: torch.nn.Module, path: Path, config_hash: str, epoch: int) -> None:
@@ -179,8 +182,8 @@ def restore(
     device: torch.device,
 ) -> None:
     """Put weights, optimiser state and every RNG back as they were when `ck` was saved."""
-    model.load_state_dict(_untie(model, {k[6:]: v for k, v in ck.tensors.items()
-                                         if k.startswith("model/")}))
+    model.load_state_dict(_with_tied_names(model, {k[6:]: v for k, v in ck.tensors.items()
+                                                   if k.startswith("model/")}))
     slots: dict[int, dict[str, Any]] = {}
     for key, value in ck.tensors.items():
         if key.startswith("optim/"):
@@ -299,7 +302,7 @@ def load_model(
     model.inference = model.inference_with(inference)
     try:
         weights = load_file(str(md.weights))
-        model.load_state_dict(_untie(model, weights))
+        model.load_state_dict(_with_tied_names(model, weights))
     except Exception as e:  # truncated, foreign or mismatched weights: a user-facing error
         raise SidrecError(
             f"{md.weights}: unreadable or not this model's weights ({type(e).__name__}); "

@@ -16,8 +16,8 @@ all metrics are computed from that [U, k] matrix at once (no loop per user):
   from the list order. So that ties crossing the k-th item are seen, the evaluator asks
   for `max(ks)` more items than it reports (`recommend(..., margin=)`): a target tied
   with the 10th and 11th item is ranked 11th, a miss at K = 10. Ties that run past the
-  margin are ranked as listed. A beam's margin is the rest of that beam (its width stays
-  max(beam, k)), and beam log-probabilities practically never tie.
+  margin are ranked as listed. A beam's margin is the rest of that beam (its width is
+  what it is without the margin), and beam log-probabilities practically never tie.
 - coverage@C: distinct items in the top-C lists of the users in a row / n_items.
 - filled@k: mean fraction of the k slots holding a real item (< 1 when a generative
   model returns fewer items than asked, e.g. invalid SIDs dropped).
@@ -164,7 +164,7 @@ def top_k(
     for start in range(0, n, batch_size):
         h = torch.as_tensor(histories[start : start + batch_size], device=device)  # [B, L]
         u = torch.as_tensor(users[start : start + batch_size], device=device)  # [B]
-        top_items, top_scores = model.recommend(h, u, k, inference, margin)  # [B, <=width]
+        top_items, top_scores = model.recommend(h, u, k, inference, margin=margin)  # [B, <=w]
         if torch.isnan(top_scores).any():
             raise SidrecError(
                 f"{model.name}: NaN scores for users {start}..{start + len(h) - 1}; the "

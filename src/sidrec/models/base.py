@@ -132,8 +132,9 @@ class Recommender(nn.Module):
 
         Rows may contain -1 items (with score -inf) when a model returns fewer than k.
         `margin` asks for the items that follow the k-th as well, so that an evaluator can
-        see ties that cross the k-th item; it never changes the first k (a beam keeps its
-        width, max(beam, k), and the margin is what else that beam holds).
+        see ties that cross the k-th item. It never changes the first k, except which of
+        several equal scores come first (torch.topk's choice); a beam keeps its width and
+        the margin is what else that beam holds.
         """
         inference = self._inference(inference)
         scores = self.score(history, users)

@@ -58,9 +58,9 @@ class Pop(Recommender):
             return items, self.popularity[items]
         # Rank by minus the position in the stable order, not by the (tied) counts, so
         # that equal counts are listed the same way whatever k and the margin are.
-        position = torch.empty_like(self.popularity)
+        position = torch.empty(len(self.order), dtype=torch.float64, device=self.order.device)
         position[self.order] = torch.arange(len(self.order), dtype=position.dtype,
-                                            device=position.device)
+                                            device=position.device)  # exact up to 2**53
         listed = mask_history((-position).expand(history.shape[0], -1), history)
         items, _ = top_scored(listed, n)
         return items, self.popularity[items.clamp_min(0)].masked_fill(items < 0, -math.inf)

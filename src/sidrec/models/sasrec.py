@@ -48,6 +48,7 @@ from torch import nn
 from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, Recommender, init_weights, item_padding
+from sidrec.models.heads import gather_rows
 from sidrec.models.transformer import CausalEncoder, StackConfig
 
 
@@ -119,8 +120,8 @@ class SASRec(Recommender):
         # one negative per position, uniform over every item but the positive
         n_items = items.shape[0]
         neg = (y + torch.randint(1, n_items, y.shape, device=y.device)) % n_items  # [N]
-        pos_logit = (h * items[y]).sum(-1)  # [N]
-        neg_logit = (h * items[neg]).sum(-1)  # [N]
+        pos_logit = (h * gather_rows(items, y)).sum(-1)  # [N]
+        neg_logit = (h * gather_rows(items, neg)).sum(-1)  # [N]
         loss = F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
         return {"loss": loss, "loss_bce": loss.detach()}
 
