@@ -5,6 +5,8 @@ health, metrics, OpenAPI and the explorer page."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import httpx
@@ -174,3 +176,42 @@ def test_items_are_added_live_and_survive_a_restart(server, run: Path, tmp_path:
         assert c.get("/v1/items/new-1").json()["added"] is True
         assert c.get("/v1/info").json()["n_items"] == N_ITEMS + 1
         assert c.post("/v1/recommend", json={"history": ["new-1", "i02"]}).status_code == 200
+
+
+def model_processes(pid: int) -> list[int]:
+    """The multiprocessing children of `pid` that run a target (not its resource tracker),
+    started by any of its threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in command:
+                found.append(int(child))
+    return found
+
+
+def test_the_model_runs_in_a_process_of_its_own_and_its_loss_is_a_503(run: Path,
+                                                                      tmp_path: Path) -> None:
+    with running(run / "models" / "tiger", log=tmp_path / "serve.log") as s, \
+            httpx.Client(base_url=s.url, timeout=30) as c:
+        assert c.post("/v1/recommend", json={"history": HISTORY}).status_code == 200
+        (model,) = model_processes(s.process.pid)
+        os.kill(model, signal.SIGKILL)
+        r = c.post("/v1/recommend", json={"history": HISTORY})
+        assert r.status_code == 503 and "the model process stopped" in r.json()["error"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "model process" in ready.json()["error"]
+        assert c.post("/v1/recommend", json={"history": HISTORY}).status_code == 503
+        assert c.get("/healthz").status_code == 200  # the process itself is up
+
+
+def test_without_a_model_process_the_server_answers_alike(run: Path, tmp_path: Path) -> None:
+    body = {"history": HISTORY, "k": 5}
+    answers = []
+    for setting in ("model_process=true", "model_process=false"):
+        with running(run / "models" / "tiger", setting, log=tmp_path / f"{setting}.log") as s:
+            assert len(model_processes(s.process.pid)) == (setting == "model_process=true")
+            answers.append(httpx.post(f"{s.url}/v1/recommend", json=body, timeout=30).json())
+    assert [i["id"] for i in answers[0]["items"]] == [i["id"] for i in answers[1]["items"]]
+    for a, b in zip(answers[0]["items"], answers[1]["items"], strict=True):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)

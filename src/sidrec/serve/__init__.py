@@ -20,7 +20,7 @@ app on Ray Serve, `--ray`), `static/` (the explorer page).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,17 +34,26 @@ if TYPE_CHECKING:
 __all__ = ["ServeSettings", "build_app", "loader", "serve"]
 
 
-def loader(model_dir: str | Path, settings: ServeSettings,
-           inference: dict[str, Any] | None = None) -> Callable[[], Service]:
-    """A function that loads the model for serving (with its run's added items)."""
+@dataclass(frozen=True)
+class Loader:
+    """Loads the model for serving (with its run's added items). A picklable value, so
+    that the model process (`ServeSettings.model_process`) loads its own copy with it."""
 
-    def load() -> Service:
+    model_dir: str
+    settings: ServeSettings
+    inference: dict[str, Any] | None = None
+
+    def __call__(self) -> Service:
         from sidrec.api import load as load_service
 
-        return load_service(model_dir, on_unknown=settings.on_unknown, device=settings.device,
-                            inference=inference)
+        return load_service(self.model_dir, on_unknown=self.settings.on_unknown,
+                            device=self.settings.device, inference=self.inference)
 
-    return load
+
+def loader(model_dir: str | Path, settings: ServeSettings,
+           inference: dict[str, Any] | None = None) -> Loader:
+    """What loads the model for serving (with its run's added items)."""
+    return Loader(str(model_dir), settings, inference)
 
 
 def build_app(model_dir: str | Path, settings: ServeSettings | None = None,
@@ -56,13 +65,8 @@ def build_app(model_dir: str | Path, settings: ServeSettings | None = None,
 
     settings = settings or ServeSettings()
     load = loader(model_dir, settings, inference)
-    if preload:
-        service = load()
-
-        def load() -> Service:
-            return service
-
-    return create_app(InferenceWorker(load, settings), settings)
+    return create_app(InferenceWorker(load, settings, service=load() if preload else None),
+                      settings)
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,

@@ -38,7 +38,7 @@ from sidrec.presets import check_model_config
 from sidrec.serve import schemas
 from sidrec.serve.metrics import Metrics
 from sidrec.serve.settings import ServeSettings
-from sidrec.serve.worker import InferenceWorker, Overloaded, Query
+from sidrec.serve.worker import InferenceWorker, ModelStopped, Overloaded, Query
 
 log = logging.getLogger("sidrec.serve")
 
@@ -226,7 +226,7 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
     async def run(query: Query) -> Recommendations:
         try:
             return await answer(query)
-        except Overloaded as e:
+        except (Overloaded, ModelStopped) as e:
             raise ApiError(503, str(e)) from None
         except TimeoutError:
             raise ApiError(504, f"no result within {settings.timeout_s} s") from None

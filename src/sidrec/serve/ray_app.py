@@ -48,6 +48,8 @@ def replica_app(model_dir: str, settings: ServeSettings,
     from sidrec.serve.worker import InferenceWorker, Query
 
     serve = _ray()
+    # A replica is a process of its own already: its model calls stay in it.
+    settings = replace(settings, model_process=False)
     worker = InferenceWorker(loader(model_dir, settings, inference), settings)
 
     @serve.batch(max_batch_size=settings.rows_per_call,

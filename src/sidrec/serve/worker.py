@@ -1,4 +1,4 @@
-"""Dynamic batching on one inference thread.
+"""Dynamic batching on one inference thread, and the model in a process of its own.
 
 HTTP handlers put `Query`s on a queue and await their futures; one worker thread takes
 the first waiting query, collects more while others are on their way (requests the HTTP
@@ -12,6 +12,15 @@ same thread) never meets a batch halfway.
 
 A grouped call returns what `recommend_batch` returns for those rows offline (the model
 contract is row-independent; tests/test_serve_batching.py checks it within 1e-5).
+
+With `model_process` (the default) the worker thread hands each batch to a `ModelProcess`,
+a child process with its own copy of the model, and waits for the answers. In one
+process the HTTP thread and the model's Python code between torch ops took turns on one
+interpreter lock: the server never used more than one core, and its model waited for work
+half of the time (benchmarks/bench_serve.py, README "Serving"). The server process keeps
+its own `Service` for everything else (checks, item lookups, `add_items`); items it adds
+are persisted before the call returns, and the model process reads them from the run
+directory (`Service.refresh`) before every batch, so the next request sees them.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import queue
 import threading
@@ -86,6 +96,10 @@ class Overloaded(Exception):
     """The queue is full: the server answers 503."""
 
 
+class ModelStopped(Exception):
+    """The model process is gone: the server answers 503 from then on."""
+
+
 @dataclass
 class _Job:
     future: Future
@@ -96,19 +110,86 @@ class _Job:
 _STOP = _Job(Future())
 
 
-class InferenceWorker:
-    """The one thread that loads the model and runs every model call.
+class ModelProcess:
+    """A child process holding its own copy of the model; `answer` runs `run_queries`
+    there. `load` must be picklable (`sidrec.serve.Loader`)."""
 
-    `load` builds the `Service` on the thread (so /healthz answers while it loads);
-    `ready` is set once it is loaded, `error` holds why loading failed.
+    def __init__(self, load: Callable[[], Service], threads: int) -> None:
+        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_model_process, args=(child, load, threads),
+                                        name="sidrec-model", daemon=True)
+        self._process.start()
+        child.close()
+        try:
+            status, message = self._receive()
+        except ModelStopped as e:
+            status, message = "failed", str(e)
+        if status != "ready":
+            raise SidrecError(message)
+
+    def answer(self, queries: list[Query]) -> tuple[list[Recommendations | Exception],
+                                                     list[int], int]:
+        """(answers, the rows of each model call, the model's invalid-SID count so far)."""
+        self._conn.send(queries)
+        return self._receive()
+
+    def _receive(self) -> Any:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self._process.join(1.0)
+            raise ModelStopped(f"the model process stopped (exit code "
+                               f"{self._process.exitcode}); restart sidrec serve") from None
+
+    def stop(self, timeout: float) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None:
+    try:
+        service = load()
+        torch.set_num_threads(threads)
+    except Exception as e:  # the server reports it (/readyz) and exits
+        conn.send(("failed", str(e) if isinstance(e, SidrecError) else f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", ""))
+    while True:
+        try:
+            queries = conn.recv()
+        except EOFError:  # the server process is gone
+            return
+        if queries is None:
+            return
+        try:
+            service.refresh()  # the items the server process added since the last batch
+        except Exception as e:  # serving goes on with the catalogue it has
+            log.warning("sidrec serve: could not read the added items: %s", e)
+        calls: list[int] = []
+        conn.send((run_queries(service, queries, calls.append), calls, service.n_invalid))
+
+
+class InferenceWorker:
+    """The one thread that loads the model and runs every model call (or hands it to the
+    `ModelProcess`).
+
+    `load` builds the `Service` on the thread (so /healthz answers while it loads), unless
+    `service` is given already loaded; `ready` is set once the model is loaded (in the
+    model process too), `error` holds why loading failed.
     """
 
     def __init__(self, load: Callable[[], Service], settings: ServeSettings,
-                 on_call: Callable[[int], None] | None = None) -> None:
+                 on_call: Callable[[int], None] | None = None,
+                 service: Service | None = None) -> None:
         self._load = load
         self.settings = settings
         self.on_call = on_call
-        self.service: Service | None = None
+        self.service: Service | None = service
+        self._model: ModelProcess | None = None
         self.ready = threading.Event()
         self.error: str | None = None
         # Requests received by the HTTP side and not queued yet (read by this thread, kept
@@ -125,6 +206,8 @@ class InferenceWorker:
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout)
         self._thread.join(timeout)
+        if self._model is not None:
+            self._model.stop(timeout)
 
     @property
     def depth(self) -> int:
@@ -149,8 +232,10 @@ class InferenceWorker:
 
     def _run(self) -> None:
         try:
-            self.service = self._load()
+            self.service = self.service or self._load()
             torch.set_num_threads(self.threads)  # after the load, which sets its own
+            if self.settings.model_process:
+                self._model = ModelProcess(self._load, self.threads)
         except Exception as e:  # reported by /readyz, logged
             self.error = f"{type(e).__name__}: {e}" if not isinstance(e, SidrecError) else str(e)
             log.error("sidrec serve: the model did not load: %s", self.error)
@@ -218,7 +303,17 @@ class InferenceWorker:
             service.refresh()
         except Exception as e:  # serving goes on with the catalogue it has
             log.warning("sidrec serve: could not read the added items: %s", e)
-        return run_queries(service, queries, self.on_call)
+        if self._model is None:
+            return run_queries(service, queries, self.on_call)
+        try:
+            answers, calls, service.n_invalid = self._model.answer(queries)
+        except ModelStopped as e:
+            self.error = str(e)  # /readyz and every request say so from now on
+            return [e] * len(queries)
+        for rows in calls:
+            if self.on_call:
+                self.on_call(rows)
+        return answers
 
     def _run_call(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
