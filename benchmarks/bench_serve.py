@@ -10,9 +10,11 @@ For each model of the run (`make demo` trains them into runs/ml-100k-holdout/mod
    see `drive` for why not httpx) at concurrency 1, 8 and 64: requests/s, p50/p95/p99
    latency, the mean batch size (from the server's /metrics), errors and invalid answers
    (an id outside the catalogue, fewer than k items, or a generated SID that was no item);
-3. the same server with batching off (`--no-batching`) at the same concurrencies.
-Then the ratios, measured in this one run: at concurrency 64, batched / unbatched
-throughput (goal >= 5), batched / offline (goal >= 0.6), p99 / p50 (goal <= 4).
+3. the same server with its model in a process of its own (`model_process=true`);
+4. the same server with batching off (`--no-batching`) at the same concurrencies.
+Then the ratios, measured in this one run, for each batched server: at concurrency 64,
+batched / unbatched throughput (goal >= 5), batched / offline (goal >= 0.6), p99 / p50
+(goal <= 4).
 
 Every request loop is bounded in count (`--requests` per step) and time (`--seconds`),
 and only 127.0.0.1 is addressed. Server and client share the machine's cores. The
@@ -80,14 +82,17 @@ def offline(model_dir: Path, bodies: list[dict], k: int, chunk: int, threads: in
     return len(histories) / (time.perf_counter() - start)
 
 
+# The servers compared: label -> extra `sidrec serve` arguments; the first is the default.
+SERVERS = {"batching on": [], "batching on, model process": ["model_process=true"],
+           "batching off": ["--no-batching"]}
+
+
 class Server:
-    def __init__(self, model_dir: Path, threads: int, batching: bool, log: Path) -> None:
+    def __init__(self, model_dir: Path, threads: int, extra: list[str], log: Path) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         args = [sys.executable, "-m", "sidrec.cli", "serve", str(model_dir), "--host",
                 "127.0.0.1", "--port", self.url.rsplit(":", 1)[1], f"threads={threads}",
-                "device=cpu"]
-        if not batching:
-            args.append("--no-batching")
+                "device=cpu", *extra]
         self.log = open(log, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -228,15 +233,16 @@ def main() -> int:
             f"{v:.1f} users/s at {t} thread(s)" for t, v in speeds.items())
             + f"; one user per call: {single:.1f} users/s", flush=True)
         rows_of_model = []
-        for batching in (True, False):
-            server = Server(model_dir, args.threads, batching, logs / f"{model}-{batching}.log")
+        for label, extra in SERVERS.items():
+            server = Server(model_dir, args.threads, extra,
+                            logs / f"{model}-{label.replace(' ', '')}.log")
             try:
                 rows = measure(server, bodies, n, args.seconds, catalogue)
             finally:
                 server.stop()
             for row in rows:
-                rows_of_model.append({"model": model, "batching": batching, **row})
-                print(f"  batching {'on ' if batching else 'off'} c={row['concurrency']:>2}: "
+                rows_of_model.append({"model": model, "server": label, **row})
+                print(f"  {label:26} c={row['concurrency']:>2}: "
                       f"{row['rps']:7.1f} req/s  p50 {row['p50']:6.1f}  p99 {row['p99']:6.1f} "
                       f"ms  batch {row['mean_batch']:4.1f}  errors {row['errors']}  "
                       f"invalid {row['invalid'] + row['invalid_sids']:.0f}", flush=True)
@@ -258,21 +264,25 @@ def report(results: list[dict]) -> str:
     lines = ["", "| model | server | concurrency | req/s | p50 ms | p95 ms | p99 ms | "
              "mean batch | errors | invalid |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['model']} | batching {'on' if r['batching'] else 'off'} | "
+        lines.append(f"| {r['model']} | {r['server']} | "
                      f"{r['concurrency']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | "
                      f"{r['p99']:.1f} | {r['mean_batch']:.1f} | {r['errors']} | "
                      f"{r['invalid'] + r['invalid_sids']:.0f} |")
-    lines += ["", "| model | offline users/s (64 per call) | offline, 1 per call | "
-              "c=64 batched / unbatched (>= 5) | c=64 batched / offline (>= 0.6) | "
-              "c=64 p99 / p50 (<= 4) |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| model | batched server | offline users/s (64 per call) | offline, 1 per "
+              "call | c=64 batched / unbatched (>= 5) | c=64 batched / offline (>= 0.6) | "
+              "c=64 p99 / p50 (<= 4) |", "|---|---|---:|---:|---:|---:|---:|"]
+
+    def at_64(model: str, server: str) -> dict:
+        return next(r for r in results if r["model"] == model and r["server"] == server
+                    and r["concurrency"] == 64)
+
     for model in dict.fromkeys(r["model"] for r in results):
-        on = next(r for r in results if r["model"] == model and r["batching"]
-                  and r["concurrency"] == 64)
-        off = next(r for r in results if r["model"] == model and not r["batching"]
-                   and r["concurrency"] == 64)
-        lines.append(f"| {model} | {on['offline']:.1f} | {on['offline_single']:.1f} | "
-                     f"{on['rps'] / off['rps']:.1f}x | {on['rps'] / on['offline']:.2f}x | "
-                     f"{on['p99'] / on['p50']:.1f} |")
+        off = at_64(model, "batching off")
+        for server in [s for s in SERVERS if s != "batching off"]:
+            on = at_64(model, server)
+            lines.append(f"| {model} | {server} | {on['offline']:.1f} | "
+                         f"{on['offline_single']:.1f} | {on['rps'] / off['rps']:.1f}x | "
+                         f"{on['rps'] / on['offline']:.2f}x | {on['p99'] / on['p50']:.1f} |")
     return "\n".join(lines)
 
 

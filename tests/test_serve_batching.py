@@ -30,13 +30,14 @@ def servers(run: Path, tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("logs")
     started: dict = {}
 
-    def get(model: str):
-        if model not in started:
+    def get(model: str, *settings: str):
+        key = (model, *settings)
+        if key not in started:
             # a long wait, so that a batch has time to fill on a busy machine
-            started[model] = running(run / "models" / model, "max_wait_ms=20",
-                                     log=logs / f"{model}.log")
-            started[model].server = started[model].__enter__()
-        return started[model].server
+            started[key] = running(run / "models" / model, "max_wait_ms=20", *settings,
+                                   log=logs / f"{'-'.join(key)}.log")
+            started[key].server = started[key].__enter__()
+        return started[key].server
 
     yield get
     for context in started.values():
@@ -61,9 +62,18 @@ def queries(n: int, seed: int) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("model", ["tiger", "liger", "cobra"])
-def test_batched_answers_equal_offline(servers, run: Path, model: str) -> None:
-    server = servers(model)
+# model_process=true: the same through the model in a process of its own
+PROCESS = ("model_process=true",)
+
+
+def label(value: object) -> str:
+    return "-".join(value) if isinstance(value, tuple) else str(value)
+
+
+@pytest.mark.parametrize("model, settings", [("tiger", ()), ("liger", ()), ("cobra", ()),
+                                             ("tiger", PROCESS)], ids=label)
+def test_batched_answers_equal_offline(servers, run: Path, model: str, settings) -> None:
+    server = servers(model, *settings)
     bodies = queries(32, seed=1)
     before = httpx.get(f"{server.url}/metrics").text
     responses = post_all(f"{server.url}/v1/recommend", bodies, concurrency=32)
@@ -143,9 +153,10 @@ async def _load_while_adding(url: str, prefix: str, n_adds: int, seconds: float)
             "size": size, **counts}
 
 
-@pytest.mark.parametrize("model", ["liger", "cobra"])
-def test_items_added_under_load(servers, model: str) -> None:
-    server = servers(model)
+@pytest.mark.parametrize("model, settings", [("liger", ()), ("cobra", ()),
+                                             ("liger", PROCESS)], ids=label)
+def test_items_added_under_load(servers, model: str, settings) -> None:
+    server = servers(model, *settings)
     start = httpx.get(f"{server.url}/v1/info").json()["n_items"]
     out = asyncio.run(_load_while_adding(server.url, f"live-{model}", n_adds=5, seconds=90))
     assert out["problems"] == []

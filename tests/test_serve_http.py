@@ -192,7 +192,8 @@ def model_processes(pid: int) -> list[int]:
 
 def test_the_model_runs_in_a_process_of_its_own_and_its_loss_is_a_503(run: Path,
                                                                       tmp_path: Path) -> None:
-    with running(run / "models" / "tiger", log=tmp_path / "serve.log") as s, \
+    with running(run / "models" / "tiger", "model_process=true",
+                 log=tmp_path / "serve.log") as s, \
             httpx.Client(base_url=s.url, timeout=30) as c:
         assert c.post("/v1/recommend", json={"history": HISTORY}).status_code == 200
         (model,) = model_processes(s.process.pid)
@@ -205,7 +206,7 @@ def test_the_model_runs_in_a_process_of_its_own_and_its_loss_is_a_503(run: Path,
         assert c.get("/healthz").status_code == 200  # the process itself is up
 
 
-def test_without_a_model_process_the_server_answers_alike(run: Path, tmp_path: Path) -> None:
+def test_with_a_model_process_the_server_answers_alike(run: Path, tmp_path: Path) -> None:
     body = {"history": HISTORY, "k": 5}
     answers = []
     for setting in ("model_process=true", "model_process=false"):

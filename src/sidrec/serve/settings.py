@@ -27,11 +27,11 @@ class ServeSettings:
     max_queue: int = 4096  # requests waiting for the worker before 503 (overload)
     timeout_s: float = 30.0  # a request waits this long for its result before 504
     # -- the inference worker (one thread runs every model call)
-    # The model's calls in a process of its own, so that the HTTP side and the model's
-    # Python code between torch ops never wait for one interpreter lock (on 2 cores:
-    # 1.2-1.4x the requests/s at 64 concurrent requests). It loads its own copy of the
-    # model; false: the calls run in the server's process (half the memory).
-    model_process: bool = True
+    # true: the model's calls in a process of its own, so that the HTTP side and the
+    # model's Python code between torch ops never wait for one interpreter lock (on 2
+    # cores 1.2x the requests/s at 64 concurrent requests), at the cost of a second copy
+    # of the model in memory. Off by default: one process holds the model (SPEC).
+    model_process: bool = False
     threads: int = 0  # torch CPU threads; 0 = cores - 1 (at least 1, at most 4)
     device: str = "auto"  # auto | cpu | cuda[:N]
     on_unknown: str = "error"  # an unknown history item: 400 (error) or ignored (skip)

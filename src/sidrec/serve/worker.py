@@ -13,7 +13,7 @@ same thread) never meets a batch halfway.
 A grouped call returns what `recommend_batch` returns for those rows offline (the model
 contract is row-independent; tests/test_serve_batching.py checks it within 1e-5).
 
-With `model_process` (the default) the worker thread hands each batch to a `ModelProcess`,
+With `model_process=true` the worker thread hands each batch to a `ModelProcess`,
 a child process with its own copy of the model, and waits for the answers. In one
 process the HTTP thread and the model's Python code between torch ops took turns on one
 interpreter lock: the server never used more than one core, and its model waited for work
