@@ -158,7 +158,9 @@ async def _load_while_adding(url: str, prefix: str, n_adds: int, seconds: float)
 def test_items_added_under_load(servers, model: str, settings) -> None:
     server = servers(model, *settings)
     start = httpx.get(f"{server.url}/v1/info").json()["n_items"]
-    out = asyncio.run(_load_while_adding(server.url, f"live-{model}", n_adds=5, seconds=90))
+    # the servers share the run directory, so each adds ids of its own
+    prefix = "-".join(("live", model, *settings))
+    out = asyncio.run(_load_while_adding(server.url, prefix, n_adds=5, seconds=90))
     assert out["problems"] == []
     assert len(out["added"]) == 10 and out["known"] == set(out["added"]) | out["returned"]
     assert out["size"] >= start + 10 and out["requests"] >= 20
