@@ -131,16 +131,22 @@ class ModelProcess:
     def answer(self, queries: list[Query]) -> tuple[list[Recommendations | Exception],
                                                      list[int], int]:
         """(answers, the rows of each model call, the model's invalid-SID count so far)."""
-        self._conn.send(queries)
+        try:
+            self._conn.send(queries)
+        except OSError:  # a broken pipe: the process is gone
+            raise self._stopped() from None
         return self._receive()
 
     def _receive(self) -> Any:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            self._process.join(1.0)
-            raise ModelStopped(f"the model process stopped (exit code "
-                               f"{self._process.exitcode}); restart sidrec serve") from None
+            raise self._stopped() from None
+
+    def _stopped(self) -> ModelStopped:
+        self._process.join(1.0)
+        return ModelStopped(f"the model process stopped (exit code {self._process.exitcode}); "
+                            "restart sidrec serve")
 
     def stop(self, timeout: float) -> None:
         with contextlib.suppress(OSError):
