@@ -6,12 +6,19 @@ health, metrics, OpenAPI and the explorer page."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from serving import N_ITEMS, copy_of, metric, running
+
+from sidrec.added_items import ItemError
+from sidrec.api import Recommendations
+from sidrec.errors import SidrecError
+from sidrec.serve.worker import plain
 
 HISTORY = ["i01", "i03", "i05"]
 
@@ -198,11 +205,13 @@ def test_the_model_runs_in_a_process_of_its_own_and_its_loss_is_a_503(run: Path,
         assert c.post("/v1/recommend", json={"history": HISTORY}).status_code == 200
         (model,) = model_processes(s.process.pid)
         os.kill(model, signal.SIGKILL)
+        # /readyz notices without a request having met the dead process
+        deadline = time.monotonic() + 10
+        while (ready := c.get("/readyz")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.status_code == 503 and "model process stopped" in ready.json()["error"]
         r = c.post("/v1/recommend", json={"history": HISTORY})
         assert r.status_code == 503 and "the model process stopped" in r.json()["error"]
-        ready = c.get("/readyz")
-        assert ready.status_code == 503 and "model process" in ready.json()["error"]
-        assert c.post("/v1/recommend", json={"history": HISTORY}).status_code == 503
         assert c.get("/healthz").status_code == 200  # the process itself is up
 
 
@@ -216,3 +225,16 @@ def test_with_a_model_process_the_server_answers_alike(run: Path, tmp_path: Path
     assert [i["id"] for i in answers[0]["items"]] == [i["id"] for i in answers[1]["items"]]
     for a, b in zip(answers[0]["items"], answers[1]["items"], strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_answers_cross_the_pipe_whatever_their_exceptions_hold() -> None:
+    class Local(Exception):  # a class pickle cannot find again
+        pass
+
+    answers = [Recommendations([("i01", 0.5)]), ItemError(3, ": no text"),
+               Local("boom"), SidrecError("k too large")]
+    back = pickle.loads(pickle.dumps([plain(a) for a in answers]))
+    assert back[0] == [("i01", 0.5)]
+    assert isinstance(back[1], SidrecError) and str(back[1]) == "items[3]: no text"
+    assert isinstance(back[2], RuntimeError) and str(back[2]) == "Local: boom"
+    assert isinstance(back[3], SidrecError) and str(back[3]) == "k too large"

@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -143,10 +144,17 @@ class ModelProcess:
         except (EOFError, OSError):
             raise self._stopped() from None
 
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
     def _stopped(self) -> ModelStopped:
         self._process.join(1.0)
-        return ModelStopped(f"the model process stopped (exit code {self._process.exitcode}); "
-                            "restart sidrec serve")
+        return ModelStopped(self.stopped_message())
+
+    def stopped_message(self) -> str:
+        return (f"the model process stopped (exit code {self._process.exitcode}); restart "
+                "sidrec serve")
 
     def stop(self, timeout: float) -> None:
         with contextlib.suppress(OSError):
@@ -157,6 +165,8 @@ class ModelProcess:
 
 
 def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None:
+    # Ctrl-C reaches the whole process group; the server stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         service = load()
         torch.set_num_threads(threads)
@@ -176,7 +186,22 @@ def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None
         except Exception as e:  # serving goes on with the catalogue it has
             log.warning("sidrec serve: could not read the added items: %s", e)
         calls: list[int] = []
-        conn.send((run_queries(service, queries, calls.append), calls, service.n_invalid))
+        try:
+            answers = [plain(a) for a in run_queries(service, queries, calls.append)]
+        except Exception as e:  # the server answers this batch with it and goes on
+            log.exception("sidrec serve: the model process failed on a batch")
+            answers = [plain(e)] * len(queries)
+        conn.send((answers, calls, service.n_invalid))
+
+
+def plain(answer: Any) -> Any:
+    """An answer that crosses the pipe: an exception becomes a SidrecError (a user's
+    mistake, HTTP 400) or a RuntimeError naming its type (500), whatever it held."""
+    if not isinstance(answer, Exception):
+        return answer
+    if isinstance(answer, SidrecError):
+        return SidrecError(str(answer))
+    return RuntimeError(f"{type(answer).__name__}: {answer}")
 
 
 class InferenceWorker:
@@ -243,9 +268,10 @@ class InferenceWorker:
             if self.settings.model_process:
                 self._model = ModelProcess(self._load, self.threads)
         except Exception as e:  # reported by /readyz, logged
-            self.error = f"{type(e).__name__}: {e}" if not isinstance(e, SidrecError) else str(e)
-            log.error("sidrec serve: the model did not load: %s", self.error)
-            self._drain(SidrecError(f"the model did not load: {self.error}"))
+            why = str(e) if isinstance(e, SidrecError) else f"{type(e).__name__}: {e}"
+            self.error = f"the model did not load: {why}"
+            log.error("sidrec serve: %s", self.error)
+            self._drain(SidrecError(self.error))
             return
         self.ready.set()
         pending: _Job | None = None
@@ -259,8 +285,20 @@ class InferenceWorker:
                 continue
             batch = [job]
             pending = self._collect(batch)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception as e:  # this batch fails (500); the thread goes on
+                log.exception("sidrec serve: a batch failed")
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(e)
         self._drain(SidrecError("the server is shutting down"))
+
+    def failure(self) -> str | None:
+        """Why no model can answer (it did not load, or its process stopped), else None."""
+        if self.error is None and self._model is not None and not self._model.alive:
+            self.error = self._model.stopped_message()
+        return self.error
 
     @property
     def threads(self) -> int:
@@ -319,6 +357,11 @@ class InferenceWorker:
         for rows in calls:
             if self.on_call:
                 self.on_call(rows)
+        returned = {item for a in answers if not isinstance(a, Exception) for item, _ in a}
+        if not returned <= service.index.keys():
+            # the model process read items another server added after this process's
+            # refresh above: read them here too, so that every answer can be described
+            service.refresh()
         return answers
 
     def _run_call(self, job: _Job) -> None:
