@@ -169,12 +169,12 @@ def stage_trie(n: int, work: Path, opt: Options) -> dict[str, Any]:
     def warm_index() -> SidIndex:
         index = SidIndex(sids[warm_items], sizes, warm_items)
         for level in range(len(sizes)):
-            index._mask(level)  # the tables constrained decoding reads
+            index._child_table(level)  # the tables constrained decoding reads
         return index
 
     warm, t_warm = timed(warm_index)
     nbytes = sum(t.nbytes for i in (full, warm) for t in (*i.keys, i.leaf_items, *(
-        m for m in i._masks if m is not None)))
+        t for t in i._tables if t is not None)))
     return {"seconds": t_full + t_warm, "full_seconds": t_full, "warm_seconds": t_warm,
             "index_mb": nbytes / 1e6, "rss_delta_mb": rss_mb() - before}
 

@@ -63,7 +63,7 @@ def test_mask_tables_equal_the_runs_of_sorted_keys(n, seed):
                     [parent * sizes[level] + code])) >= 0).item())
         assert torch.equal(slow.children_mask(level, node), want)
     if n:  # the table path really gathered, the other really scattered runs
-        assert slow._mask(1) is None and fast._mask(1) is not None
+        assert slow._child_table(1) is None and fast._child_table(1) is not None
 
 
 @settings(max_examples=30, deadline=None)

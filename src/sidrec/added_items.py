@@ -237,8 +237,8 @@ def grow(catalogue: Catalogue, new: NewItems) -> Catalogue:
 
 @dataclass
 class Reserve:
-    """A table's rows with room to spare: `rows[:used]` is the newest table grown into it.
-    An older catalogue's table is a shorter view of the same rows, which appends never
+    """A table's rows with room to spare: the first `used` rows are the newest table grown
+    into it. An older catalogue's table covers fewer of the same rows, which appends never
     touch (they write past `used`)."""
 
     rows: torch.Tensor

@@ -87,7 +87,7 @@ class SidIndex:
             )
         self.leaf_items = torch.full((len(sids),), -1, dtype=torch.int64)
         self.leaf_items[node] = items  # (n,)
-        self._masks: list[torch.Tensor | None] = [None] * len(self.sizes)
+        self._tables: list[torch.Tensor | None] = [None] * len(self.sizes)
         self._runs: list[torch.Tensor | None] = [None] * len(self.sizes)
 
     def _check(self, sids: torch.Tensor) -> None:
@@ -115,13 +115,13 @@ class SidIndex:
         out = object.__new__(SidIndex)
         out.sizes, out.mask_budget = self.sizes, self.mask_budget
         out.keys, out.leaf_items = keys, leaf_items
-        out._masks = [None] * len(self.sizes)
+        out._tables = [None] * len(self.sizes)
         out._runs = [None] * len(self.sizes)
         return out
 
     def to(self, device: torch.device | str) -> SidIndex:
         out = self._like([k.to(device) for k in self.keys], self.leaf_items.to(device))
-        out._masks = [None if m is None else m.to(device) for m in self._masks]
+        out._tables = [None if t is None else t.to(device) for t in self._tables]
         out._runs = [None if r is None else r.to(device) for r in self._runs]
         return out
 
@@ -180,10 +180,10 @@ class SidIndex:
         pos = torch.searchsorted(table, keys).clamp_max(len(table) - 1)
         return torch.where(table[pos] == keys, pos, -1)
 
-    def _mask(self, level: int) -> torch.Tensor | None:
+    def _child_table(self, level: int) -> torch.Tensor | None:
         """Children of every node of level-1: [n_nodes_{level-1}, V] int32, the child's node
         id or -1, built once (None when larger than `mask_budget` entries)."""
-        if self._masks[level] is None:
+        if self._tables[level] is None:
             size, keys = self.sizes[level], self.keys[level]
             parents = len(self.keys[level - 1]) if level else 1
             if parents * size > self.mask_budget or len(keys) >= 2**31:
@@ -192,12 +192,12 @@ class SidIndex:
                                device=keys.device)
             table[keys // size, keys % size] = torch.arange(
                 len(keys), dtype=torch.int32, device=keys.device)
-            self._masks[level] = table
-        return self._masks[level]
+            self._tables[level] = table
+        return self._tables[level]
 
     def children_mask(self, level: int, node: torch.Tensor) -> torch.Tensor:
         """Allowed codes at `level` after prefix nodes [N] (-1 = dead prefix): [N, V] bool."""
-        table = self._mask(level)
+        table = self._child_table(level)
         if table is not None:  # one gather (see the module docstring)
             return (table.index_select(0, node.clamp_min(0)) >= 0) & (node >= 0)[:, None]
         # Too many nodes x codes for a table (e.g. the collision level at 1 M items): the
@@ -227,7 +227,7 @@ class SidIndex:
         """Node reached from `node` by `code` (same shapes), -1 when not a valid prefix
         (a code outside [0, sizes[level]) included: its key would alias another node's)."""
         size = self.sizes[level]
-        table = self._mask(level) if self._masks[level] is not None else None
+        table = self._tables[level]
         if table is not None:  # the table decoding built: a gather, not a search
             found = table[node.clamp_min(0), code.clamp(0, size - 1)].long()
         else:

@@ -208,11 +208,8 @@ class LIGER(Recommender):
         if inference.mode == "generative":  # SID log-probabilities, as TIGER
             out = self.generate(history, users, inference, beam=max(inference.beam, k))
             return self.gen.top_k(out, k + margin)
-        if inference.mode == "dense":
-            dense = self.score(history, users)  # (B, n_items)
-            if inference.exclude_history:
-                dense = mask_history(dense, history)
-            return top_scored(dense, k + margin)
+        if inference.mode == "dense":  # `score` is the dense score of every item
+            return super().recommend(history, users, k, inference, margin)
         return self._hybrid(history, users, k + margin, inference)
 
     def _hybrid(

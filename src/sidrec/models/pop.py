@@ -36,12 +36,22 @@ class Pop(Recommender):
         # Non-persistent buffers: they follow .to(device) but come from the catalogue,
         # not from the weights file.
         self.register_buffer("popularity", catalogue.popularity.float().clone(), persistent=False)
-        self.register_buffer("order", self._order(catalogue.popularity), persistent=False)
+        order, listed = self._listing(self.popularity)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("listed", listed, persistent=False)
 
     @staticmethod
-    def _order(popularity: torch.Tensor) -> torch.Tensor:
-        # Stable descending sort: equal counts are listed by item id, the same every run.
-        return torch.sort(popularity.float(), descending=True, stable=True).indices  # [n_items]
+    def _listing(popularity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items in listing order [n_items], each item's key for that order [n_items]).
+
+        The order is a stable descending sort: equal counts are listed by item id, the same
+        every run. The key is minus an item's position in it (float64: exact up to 2**53),
+        so a top-k over keys lists equal counts the same way whatever k and the margin are.
+        """
+        order = torch.sort(popularity, descending=True, stable=True).indices
+        listed = torch.empty(len(order), dtype=torch.float64, device=order.device)
+        listed[order] = -torch.arange(len(order), dtype=listed.dtype, device=order.device)
+        return order, listed
 
     @torch.no_grad()
     def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
@@ -56,17 +66,12 @@ class Pop(Recommender):
         if not self._inference(inference).exclude_history:
             items = self.order[:n].expand(history.shape[0], -1)  # [B, n]
             return items, self.popularity[items]
-        # Rank by minus the position in the stable order, not by the (tied) counts, so
-        # that equal counts are listed the same way whatever k and the margin are.
-        position = torch.empty(len(self.order), dtype=torch.float64, device=self.order.device)
-        position[self.order] = torch.arange(len(self.order), dtype=position.dtype,
-                                            device=position.device)  # exact up to 2**53
-        listed = mask_history((-position).expand(history.shape[0], -1), history)
-        items, _ = top_scored(listed, n)
+        # by the listing keys, not the (tied) counts
+        items, _ = top_scored(mask_history(self.listed.expand(len(history), -1), history), n)
         return items, self.popularity[items.clamp_min(0)].masked_fill(items < 0, -math.inf)
 
     def set_catalogue(self, catalogue: Catalogue) -> None:
         # New items have no training occurrences (popularity 0), so Pop can always list them.
         self.catalogue = catalogue
         self.popularity = catalogue.popularity.float().to(self.order.device)
-        self.order = self._order(self.popularity)
+        self.order, self.listed = self._listing(self.popularity)

@@ -217,8 +217,8 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
         return _error(500, f"internal error ({type(e).__name__}); the server log has it")
 
     def service() -> Service:
-        if worker.failure():
-            raise ApiError(503, worker.failure())
+        if why := worker.failure():
+            raise ApiError(503, why)
         if not worker.ready.is_set() or worker.service is None:
             raise ApiError(503, "the model is loading; retry shortly (GET /readyz)")
         return worker.service
@@ -319,8 +319,8 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
 
     @app.get("/readyz", summary="The model is loaded (503 until then)")
     async def readyz() -> JSONResponse:
-        if worker.failure():
-            return JSONResponse({"status": "failed", "error": worker.failure()}, 503)
+        if why := worker.failure():
+            return JSONResponse({"status": "failed", "error": why}, 503)
         if not worker.ready.is_set():
             return JSONResponse({"status": "loading"}, 503)
         svc = worker.service
