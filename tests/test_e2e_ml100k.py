@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+import sidrec
 from sidrec.bench import BenchConfig, run_bench
+from sidrec.errors import SidrecError
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +93,10 @@ def test_trained_models_evaluate_with_other_inference_settings(results: dict, cl
         assert (run / "models" / m / "model.safetensors").stat().st_mtime_ns == mtime
     out = cli("evaluate", run, "--model", "tiger", "hybrid_k=20")
     assert out.code == 2 and "unknown setting 'hybrid_k'" in out.err
+    # out of range: an error before any user is scored, not an empty or clamped beam
+    for words, why in ((["beam=0"], "tiger inference.beam=0: must be > 0"),
+                       (["beam=-3"], "tiger inference.beam=-3: must be a finite number >= 0")):
+        out = cli("evaluate", run, "--model", "tiger", *words)
+        assert out.code == 2 and why in out.err, out.err
+    with pytest.raises(SidrecError, match=r"liger inference.hybrid_k=-1"):
+        sidrec.load(run / "models" / "liger", inference={"hybrid_k": -1})

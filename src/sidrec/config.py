@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -165,3 +166,21 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         raise SidrecError(f"{where}: expected a mapping, got {value!r}")
     return value
+
+
+def check_ranges(cfg: Any, where: str) -> None:
+    """Generic range checks for a model's (or inference) config, so that `n_layers=-1` or
+    `dropout=2` is an error, not a model with no layers: no number is negative or
+    non-finite, a count or size (int) whose default is positive stays positive (a default
+    of 0 means "off", so 0 stays allowed there), and dropout rates lie in [0, 1)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not math.isfinite(value) or value < 0:
+            raise SidrecError(f"{where}.{f.name}={value}: must be a finite number >= 0")
+        if "dropout" in f.name and value >= 1:
+            raise SidrecError(f"{where}.{f.name}={value}: a dropout rate must be in [0, 1)")
+        positive_default = isinstance(f.default, int) and f.default > 0
+        if isinstance(value, int) and positive_default and value == 0:
+            raise SidrecError(f"{where}.{f.name}=0: must be > 0")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from sidrec.config import from_dict, load_yaml, merge, parse_overrides
+from sidrec.config import check_ranges, from_dict, load_yaml, merge, parse_overrides
 from sidrec.errors import SidrecError
 from sidrec.models import get_model_class
 from sidrec.models.base import Recommender
@@ -172,8 +172,8 @@ def resolve_config(
     )
     check_train_config(settings.train)
     check_runtime_config(settings.runtime)
-    check_model_config(settings.model, f"{model_name}.model")
-    check_model_config(settings.inference, f"{model_name}.inference")
+    check_ranges(settings.model, f"{model_name}.model")
+    check_ranges(settings.inference, f"{model_name}.inference")
     return settings
 
 
@@ -235,24 +235,6 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise SidrecError(f"train.{name}={getattr(cfg, name)}: must be >= 0")
     if not re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", cfg.metric):
         raise SidrecError(f"train.metric={cfg.metric!r}: expected e.g. ndcg@10 or recall@20")
-
-
-def check_model_config(cfg: Any, where: str) -> None:
-    """Generic range checks for a model's (or inference) config, so that `n_layers=-1` or
-    `dropout=2` is an error, not a model with no layers: no number is negative or
-    non-finite, a count or size (int) whose default is positive stays positive (a default
-    of 0 means "off", so 0 stays allowed there), and dropout rates lie in [0, 1)."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if not math.isfinite(value) or value < 0:
-            raise SidrecError(f"{where}.{f.name}={value}: must be a finite number >= 0")
-        if "dropout" in f.name and value >= 1:
-            raise SidrecError(f"{where}.{f.name}={value}: a dropout rate must be in [0, 1)")
-        positive_default = isinstance(f.default, int) and f.default > 0
-        if isinstance(value, int) and positive_default and value == 0:
-            raise SidrecError(f"{where}.{f.name}=0: must be > 0")
 
 
 def check_runtime_config(cfg: RuntimeConfig) -> None:

@@ -101,13 +101,15 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def inference_with(self, overrides: dict[str, Any] | None = None) -> Any:
-        """The model's inference config with `overrides` applied; an unknown or mistyped
-        setting is the same SidrecError for every model."""
-        from sidrec.config import replace
+        """The model's inference config with `overrides` applied; an unknown, mistyped or
+        out-of-range setting (beam=0) is the same SidrecError for every model."""
+        from sidrec.config import check_ranges, replace
 
         if not overrides:
             return self.inference
-        return replace(self.inference, overrides, f"{self.name} inference")
+        inference = replace(self.inference, overrides, f"{self.name} inference")
+        check_ranges(inference, f"{self.name} inference")
+        return inference
 
     def _inference(self, inference: Any) -> Any:
         """`inference` (None: the model's own) checked to be this model's config type."""

@@ -34,7 +34,6 @@ from sidrec.added_items import ItemError
 from sidrec.api import Recommendations, Service
 from sidrec.config import to_dict
 from sidrec.errors import SidrecError
-from sidrec.presets import check_model_config
 from sidrec.serve import schemas
 from sidrec.serve.metrics import Metrics
 from sidrec.serve.settings import ServeSettings
@@ -70,18 +69,13 @@ def check_query(body: schemas.RecommendRequest, service: Service, settings: Serv
                                "or send on_unknown=skip", f"{where}history[{n}]")
     for key, value in body.options.items():
         try:
-            service.model.inference_with({key: value})  # an unknown or mistyped setting
+            service.model.inference_with({key: value})  # unknown, mistyped or out of range
         except SidrecError as e:
             raise ApiError(400, str(e), f"{where}options.{key}") from None
         if not isinstance(value, bool) and isinstance(value, int | float) \
                 and value > settings.max_option:
             raise ApiError(400, f"options.{key}={value}: the limit is {settings.max_option}",
                            f"{where}options.{key}")
-    if body.options:
-        try:  # ranges: beam=0 or beam=-1 is an error, not an empty beam
-            check_model_config(service.model.inference_with(body.options), "options")
-        except SidrecError as e:
-            raise ApiError(400, str(e), where + str(e).split("=", 1)[0]) from None
     user = None if body.user_id is None else str(body.user_id)
     return Query(history, body.k, user, body.exclude_seen, dict(body.options), body.on_unknown)
 

@@ -50,7 +50,10 @@ def replica_app(model_dir: str, settings: ServeSettings,
     serve = _ray()
     # A replica is a process of its own already: its model calls stay in it.
     settings = replace(settings, model_process=False)
-    worker = InferenceWorker(loader(model_dir, settings, inference), settings)
+    load = loader(model_dir, settings, inference)
+    # Loaded here, in the replica's constructor: Ray routes requests to a replica once it
+    # is constructed, so one loading in the background would answer 503 beside a ready one.
+    worker = InferenceWorker(load, settings, service=load())
 
     @serve.batch(max_batch_size=settings.rows_per_call,
                  batch_wait_timeout_s=settings.max_wait_ms / 1000)
