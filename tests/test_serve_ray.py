@@ -21,6 +21,7 @@ async def _drive(url: str) -> dict:
         replicas: set[str] = set()
         for _ in range(10):  # bounded: until both replicas have answered
             infos = await asyncio.gather(*(client.get("/v1/info") for _ in range(8)))
+            assert [r.status_code for r in infos] == [200] * 8, [r.text for r in infos]
             replicas |= {r.json()["replica"] for r in infos}
             if len(replicas) == 2:
                 break
