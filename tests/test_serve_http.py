@@ -5,20 +5,11 @@ health, metrics, OpenAPI and the explorer page."""
 
 from __future__ import annotations
 
-import os
-import pickle
-import signal
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from serving import N_ITEMS, copy_of, metric, running
-
-from sidrec.added_items import ItemError
-from sidrec.api import Recommendations
-from sidrec.errors import SidrecError
-from sidrec.serve.worker import plain
 
 HISTORY = ["i01", "i03", "i05"]
 
@@ -183,58 +174,3 @@ def test_items_are_added_live_and_survive_a_restart(server, run: Path, tmp_path:
         assert c.get("/v1/items/new-1").json()["added"] is True
         assert c.get("/v1/info").json()["n_items"] == N_ITEMS + 1
         assert c.post("/v1/recommend", json={"history": ["new-1", "i02"]}).status_code == 200
-
-
-def model_processes(pid: int) -> list[int]:
-    """The multiprocessing children of `pid` that run a target (not its resource tracker),
-    started by any of its threads."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            command = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in command:
-                found.append(int(child))
-    return found
-
-
-def test_the_model_runs_in_a_process_of_its_own_and_its_loss_is_a_503(run: Path,
-                                                                      tmp_path: Path) -> None:
-    with running(run / "models" / "tiger", "model_process=true",
-                 log=tmp_path / "serve.log") as s, \
-            httpx.Client(base_url=s.url, timeout=30) as c:
-        assert c.post("/v1/recommend", json={"history": HISTORY}).status_code == 200
-        (model,) = model_processes(s.process.pid)
-        os.kill(model, signal.SIGKILL)
-        # /readyz notices without a request having met the dead process
-        deadline = time.monotonic() + 10
-        while (ready := c.get("/readyz")).status_code == 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready.status_code == 503 and "model process stopped" in ready.json()["error"]
-        r = c.post("/v1/recommend", json={"history": HISTORY})
-        assert r.status_code == 503 and "the model process stopped" in r.json()["error"]
-        assert c.get("/healthz").status_code == 200  # the process itself is up
-
-
-def test_with_a_model_process_the_server_answers_alike(run: Path, tmp_path: Path) -> None:
-    body = {"history": HISTORY, "k": 5}
-    answers = []
-    for setting in ("model_process=true", "model_process=false"):
-        with running(run / "models" / "tiger", setting, log=tmp_path / f"{setting}.log") as s:
-            assert len(model_processes(s.process.pid)) == (setting == "model_process=true")
-            answers.append(httpx.post(f"{s.url}/v1/recommend", json=body, timeout=30).json())
-    assert [i["id"] for i in answers[0]["items"]] == [i["id"] for i in answers[1]["items"]]
-    for a, b in zip(answers[0]["items"], answers[1]["items"], strict=True):
-        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
-
-
-def test_answers_cross_the_pipe_whatever_their_exceptions_hold() -> None:
-    class Local(Exception):  # a class pickle cannot find again
-        pass
-
-    answers = [Recommendations([("i01", 0.5)]), ItemError(3, ": no text"),
-               Local("boom"), SidrecError("k too large")]
-    back = pickle.loads(pickle.dumps([plain(a) for a in answers]))
-    assert back[0] == [("i01", 0.5)]
-    assert isinstance(back[1], SidrecError) and str(back[1]) == "items[3]: no text"
-    assert isinstance(back[2], RuntimeError) and str(back[2]) == "Local: boom"
-    assert isinstance(back[3], SidrecError) and str(back[3]) == "k too large"

@@ -13,9 +13,11 @@ FastAPI on uvicorn, one model in one process (SPEC.md, "Serving"):
     GET  /metrics             Prometheus
     GET  /docs                the OpenAPI contract;  GET /: the explorer page
 
-Modules: `settings` (limits, batching), `schemas` (the JSON contract), `worker` (dynamic
-batching on one inference thread), `app` (routes, errors, metrics), `ray_app` (the same
-app on Ray Serve, `--ray`), `static/` (the explorer page).
+Modules: `settings` (limits, batching), `schemas` (the JSON contract), `queries` (a
+checked request, and a batch of them answered with few model calls), `worker` (dynamic
+batching on one inference thread), `model_process` (the model in a child process,
+`model_process=true`), `app` (routes, errors, metrics), `ray_app` (the same app on Ray
+Serve, `--ray`), `static/` (the explorer page).
 """
 
 from __future__ import annotations

@@ -36,8 +36,10 @@ from sidrec.config import to_dict
 from sidrec.errors import SidrecError
 from sidrec.serve import schemas
 from sidrec.serve.metrics import Metrics
+from sidrec.serve.model_process import ModelStopped
+from sidrec.serve.queries import Query
 from sidrec.serve.settings import ServeSettings
-from sidrec.serve.worker import InferenceWorker, ModelStopped, Overloaded, Query
+from sidrec.serve.worker import InferenceWorker, Overloaded
 
 log = logging.getLogger("sidrec.serve")
 
@@ -314,7 +316,8 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
     @app.get("/readyz", summary="The model is loaded (503 until then)")
     async def readyz() -> JSONResponse:
         if why := worker.failure():
-            return JSONResponse({"status": "failed", "error": why}, 503)
+            status = "failed" if worker.error else "restarting"
+            return JSONResponse({"status": status, "error": why}, 503)
         if not worker.ready.is_set():
             return JSONResponse({"status": "loading"}, 503)
         svc = worker.service

@@ -45,7 +45,8 @@ def replica_app(model_dir: str, settings: ServeSettings,
     """The app of one replica (built on the replica by Ray)."""
     from sidrec.serve import loader
     from sidrec.serve.app import create_app
-    from sidrec.serve.worker import InferenceWorker, Query
+    from sidrec.serve.queries import Query
+    from sidrec.serve.worker import InferenceWorker
 
     serve = _ray()
     # A replica is a process of its own already: its model calls stay in it.

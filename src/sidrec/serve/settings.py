@@ -33,6 +33,9 @@ class ServeSettings:
     # copy of the model in memory (on a GPU, in GPU memory). Off by default: one process
     # holds the model (SPEC).
     model_process: bool = False
+    # A model process that dies, or answers no batch within timeout_s (it is killed), is
+    # replaced, at most this many times in a row without a batch answered between.
+    model_restarts: int = 3
     threads: int = 0  # torch CPU threads; 0 = cores - 1 (at least 1, at most 4)
     device: str = "auto"  # auto | cpu | cuda[:N]
     on_unknown: str = "error"  # an unknown history item: 400 (error) or ignored (skip)
@@ -42,7 +45,7 @@ class ServeSettings:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            lowest = 0 if f.name in ("threads", "max_wait_ms") else 1
+            lowest = 0 if f.name in ("threads", "max_wait_ms", "model_restarts") else 1
             if value < lowest:
                 raise SidrecError(f"serve setting {f.name}={value}: must be >= {lowest}")
         if self.on_unknown not in ("error", "skip"):

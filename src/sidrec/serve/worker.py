@@ -1,104 +1,50 @@
-"""Dynamic batching on one inference thread, and the model in a process of its own.
+"""Dynamic batching on one inference thread.
 
 HTTP handlers put `Query`s on a queue and await their futures; one worker thread takes
 the first waiting query, collects more while others are on their way (requests the HTTP
 side has received but not queued yet: `arriving`), for up to `max_wait_ms` or until
 `max_batch` are in hand, and answers them with as few `Service.recommend_batch` calls as
-possible: one per group of queries that can share a call (same k, exclude_seen,
-on_unknown and inference options; user ids and histories may differ per row). Every
-model call runs on this one thread, so torch's intra-op threads (`threads`) are never
-oversubscribed by concurrent requests, and a catalogue swap (`add_items`, run on the
-same thread) never meets a batch halfway.
+possible (`queries.run_queries`: one per group of queries that can share a call; user
+ids and histories may differ per row). Every model call runs on this one thread, so
+torch's intra-op threads (`threads`) are never oversubscribed by concurrent requests, and
+a catalogue swap (`add_items`, run on the same thread) never meets a batch halfway.
 
 A grouped call returns what `recommend_batch` returns for those rows offline (the model
 contract is row-independent; tests/test_serve_batching.py checks it within 1e-5).
 
-With `model_process=true` the worker thread hands each batch to a `ModelProcess`,
-a child process with its own copy of the model, and waits for the answers. In one
-process the HTTP thread and the model's Python code between torch ops took turns on one
-interpreter lock: the server never used more than one core, and its model waited for work
-half of the time (benchmarks/bench_serve.py, README "Serving"). The server process keeps
-its own `Service` for everything else (checks, item lookups, `add_items`); items it adds
-are persisted before the call returns, and the model process reads them from the run
-directory (`Service.refresh`) before every batch, so the next request sees them.
+With `model_process=true` the thread hands each batch to a `ModelProcess` and waits for
+the answers. When that process dies, or answers no batch within `timeout_s` (by then
+every request of the batch has had its 504), the thread starts a new one, up to
+`model_restarts` times in a row without a batch answered between; requests meanwhile get
+503 and `/readyz` says why.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import multiprocessing
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sidrec.api import Recommendations, Service
 from sidrec.errors import SidrecError
+from sidrec.serve.model_process import ModelProcess, ModelStopped
+from sidrec.serve.queries import Query, run_queries
 from sidrec.serve.settings import ServeSettings
 
 log = logging.getLogger("sidrec.serve")
 
 
-@dataclass(frozen=True)
-class Query:
-    """One recommendation request, checked (`app.check_query`)."""
-
-    history: tuple[str, ...]
-    k: int = 10
-    user_id: str | None = None
-    exclude_seen: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-    on_unknown: str | None = None
-
-    def group(self) -> tuple[Any, ...]:
-        """Queries with the same group share one model call."""
-        return (json.dumps(self.options, sort_keys=True), self.k, self.exclude_seen,
-                self.on_unknown)
-
-
-def run_queries(service: Service, queries: list[Query],
-                on_call: Callable[[int], None] | None = None) -> list[Recommendations | Exception]:
-    """Answer `queries` with one `recommend_batch` per group; a failing group is retried
-    query by query, so one bad query fails alone. `on_call(rows)` sees every model call."""
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, q in enumerate(queries):
-        groups.setdefault(q.group(), []).append(i)
-    out: list[Recommendations | Exception] = [SidrecError("not run")] * len(queries)
-    for rows in groups.values():
-        first = queries[rows[0]]
-        try:
-            recs = service.recommend_batch(
-                [queries[i].history for i in rows], first.k, first.exclude_seen,
-                first.options or None, users=[queries[i].user_id for i in rows],
-                on_unknown=first.on_unknown)
-            if on_call:
-                on_call(len(rows))
-            for i, r in zip(rows, recs, strict=True):
-                out[i] = r
-        except Exception as e:  # each query gets its own answer
-            if len(rows) == 1:
-                out[rows[0]] = e
-            else:
-                for i in rows:
-                    out[i] = run_queries(service, [queries[i]], on_call)[0]
-    return out
-
-
 class Overloaded(Exception):
     """The queue is full: the server answers 503."""
-
-
-class ModelStopped(Exception):
-    """The model process is gone: the server answers 503 from then on."""
 
 
 @dataclass
@@ -111,106 +57,14 @@ class _Job:
 _STOP = _Job(Future())
 
 
-class ModelProcess:
-    """A child process holding its own copy of the model; `answer` runs `run_queries`
-    there. `load` must be picklable (`sidrec.serve.Loader`)."""
-
-    def __init__(self, load: Callable[[], Service], threads: int) -> None:
-        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_model_process, args=(child, load, threads),
-                                        name="sidrec-model", daemon=True)
-        self._process.start()
-        child.close()
-        try:
-            status, message = self._receive()
-        except ModelStopped as e:
-            status, message = "failed", str(e)
-        if status != "ready":
-            raise SidrecError(message)
-
-    def answer(self, queries: list[Query]) -> tuple[list[Recommendations | Exception],
-                                                     list[int], int]:
-        """(answers, the rows of each model call, the model's invalid-SID count so far)."""
-        try:
-            self._conn.send(queries)
-        except OSError:  # a broken pipe: the process is gone
-            raise self._stopped() from None
-        return self._receive()
-
-    def _receive(self) -> Any:
-        try:
-            return self._conn.recv()
-        except (EOFError, OSError):
-            raise self._stopped() from None
-
-    @property
-    def alive(self) -> bool:
-        return self._process.is_alive()
-
-    def _stopped(self) -> ModelStopped:
-        self._process.join(1.0)
-        return ModelStopped(self.stopped_message())
-
-    def stopped_message(self) -> str:
-        return (f"the model process stopped (exit code {self._process.exitcode}); restart "
-                "sidrec serve")
-
-    def stop(self, timeout: float) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.kill()
-
-
-def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None:
-    # Ctrl-C reaches the whole process group; the server stops this process itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        service = load()
-        torch.set_num_threads(threads)
-    except Exception as e:  # the server reports it (/readyz) and exits
-        conn.send(("failed", str(e) if isinstance(e, SidrecError) else f"{type(e).__name__}: {e}"))
-        return
-    conn.send(("ready", ""))
-    while True:
-        try:
-            queries = conn.recv()
-        except EOFError:  # the server process is gone
-            return
-        if queries is None:
-            return
-        try:
-            service.refresh()  # the items the server process added since the last batch
-        except Exception as e:  # serving goes on with the catalogue it has
-            log.warning("sidrec serve: could not read the added items: %s", e)
-        calls: list[int] = []
-        try:
-            answers = [plain(a) for a in run_queries(service, queries, calls.append)]
-        except Exception as e:  # the server answers this batch with it and goes on
-            log.exception("sidrec serve: the model process failed on a batch")
-            answers = [plain(e)] * len(queries)
-        conn.send((answers, calls, service.n_invalid))
-
-
-def plain(answer: Any) -> Any:
-    """An answer that crosses the pipe: an exception becomes a SidrecError (a user's
-    mistake, HTTP 400) or a RuntimeError naming its type (500), whatever it held."""
-    if not isinstance(answer, Exception):
-        return answer
-    if isinstance(answer, SidrecError):
-        return SidrecError(str(answer))
-    return RuntimeError(f"{type(answer).__name__}: {answer}")
-
-
 class InferenceWorker:
     """The one thread that loads the model and runs every model call (or hands it to the
     `ModelProcess`).
 
     `load` builds the `Service` on the thread (so /healthz answers while it loads), unless
     `service` is given already loaded; `ready` is set once the model is loaded (in the
-    model process too), `error` holds why loading failed.
+    model process too), `error` holds why no model will answer (it did not load, or its
+    process stopped `model_restarts` times in a row).
     """
 
     def __init__(self, load: Callable[[], Service], settings: ServeSettings,
@@ -221,6 +75,7 @@ class InferenceWorker:
         self.on_call = on_call
         self.service: Service | None = service
         self._model: ModelProcess | None = None
+        self._restarts = 0  # new model processes since the last batch one answered
         self.ready = threading.Event()
         self.error: str | None = None
         # Requests received by the HTTP side and not queued yet (read by this thread, kept
@@ -276,7 +131,7 @@ class InferenceWorker:
         self.ready.set()
         pending: _Job | None = None
         while True:
-            job = pending or self._queue.get()
+            job = pending or self._next()
             pending = None
             if job is _STOP:
                 break
@@ -292,12 +147,51 @@ class InferenceWorker:
                 for j in batch:
                     if not j.future.done():
                         j.future.set_exception(e)
+            self._heal()
         self._drain(SidrecError("the server is shutting down"))
 
+    def _next(self) -> _Job:
+        """The next job; while none comes, a stopped model process is replaced."""
+        while True:
+            try:
+                return self._queue.get(timeout=None if self._model is None else 1.0)
+            except queue.Empty:
+                self._heal()
+
+    def _heal(self) -> None:
+        """Start a new model process if the one serving has stopped, unless
+        `model_restarts` were started in a row without answering a batch."""
+        if self._model is None or self._model.alive or self.error is not None \
+                or self._give_up():
+            return
+        self._restarts += 1
+        log.warning("sidrec serve: %s; starting a new one (%d of %d in a row)",
+                    self._model.stopped_message(), self._restarts,
+                    self.settings.model_restarts)
+        try:
+            self._model = ModelProcess(self._load, self.threads)
+        except Exception as e:  # reported by /readyz, logged
+            self.error = f"{self._model.stopped_message()}, and a new one did not load: {e}"
+            log.error("sidrec serve: %s", self.error)
+
+    def _give_up(self) -> str | None:
+        """Why no new model process is started (`model_restarts` ran out), kept as
+        `error`; None while one may be."""
+        if self._model is None or self._restarts < self.settings.model_restarts:
+            return None
+        if self.error is None:
+            self.error = (f"{self._model.stopped_message()}, after {self._restarts} new "
+                          "model process(es) in a row answered no batch (model_restarts="
+                          f"{self.settings.model_restarts}); restart sidrec serve")
+            log.error("sidrec serve: %s", self.error)
+        return self.error
+
     def failure(self) -> str | None:
-        """Why no model can answer (it did not load, or its process stopped), else None."""
+        """Why no model can answer now (it did not load, or its process stopped: then a
+        new one is on its way unless restarts ran out), else None."""
         if self.error is None and self._model is not None and not self._model.alive:
-            self.error = self._model.stopped_message()
+            return self._give_up() or (
+                f"{self._model.stopped_message()}; a new model process is starting")
         return self.error
 
     @property
@@ -350,10 +244,11 @@ class InferenceWorker:
         if self._model is None:
             return run_queries(service, queries, self.on_call)
         try:
-            answers, calls, service.n_invalid = self._model.answer(queries)
-        except ModelStopped as e:
-            self.error = str(e)  # /readyz and every request say so from now on
+            answers, calls, service.n_invalid = self._model.answer(queries,
+                                                                   self.settings.timeout_s)
+        except ModelStopped as e:  # 503; the thread starts a new process after the batch
             return [e] * len(queries)
+        self._restarts = 0
         for rows in calls:
             if self.on_call:
                 self.on_call(rows)

@@ -1,0 +1,137 @@
+"""The model in a process of its own (`ServeSettings.model_process`).
+
+In one process the HTTP thread and the model's Python code between torch ops take turns
+on one interpreter lock: the server never used more than one core, and its model waited
+for work half of the time (benchmarks/bench_serve.py, README "Serving"). A
+`ModelProcess` is a child process with its own copy of the model; the inference thread
+sends it each batch and waits for the answers. The server process keeps its own
+`Service` for everything else (checks, item lookups, `add_items`); items it adds are
+persisted before the call returns, and the child reads them from the run directory
+(`Service.refresh`) before every batch, so the next request sees them.
+
+A child that dies, or answers no batch within its deadline (it is then killed), is a
+`ModelStopped`; the inference worker then starts a new one (`worker.InferenceWorker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sidrec.api import Recommendations, Service
+from sidrec.errors import SidrecError
+from sidrec.serve.queries import Query, run_queries
+
+log = logging.getLogger("sidrec.serve")
+
+
+class ModelStopped(Exception):
+    """The model process is gone: its batch is answered 503."""
+
+
+class ModelProcess:
+    """A child process holding its own copy of the model; `answer` runs `run_queries`
+    there. `load` must be picklable (`sidrec.serve.Loader`)."""
+
+    def __init__(self, load: Callable[[], Service], threads: int) -> None:
+        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_model_process, args=(child, load, threads),
+                                        name="sidrec-model", daemon=True)
+        self._process.start()
+        child.close()
+        self._why = ""  # why the server stopped it, if it did
+        try:
+            status, message = self._receive(None)
+        except ModelStopped as e:
+            status, message = "failed", str(e)
+        if status != "ready":
+            raise SidrecError(message)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def answer(self, queries: list[Query], deadline_s: float
+               ) -> tuple[list[Recommendations | Exception], list[int], int]:
+        """(answers, the rows of each model call, the model's invalid-SID count so far).
+        A process that has not answered after `deadline_s` is killed (ModelStopped)."""
+        try:
+            self._conn.send(queries)
+        except OSError:  # a broken pipe: the process is gone
+            raise self._stopped() from None
+        return self._receive(deadline_s)
+
+    def _receive(self, deadline_s: float | None) -> Any:
+        try:
+            if self._conn.poll(deadline_s):
+                return self._conn.recv()
+        except (EOFError, OSError):
+            raise self._stopped() from None
+        self._why = f"the model process answered no batch within {deadline_s:g} s"
+        self._process.kill()
+        raise self._stopped()
+
+    def _stopped(self) -> ModelStopped:
+        self._process.join(1.0)
+        return ModelStopped(self.stopped_message())
+
+    def stopped_message(self) -> str:
+        return self._why or f"the model process stopped (exit code {self._process.exitcode})"
+
+    def stop(self, timeout: float) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None:
+    # Ctrl-C reaches the whole process group; the server stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        service = load()
+        torch.set_num_threads(threads)
+    except Exception as e:  # the server reports it (/readyz) and exits
+        conn.send(("failed", str(e) if isinstance(e, SidrecError) else f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", ""))
+    while True:
+        try:
+            queries = conn.recv()
+        except EOFError:  # the server process is gone
+            return
+        if queries is None:
+            return
+        try:
+            service.refresh()  # the items the server process added since the last batch
+        except Exception as e:  # serving goes on with the catalogue it has
+            log.warning("sidrec serve: could not read the added items: %s", e)
+        calls: list[int] = []
+        try:
+            answers = [plain(a) for a in run_queries(service, queries, calls.append)]
+        except Exception as e:  # the server answers this batch with it and goes on
+            log.exception("sidrec serve: the model process failed on a batch")
+            answers = [plain(e)] * len(queries)
+        conn.send((answers, calls, service.n_invalid))
+
+
+def plain(answer: Any) -> Any:
+    """An answer that crosses the pipe: an exception becomes a SidrecError (a user's
+    mistake, HTTP 400) or a RuntimeError naming its type (500), whatever it held."""
+    if not isinstance(answer, Exception):
+        return answer
+    if isinstance(answer, SidrecError):
+        return SidrecError(str(answer))
+    return RuntimeError(f"{type(answer).__name__}: {answer}")
