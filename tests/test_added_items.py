@@ -124,6 +124,30 @@ def test_stored_items_are_re_derived_when_the_run_changed(served_run: Path,
     assert added_items.read(RunDir(run))[1]["fingerprint"] == meta["fingerprint"]
 
 
+def test_an_item_added_while_another_process_loads_is_read_by_its_next_refresh(
+        served_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another server adds an item between this process reading added_items.parquet at
+    load and stamping it: the stamp must be the file as read, so the next refresh reads
+    the item (a stamp taken after the read would call the file read already)."""
+    from serving import copy_of, load
+
+    run = copy_of(served_run, tmp_path)
+    other = load(run / "models" / "liger")
+    other.add_items([{"id": "n1", "text": "Title: Arctic Expedition; Genres: documentary"}])
+    read = added_items.read
+
+    def read_then_another_adds(where: RunDir):  # noqa: ANN202
+        found = read(where)
+        monkeypatch.setattr(added_items, "read", read)
+        other.add_items([{"id": "n2", "text": "Title: Jazz Piano Nights; Genres: music"}])
+        return found
+
+    monkeypatch.setattr(added_items, "read", read_then_another_adds)
+    rec = load(run / "models" / "liger")
+    assert rec.item_ids[-1] == "n1"
+    assert rec.refresh() == 1 and rec.item_ids[-2:] == ["n1", "n2"]
+
+
 @settings(max_examples=40, deadline=None)
 @given(steps=st.lists(st.tuples(st.integers(0, 9), st.integers(1, 5)), min_size=1, max_size=12))
 def test_grow_copies_only_new_rows_and_never_changes_an_older_catalogue(steps) -> None:

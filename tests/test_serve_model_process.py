@@ -42,12 +42,13 @@ def model_processes(pid: int) -> list[int]:
     return found
 
 
-def readyz(client: httpx.Client, status: int, seconds: float) -> httpx.Response:
-    """Poll GET /readyz (bounded: `seconds`, every 0.1 s) until it answers `status`."""
+def readyz(client: httpx.Client, status: str, seconds: float) -> dict:
+    """Poll GET /readyz (bounded: `seconds`, every 0.1 s) until its status is `status`."""
     deadline = time.monotonic() + seconds
-    while (r := client.get("/readyz")).status_code != status and time.monotonic() < deadline:
+    while (r := client.get("/readyz").json())["status"] != status \
+            and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert r.status_code == status, r.text
+    assert r["status"] == status, r
     return r
 
 
@@ -69,10 +70,10 @@ def test_a_model_process_that_dies_is_replaced(tiger: Path, tmp_path: Path) -> N
         (first,) = model_processes(s.process.pid)
         os.kill(first, signal.SIGKILL)
         # /readyz notices without a request having met the dead process
-        ready = readyz(c, 503, 10)
-        assert ready.json()["status"] == "restarting"
-        assert "the model process stopped (exit code -9)" in ready.json()["error"]
-        readyz(c, 200, 60)
+        restarting = readyz(c, "restarting", 10)
+        assert "the model process stopped (exit code -9)" in restarting["error"]
+        assert c.get("/readyz").status_code == 503
+        readyz(c, "ready", 60)
         after = c.post("/v1/recommend", json=BODY)
         assert after.status_code == 200 and after.json()["items"] == before["items"]
         (second,) = model_processes(s.process.pid)
@@ -81,16 +82,17 @@ def test_a_model_process_that_dies_is_replaced(tiger: Path, tmp_path: Path) -> N
 
 
 def test_a_model_process_that_hangs_is_killed_and_replaced(tiger: Path, tmp_path: Path) -> None:
-    with running(tiger, "model_process=true", "timeout_s=3", log=tmp_path / "serve.log") as s, \
+    with running(tiger, "model_process=true", "model_timeout_s=3",
+                 log=tmp_path / "serve.log") as s, \
             httpx.Client(base_url=s.url, timeout=30) as c:
         assert c.post("/v1/recommend", json=BODY).status_code == 200
         (first,) = model_processes(s.process.pid)
         os.kill(first, signal.SIGSTOP)  # alive, and never answers
         try:
             hung = c.post("/v1/recommend", json=BODY)
-            assert hung.status_code in (503, 504), hung.text  # whichever 3 s deadline is first
-            assert "answered no batch" in readyz(c, 503, 10).json()["error"]
-            readyz(c, 200, 60)
+            assert hung.status_code == 503, hung.text  # after model_timeout_s, not timeout_s
+            assert "answered no batch within 3 s" in hung.json()["error"]
+            readyz(c, "ready", 60)
             assert c.post("/v1/recommend", json=BODY).status_code == 200
             assert first not in model_processes(s.process.pid)
         finally:
@@ -105,13 +107,28 @@ def test_the_server_gives_up_after_model_restarts(tiger: Path, tmp_path: Path) -
         assert c.post("/v1/recommend", json=BODY).status_code == 200
         (model,) = model_processes(s.process.pid)
         os.kill(model, signal.SIGKILL)
-        ready = readyz(c, 503, 10)
-        assert ready.json()["status"] == "failed"
-        assert "(model_restarts=0); restart sidrec serve" in ready.json()["error"]
+        failed = readyz(c, "failed", 10)
+        assert "(model_restarts=0); restart sidrec serve" in failed["error"]
+        assert c.get("/readyz").status_code == 503
         r = c.post("/v1/recommend", json=BODY)
         assert r.status_code == 503 and "restart sidrec serve" in r.json()["error"]
         assert c.get("/healthz").status_code == 200  # the process itself is up
         assert model_processes(s.process.pid) == []
+
+
+def test_a_new_model_process_that_does_not_load_counts_as_a_restart(served_run: Path,
+                                                                      tmp_path: Path) -> None:
+    tiger = copy_of(served_run, tmp_path) / "models" / "tiger"
+    with running(tiger, "model_process=true", "model_restarts=1",
+                 log=tmp_path / "serve.log") as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        assert c.post("/v1/recommend", json=BODY).status_code == 200
+        (tiger / "model.safetensors").unlink()  # what the next model process would load
+        (model,) = model_processes(s.process.pid)
+        os.kill(model, signal.SIGKILL)
+        failed = readyz(c, "failed", 60)
+        assert "a new model process did not load" in failed["error"]
+        assert "(model_restarts=1); restart sidrec serve" in failed["error"]
+        assert c.post("/v1/recommend", json=BODY).status_code == 503
 
 
 def test_answers_cross_the_pipe_whatever_their_exceptions_hold() -> None:

@@ -348,8 +348,9 @@ class Service:
         vectors when only the SIDs differ (`sidrec.added_items`)."""
         if not self.model.supports_new_items or len(self.added):
             return 0
+        stamp = self._stamp()  # before the read: an add between the two is read later
         found = added_items.read(self.run)
-        self._added_stamp = self._stamp()
+        self._added_stamp = stamp
         if found is None:
             return 0
         items, meta = found

@@ -173,6 +173,18 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
         future = worker.submit(query)
         return await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
 
+    async def between_batches(fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the inference thread: 503 when its queue is full, 504 after
+        timeout_s (the call itself goes on)."""
+        try:
+            future = worker.call(fn, *args)
+            return await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
+        except Overloaded as e:
+            raise ApiError(503, str(e)) from None
+        except TimeoutError:
+            raise ApiError(504, f"no result within {settings.timeout_s} s; the server goes "
+                           "on with it") from None
+
     answer = recommend or queued
 
     @contextlib.asynccontextmanager
@@ -245,7 +257,10 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
         # An unknown item may have been added by another process on this run directory
         # (a Ray Serve replica, another server): read the run's added items once, then
         # check again.
-        await asyncio.wrap_future(worker.call(svc.refresh))
+        try:
+            await between_batches(svc.refresh)
+        except SidrecError as e:  # the check below answers with the catalogue as it is
+            log.warning("sidrec serve: could not read the added items: %s", e)
         return check_query(body, svc, settings, where)
 
     @app.post("/v1/recommend", response_model=schemas.RecommendResponse,
@@ -278,13 +293,11 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
                            "items")
         items = [{"id": str(i.id), "text": i.text} for i in body]
         try:
-            added = await asyncio.wrap_future(worker.call(svc.add_items, items))
+            added = await between_batches(svc.add_items, items)
         except ItemError as e:
             raise ApiError(409 if e.duplicate else 400, str(e), f"items[{e.row}]") from None
         except SidrecError as e:
             raise ApiError(400, str(e)) from None
-        except Overloaded as e:
-            raise ApiError(503, str(e)) from None
         return {"added": added, "n_items": svc.n_items}
 
     @app.get("/v1/items", response_model=schemas.SearchResponse,

@@ -9,16 +9,17 @@ sends it each batch and waits for the answers. The server process keeps its own
 persisted before the call returns, and the child reads them from the run directory
 (`Service.refresh`) before every batch, so the next request sees them.
 
-A child that dies, or answers no batch within its deadline (it is then killed), is a
-`ModelStopped`; the inference worker then starts a new one (`worker.InferenceWorker`).
+A child that dies, or answers no batch within its deadline (`model_timeout_s`; it is
+then killed), is a `ModelStopped`; the inference worker then starts a new one
+(`worker.InferenceWorker`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,8 @@ class ModelStopped(Exception):
 
 class ModelProcess:
     """A child process holding its own copy of the model; `answer` runs `run_queries`
-    there. `load` must be picklable (`sidrec.serve.Loader`)."""
+    there. `load` must be picklable (`sidrec.serve.Loader`). Started here; `wait_ready`
+    waits for its model to load."""
 
     def __init__(self, load: Callable[[], Service], threads: int) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads
@@ -46,17 +48,16 @@ class ModelProcess:
                                         name="sidrec-model", daemon=True)
         self._process.start()
         child.close()
-        self._why = ""  # why the server stopped it, if it did
+        self._why = ""  # why the server killed it, if it did
+
+    def wait_ready(self) -> None:
+        """Until the model is loaded; a SidrecError saying why if it did not."""
         try:
-            status, message = self._receive(None)
-        except ModelStopped as e:
-            status, message = "failed", str(e)
+            status, message = self._conn.recv()
+        except (EOFError, OSError):
+            status, message = "failed", str(self._stopped())
         if status != "ready":
             raise SidrecError(message)
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
 
     @property
     def alive(self) -> bool:
@@ -65,22 +66,22 @@ class ModelProcess:
     def answer(self, queries: list[Query], deadline_s: float
                ) -> tuple[list[Recommendations | Exception], list[int], int]:
         """(answers, the rows of each model call, the model's invalid-SID count so far).
-        A process that has not answered after `deadline_s` is killed (ModelStopped)."""
+        A process that has not answered after `deadline_s` is killed (ModelStopped): a
+        watchdog, since a hung process also blocks a send larger than the pipe's buffer."""
+        watchdog = threading.Timer(deadline_s, self._expire, (deadline_s,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             self._conn.send(queries)
-        except OSError:  # a broken pipe: the process is gone
+            return self._conn.recv()
+        except (EOFError, OSError):  # the process is gone (or was killed just now)
             raise self._stopped() from None
-        return self._receive(deadline_s)
+        finally:
+            watchdog.cancel()
 
-    def _receive(self, deadline_s: float | None) -> Any:
-        try:
-            if self._conn.poll(deadline_s):
-                return self._conn.recv()
-        except (EOFError, OSError):
-            raise self._stopped() from None
+    def _expire(self, deadline_s: float) -> None:
         self._why = f"the model process answered no batch within {deadline_s:g} s"
         self._process.kill()
-        raise self._stopped()
 
     def _stopped(self) -> ModelStopped:
         self._process.join(1.0)
@@ -90,11 +91,13 @@ class ModelProcess:
         return self._why or f"the model process stopped (exit code {self._process.exitcode})"
 
     def stop(self, timeout: float) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
+        """End the process (SIGTERM, then SIGKILL after `timeout`): it holds nothing to
+        save, and a hung one would never read a polite request."""
+        self._process.terminate()
         self._process.join(timeout)
         if self._process.is_alive():
             self._process.kill()
+            self._process.join(timeout)
 
 
 def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None:
@@ -111,8 +114,6 @@ def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None
         try:
             queries = conn.recv()
         except EOFError:  # the server process is gone
-            return
-        if queries is None:
             return
         try:
             service.refresh()  # the items the server process added since the last batch

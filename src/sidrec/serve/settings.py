@@ -33,8 +33,10 @@ class ServeSettings:
     # copy of the model in memory (on a GPU, in GPU memory). Off by default: one process
     # holds the model (SPEC).
     model_process: bool = False
-    # A model process that dies, or answers no batch within timeout_s (it is killed), is
-    # replaced, at most this many times in a row without a batch answered between.
+    # A model process that dies, or answers no batch within model_timeout_s (it is then
+    # killed), is replaced, at most model_restarts times in a row without a batch
+    # answered between. The deadline is well past timeout_s: a slow batch is no hang.
+    model_timeout_s: float = 120.0
     model_restarts: int = 3
     threads: int = 0  # torch CPU threads; 0 = cores - 1 (at least 1, at most 4)
     device: str = "auto"  # auto | cpu | cuda[:N]

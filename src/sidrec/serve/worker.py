@@ -63,8 +63,9 @@ class InferenceWorker:
 
     `load` builds the `Service` on the thread (so /healthz answers while it loads), unless
     `service` is given already loaded; `ready` is set once the model is loaded (in the
-    model process too), `error` holds why no model will answer (it did not load, or its
-    process stopped `model_restarts` times in a row).
+    model process too), `error` holds why no model will answer (it did not load, or
+    `model_restarts` new model processes in a row answered no batch), `restarting` why a
+    new model process is being started.
     """
 
     def __init__(self, load: Callable[[], Service], settings: ServeSettings,
@@ -75,9 +76,12 @@ class InferenceWorker:
         self.on_call = on_call
         self.service: Service | None = service
         self._model: ModelProcess | None = None
+        self._starting: ModelProcess | None = None  # loading, not serving yet
         self._restarts = 0  # new model processes since the last batch one answered
         self.ready = threading.Event()
         self.error: str | None = None
+        self.restarting: str | None = None
+        self._stopping = threading.Event()
         # Requests received by the HTTP side and not queued yet (read by this thread, kept
         # by the event loop): while some are on their way a batch waits for them; with
         # none, it goes at once, so a lone request never waits max_wait_ms.
@@ -89,11 +93,13 @@ class InferenceWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout)
         self._thread.join(timeout)
-        if self._model is not None:
-            self._model.stop(timeout)
+        for model in (self._starting, self._model):
+            if model is not None:
+                model.stop(timeout)
 
     @property
     def depth(self) -> int:
@@ -121,7 +127,7 @@ class InferenceWorker:
             self.service = self.service or self._load()
             torch.set_num_threads(self.threads)  # after the load, which sets its own
             if self.settings.model_process:
-                self._model = ModelProcess(self._load, self.threads)
+                self._model = self._start_model()
         except Exception as e:  # reported by /readyz, logged
             why = str(e) if isinstance(e, SidrecError) else f"{type(e).__name__}: {e}"
             self.error = f"the model did not load: {why}"
@@ -158,41 +164,54 @@ class InferenceWorker:
             except queue.Empty:
                 self._heal()
 
+    def _start_model(self) -> ModelProcess:
+        """A new model process, once its model is loaded (`stop` ends it while it loads)."""
+        self._starting = model = ModelProcess(self._load, self.threads)
+        try:
+            if self._stopping.is_set():
+                raise SidrecError("the server is shutting down")
+            model.wait_ready()
+        except BaseException:
+            model.stop(1.0)
+            raise
+        finally:
+            self._starting = None
+        return model
+
     def _heal(self) -> None:
         """Start a new model process if the one serving has stopped, unless
-        `model_restarts` were started in a row without answering a batch."""
-        if self._model is None or self._model.alive or self.error is not None \
-                or self._give_up():
+        `model_restarts` were started in a row without answering a batch (then `error`
+        says so for good). One that does not load counts as one of them."""
+        model = self._model
+        if model is None or model.alive or self.error is not None or self._stopping.is_set():
+            return
+        why = self.restarting or model.stopped_message()
+        limit = self.settings.model_restarts
+        if self._restarts >= limit:
+            self.error = (f"{why}; {self._restarts} new model process(es) in a row answered "
+                          f"no batch (model_restarts={limit}); restart sidrec serve")
+            log.error("sidrec serve: %s", self.error)
             return
         self._restarts += 1
-        log.warning("sidrec serve: %s; starting a new one (%d of %d in a row)",
-                    self._model.stopped_message(), self._restarts,
-                    self.settings.model_restarts)
+        self.restarting = f"{why}; starting a new one ({self._restarts} of {limit} in a row)"
+        log.warning("sidrec serve: %s", self.restarting)
         try:
-            self._model = ModelProcess(self._load, self.threads)
-        except Exception as e:  # reported by /readyz, logged
-            self.error = f"{self._model.stopped_message()}, and a new one did not load: {e}"
-            log.error("sidrec serve: %s", self.error)
-
-    def _give_up(self) -> str | None:
-        """Why no new model process is started (`model_restarts` ran out), kept as
-        `error`; None while one may be."""
-        if self._model is None or self._restarts < self.settings.model_restarts:
-            return None
-        if self.error is None:
-            self.error = (f"{self._model.stopped_message()}, after {self._restarts} new "
-                          "model process(es) in a row answered no batch (model_restarts="
-                          f"{self.settings.model_restarts}); restart sidrec serve")
-            log.error("sidrec serve: %s", self.error)
-        return self.error
+            self._model = self._start_model()
+        except Exception as e:  # the next _heal (within a second) tries again, counted
+            self.restarting = f"a new model process did not load: {e}"
+            log.error("sidrec serve: %s", self.restarting)
+            return
+        self.restarting = None
 
     def failure(self) -> str | None:
-        """Why no model can answer now (it did not load, or its process stopped: then a
-        new one is on its way unless restarts ran out), else None."""
-        if self.error is None and self._model is not None and not self._model.alive:
-            return self._give_up() or (
-                f"{self._model.stopped_message()}; a new model process is starting")
-        return self.error
+        """Why no model can answer now (it did not load, restarts ran out, or its
+        process stopped and a new one is starting), else None."""
+        model = self._model
+        if self.error or self.restarting:
+            return self.error or self.restarting
+        if model is not None and not model.alive:  # until the inference thread sees it
+            return f"{model.stopped_message()}; a new model process is starting"
+        return None
 
     @property
     def threads(self) -> int:
@@ -244,8 +263,8 @@ class InferenceWorker:
         if self._model is None:
             return run_queries(service, queries, self.on_call)
         try:
-            answers, calls, service.n_invalid = self._model.answer(queries,
-                                                                   self.settings.timeout_s)
+            answers, calls, service.n_invalid = self._model.answer(
+                queries, self.settings.model_timeout_s)
         except ModelStopped as e:  # 503; the thread starts a new process after the batch
             return [e] * len(queries)
         self._restarts = 0
@@ -257,6 +276,14 @@ class InferenceWorker:
             # the model process read items another server added after this process's
             # refresh above: read them here too, so that every answer can be described
             service.refresh()
+        if unknown := sorted(returned - service.index.keys()):
+            # it loaded another catalogue than this process's (the run directory changed
+            # since the server started): nothing it answers can be trusted
+            self.error = (f"the model process answers items this server does not know "
+                          f"({unknown[0]!r}, ...): the run directory changed since the "
+                          "server started; restart sidrec serve")
+            log.error("sidrec serve: %s", self.error)
+            return [ModelStopped(self.error)] * len(queries)
         return answers
 
     def _run_call(self, job: _Job) -> None:
