@@ -14,6 +14,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from conftest import toy_dataset, write_run
 from safetensors.torch import load_file
 
 from sidrec.distributed import batch_shard, local_batch
+from sidrec.errors import SidrecError
 from sidrec.io import save_npy
 
 pytestmark = pytest.mark.skipif(
@@ -78,7 +81,8 @@ def _worker(rank: int, port: int, fn, args) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # a rank left waiting fails the test in a minute, not gloo's default 30
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
     try:
         fn(rank, *args)
     finally:
@@ -232,6 +236,30 @@ def _evaluate(rank: int, run: Path, batch_size: int, out: Path) -> None:
     # `sidrec evaluate` in the same job: rank 0 alone prints and records the metrics
     assert main(["evaluate", str(out / "run"), "--model", "tiger", "--ks", "1,5,10",
                  "--device", "cpu"]) == 0
+
+
+def _evaluate_with_nan_weights_on_rank_one(rank: int, run: Path, out: Path) -> None:
+    from sidrec.checkpoint import load_model
+    from sidrec.data.dataset import Dataset
+    from sidrec.evaluate import evaluate
+
+    ds = Dataset.load(run)
+    model = load_model(run / "models/tiger", run, dataset=ds)
+    if rank == 1:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+    with pytest.raises(SidrecError, match="hold NaN or inf") as raised:
+        evaluate(model, ds, "test", ks=(10,), batch_size=8)
+    (out / f"rank{rank}.txt").write_text(str(raised.value))
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(ddp_run, tmp_path):
+    start = time.monotonic()
+    spawn(_evaluate_with_nan_weights_on_rank_one, ddp_run, tmp_path)
+    assert time.monotonic() - start < 50  # rank 0 did not wait for the timeout
+    for rank in (0, 1):
+        assert "tiger: " in (tmp_path / f"rank{rank}.txt").read_text()
 
 
 def test_distributed_evaluation_equals_one_process(ddp_run, tmp_path, capfd):

@@ -23,6 +23,7 @@ from sidrec.evaluate import (
     recall_at,
     subset_metrics,
     target_ranks,
+    top_k,
 )
 from sidrec.io import read_json
 from sidrec.models import available_models, get_model_class
@@ -158,6 +159,30 @@ def test_the_margin_never_changes_the_first_k(name):
             assert wide_items.shape[1] <= 10
             assert torch.equal(wide_items[:, :5], items)
             assert torch.equal(wide_scores[:, :5], scores)
+
+
+def test_nan_scores_are_an_error_naming_the_users():
+    ds = make_dataset([[20], [21]], [22, 23], [9, 9], n_items=30)
+    row = torch.full((30,), float("nan"))
+    with pytest.raises(SidrecError, match="NaN scores for users 0..1"):
+        evaluate(FixedScores(row.repeat(2, 1), ds), ds, "test", ks=(10,))
+
+
+@pytest.mark.parametrize("name", [n for n in available_models() if n != "pop"])
+def test_weights_that_are_not_finite_are_refused_not_scored_as_misses(name):
+    """NaN weights (a diverged or damaged checkpoint) are refused in every inference
+    variant; TIGER's beam and COBRA's BeamFusion dropped NaN beams as empty slots, so
+    they were scored as misses, silently."""
+    cls = get_model_class(name)
+    torch.manual_seed(0)
+    model = cls(cls.Config(), sid_catalogue(n=40, text_dim=8)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    history = torch.tensor([[-1, 7, 8, 9], [10, 11, 12, 13]])
+    for inference in model.variants().values():
+        with pytest.raises(SidrecError, match="weight tensor.s. hold NaN or inf"):
+            top_k(model, history.numpy(), np.array([0, 1]), 5, inference=inference)
 
 
 def test_recall_ndcg_values():

@@ -199,6 +199,45 @@ def test_a_failed_retrain_keeps_the_trained_model(tmp_path):
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["sasrec"]
 
 
+def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path):
+    ds = toy_dataset()
+    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)
+    path = tmp_path / "models/sasrec/model.safetensors"
+    weights = load_file(path)
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, path)
+    with pytest.raises(SidrecError, match=r"model.safetensors: sasrec: 1 weight tensor\(s\) "
+                                          r"hold NaN or inf"):
+        load_model(tmp_path / "models/sasrec", tmp_path, dataset=ds)
+
+
+def test_a_retrain_stopped_after_its_last_epoch_is_published_when_run_again(tmp_path):
+    """Killed between its last checkpoint and the move over the old model (here: in
+    on_epoch_end of the last epoch), a retrain is done in its staging directory; running
+    it again moves it into place instead of reporting the staging directory."""
+    ds = toy_dataset()
+    cfg = {**FAST, "max_epochs": 1}
+    train("sasrec", tmp_path, TINY, cfg, None, dataset=ds, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(entry):
+        raise Killed
+
+    retrain = {**cfg, "lr": 5e-4}
+    with pytest.raises(Killed):
+        train("sasrec", tmp_path, TINY, retrain, None, dataset=ds, progress=False,
+              on_epoch_end=kill)
+    first_lr = read_json(tmp_path / "models/sasrec/config.json")["train_config"]["lr"]
+    assert first_lr != 5e-4
+    again = train("sasrec", tmp_path, TINY, retrain, None, dataset=ds, progress=False)
+    assert again["resumed"] and again["model_dir"] == str(tmp_path / "models/sasrec")
+    assert read_json(tmp_path / "models/sasrec/config.json")["train_config"]["lr"] == 5e-4
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["sasrec"]
+
+
 def test_model_names_stay_inside_the_run_dir(tmp_path):
     with pytest.raises(SidrecError, match="plain directory name"):
         train("pop", tmp_path, None, FAST, name="../..", dataset=toy_dataset(), progress=False)
@@ -327,17 +366,6 @@ def test_damaged_model_files_are_one_line_errors(tmp_path):
 def test_out_of_range_model_settings_are_errors(override, message):
     with pytest.raises(SidrecError, match=message):
         resolve_config("sasrec", "cpu", override)
-
-
-def test_non_finite_scores_are_an_error_at_evaluation(tmp_path):
-    ds = toy_dataset()
-    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)
-    model = load_model(tmp_path / "models/sasrec", tmp_path, dataset=ds)
-    with torch.no_grad():
-        for weight in model.parameters():
-            weight.fill_(float("nan"))
-    with pytest.raises(SidrecError, match="NaN scores"):
-        evaluate(model, ds, "valid", ks=(10,))
 
 
 def test_tied_weights_are_stored_once_and_load_back(tmp_path):

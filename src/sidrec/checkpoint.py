@@ -308,6 +308,10 @@ def load_model(
             f"{md.weights}: unreadable or not this model's weights ({type(e).__name__}); "
             f"retrain it (`sidrec train {run.root} --model {record['model']} --restart`)"
         ) from None
+    try:
+        model.check_finite()
+    except SidrecError as e:
+        raise SidrecError(f"{md.weights}: {e}") from None
     return model.eval()
 
 

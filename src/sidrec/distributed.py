@@ -35,6 +35,7 @@ import atexit
 import inspect
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -65,9 +66,16 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device: str = "auto", num_threads: int = 0) -> Context:
+# How long a process waits in a collective for the others. Rank 0 alone fits a model's
+# own SIDs (COBRA's paper preset: an RQ-VAE, tens of minutes or more) while the others
+# wait at a barrier; NCCL's default of 10 minutes would end the job there.
+TIMEOUT_S = 7200.0
+
+
+def setup(device: str = "auto", num_threads: int = 0, timeout_s: float = TIMEOUT_S) -> Context:
     """Resolve the device (and CPU threads), join the process group when launched by
-    torchrun, and allow TF32 matmuls on CUDA. Idempotent."""
+    torchrun (collectives wait up to `timeout_s`), and allow TF32 matmuls on CUDA.
+    Idempotent."""
     dev = resolve_device(device, num_threads)
     if dev.type == "cuda":  # TF32 for the fp32 matmuls left outside bf16 autocast
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -78,7 +86,8 @@ def setup(device: str = "auto", num_threads: int = 0) -> Context:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
         atexit.register(_destroy)
     return Context(dist.get_rank(), dist.get_world_size(), dev)
 
@@ -145,13 +154,21 @@ def batch_shard(n: int, batch_size: int, rank: int, world: int) -> tuple[int, in
     return min(n, lo * batch_size), min(n, hi * batch_size)
 
 
-def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Concatenate each rank's rows of every tensor, in rank order (CPU tensors out)."""
+def gather_rows(*tensors: torch.Tensor, error: Exception | None = None
+                ) -> tuple[torch.Tensor, ...]:
+    """Concatenate each rank's rows of every tensor, in rank order (CPU tensors out). A
+    rank that failed passes its `error` instead, and every rank raises it: none is left
+    waiting for rows that never come."""
     rank, world = current()
     if world == 1:
+        if error is not None:
+            raise error
         return tensors
     parts: list = [None] * world
-    dist.all_gather_object(parts, [t.cpu() for t in tensors])
+    dist.all_gather_object(parts, error if error is not None else [t.cpu() for t in tensors])
+    for part in parts:
+        if isinstance(part, Exception):
+            raise part
     return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 

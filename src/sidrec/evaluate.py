@@ -152,12 +152,15 @@ def top_k(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     inference: Any = None,
+    first_row: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched `model.recommend` over all rows: (items [U, k + margin] int64, scores
     [U, k + margin]) on CPU.
 
     Rows with fewer items (small catalogues, short beams) are padded with -1 / -inf.
+    `first_row`: the row number of the first row (a rank's shard), for error messages.
     """
+    model.check_finite()
     n, width = len(histories), k + margin
     items = torch.full((n, width), -1, dtype=torch.int64)
     scores = torch.full((n, width), -math.inf, dtype=torch.float32)
@@ -167,7 +170,8 @@ def top_k(
         top_items, top_scores = model.recommend(h, u, k, inference, margin=margin)  # [B, <=w]
         if torch.isnan(top_scores).any():
             raise SidrecError(
-                f"{model.name}: NaN scores for users {start}..{start + len(h) - 1}; the "
+                f"{model.name}: NaN scores for users {first_row + start}.."
+                f"{first_row + start + len(h) - 1}; the "
                 "weights are not finite (diverged training?): retrain with a lower lr"
             )
         got = min(width, top_items.shape[1])
@@ -197,8 +201,12 @@ def sharded_top_k(
         return top_k(model, histories, users, k, margin=margin, batch_size=batch_size,
                      device=device, inference=inference)
     lo, hi = distributed.batch_shard(len(histories), batch_size, rank, world)
-    items, scores = top_k(model, histories[lo:hi], users[lo:hi], k, margin=margin,
-                          batch_size=batch_size, device=device, inference=inference)
+    try:
+        items, scores = top_k(model, histories[lo:hi], users[lo:hi], k, margin=margin,
+                              batch_size=batch_size, device=device, inference=inference,
+                              first_row=lo)
+    except SidrecError as e:  # raised by every rank, not only this one
+        return distributed.gather_rows(error=e)
     return distributed.gather_rows(items, scores)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sidrec.config import check_ranges, from_dict, load_yaml, merge, parse_overrides
+from sidrec.distributed import TIMEOUT_S
 from sidrec.errors import SidrecError
 from sidrec.models import get_model_class
 from sidrec.models.base import Recommender
@@ -81,6 +82,9 @@ class RuntimeConfig:
     # fused kernels with other rounding, like a change of device or thread count; a
     # compiled run may resume an eager one. The first steps pay the compilation.
     compile: bool = False
+    # Under torchrun: how long a process waits for the others (rank 0 fitting the
+    # model's own SIDs, writing a checkpoint) before the job fails.
+    dist_timeout_s: float = TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,8 @@ def check_train_config(cfg: TrainConfig) -> None:
 
 
 def check_runtime_config(cfg: RuntimeConfig) -> None:
+    if not cfg.dist_timeout_s > 0:
+        raise SidrecError(f"runtime.dist_timeout_s={cfg.dist_timeout_s}: must be > 0")
     if cfg.num_threads < 0:
         raise SidrecError(f"runtime.num_threads={cfg.num_threads}: must be >= 0 (0: automatic)")
     if cfg.eval_batch_size <= 0:

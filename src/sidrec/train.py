@@ -149,7 +149,8 @@ def train(
                               inference_overrides=inference_overrides,
                               runtime_overrides=runtime_overrides,
                               tokenizer_overrides=tokenizer_overrides)
-    ctx = distributed.setup(settings.runtime.device, settings.runtime.num_threads)
+    ctx = distributed.setup(settings.runtime.device, settings.runtime.num_threads,
+                            settings.runtime.dist_timeout_s)
     device = ctx.device
     settings = replace(settings, train=for_device(settings.train, device.type))
     cls, cfg, runtime = settings.cls, settings.train, settings.runtime
@@ -173,7 +174,9 @@ def train(
     if ck is not None and ck.state.done:
         if ctx.main:
             write_inference(out, settings.inference)  # not hashed: the latest request wins
-        return _summary(out, ck.state, cfg, resumed=True)
+            publish(out, final)  # a retrain stopped after its last epoch, before its move
+        distributed.barrier(ctx)
+        return _summary(final, ck.state, cfg, resumed=True)
     if ctx.main:
         if ck is None:
             shutil.rmtree(out.root, ignore_errors=True)

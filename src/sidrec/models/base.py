@@ -100,6 +100,14 @@ class Recommender(nn.Module):
         (`loss_gen`, `loss_dense`, `loss_sparse`, `loss_ce`, ...) are logged."""
         raise NotImplementedError
 
+    def check_finite(self) -> None:
+        """A SidrecError when a weight holds NaN or inf (a diverged or damaged model),
+        which would otherwise rank by NaN or drop every beam as empty."""
+        bad = [n for n, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise SidrecError(f"{self.name}: {len(bad)} weight tensor(s) hold NaN or inf "
+                              f"({bad[0]}, ...); retrain it (a lower lr if training diverged)")
+
     def inference_with(self, overrides: dict[str, Any] | None = None) -> Any:
         """The model's inference config with `overrides` applied; an unknown, mistyped or
         out-of-range setting (beam=0) is the same SidrecError for every model."""

@@ -317,9 +317,11 @@ def beam_search(
         if t + 1 < len(sizes):  # the last step's cache is never read again
             state = reorder(state, (users * w + parent).view(-1))
     items = catalogue.lookup(seqs)  # (B, beam)
-    finite = torch.isfinite(scores)
-    invalid = (items < 0) & finite
-    items = torch.where(invalid, INVALID_ITEM, torch.where(finite, items, -1))
+    # a slot is empty when its beam never filled (-inf); NaN scores (weights that are not
+    # finite) stay visible, so the caller can refuse them
+    filled = ~torch.isneginf(scores)
+    invalid = (items < 0) & filled
+    items = torch.where(invalid, INVALID_ITEM, torch.where(filled, items, -1))
     return BeamResult(items, scores, int(invalid.sum()), seqs)
 
 
