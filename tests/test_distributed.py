@@ -112,6 +112,18 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------- the pieces
 
 
+def test_a_checkpoint_of_fewer_processes_resumes_with_a_dropout_stream_per_rank():
+    from sidrec.distributed import Context, restore_rng
+
+    draws = []
+    for rank in (0, 1, 0):
+        torch.manual_seed(7)  # the one state a 1-process checkpoint restores on every rank
+        restore_rng({}, Context(rank, 2, torch.device("cpu")))
+        draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])  # the ranks' streams differ
+    assert torch.equal(draws[0], draws[2])  # and are reproducible
+
+
 def test_the_global_batch_is_split_and_weighted():
     from sidrec.distributed import Context
 

@@ -198,8 +198,14 @@ def seed_rank(seed: int, ctx: Context) -> None:
 
 
 def restore_rng(tensors: dict[str, torch.Tensor], ctx: Context) -> None:
-    """Put this rank's generator states back from a checkpoint written by `rng_states`."""
-    if ctx.world == 1 or f"rng/rank{ctx.rank}/torch" not in tensors:
+    """Put this rank's generator states back from a checkpoint written by `rng_states`.
+    A checkpoint of fewer processes has no state for this rank: every rank then holds
+    the one restored state, so each reseeds from it plus its rank (own dropout streams,
+    still reproducible)."""
+    if ctx.world == 1:
+        return
+    if f"rng/rank{ctx.rank}/torch" not in tensors:
+        torch.manual_seed(int(torch.randint(2**62, (1,)).item()) + ctx.rank)
         return
     torch.set_rng_state(tensors[f"rng/rank{ctx.rank}/torch"])
     if ctx.device.type == "cuda" and f"rng/rank{ctx.rank}/cuda" in tensors:
