@@ -199,6 +199,28 @@ def test_a_failed_retrain_keeps_the_trained_model(tmp_path):
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["sasrec"]
 
 
+def test_a_best_written_after_the_last_checkpoint_is_kept_only_if_that_checkpoint_says_so(
+        tmp_path):
+    """Killed between writing a new best and the checkpoint of its epoch, a run resumes
+    from the epoch before, whose checkpoint does not know that best: its file is dropped
+    (the epoch trains again), and the best weights stay those the checkpoint describes."""
+    from sidrec.checkpoint import TrainState, save_weights, settle_weights
+    from sidrec.run import ModelDir
+
+    md = ModelDir(tmp_path / "m")
+    md.root.mkdir()
+    old, new = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    save_weights(old, md.weights, "h", epoch=1)
+    save_weights(new, md.next_weights, "h", epoch=3)
+    settle_weights(md, TrainState("h", epoch=2, best_epoch=1))  # the resumed checkpoint
+    assert not md.next_weights.exists()
+    assert torch.equal(load_file(md.weights)["weight"], old.weight.detach())
+    save_weights(new, md.next_weights, "h", epoch=3)
+    settle_weights(md, TrainState("h", epoch=3, best_epoch=3))  # its own epoch's checkpoint
+    assert not md.next_weights.exists()
+    assert torch.equal(load_file(md.weights)["weight"], new.weight.detach())
+
+
 def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path):
     ds = toy_dataset()
     train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)

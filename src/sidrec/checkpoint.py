@@ -7,7 +7,9 @@ Files in `runs/<run>/models/<name>/` (`sidrec.run.ModelDir`):
                        the hash of all of that: the model's identity
 - `inference.json`     the default inference config (beam, mode, ...); not hashed, so it
                        can change without retraining
-- `model.safetensors`  best weights so far (by the validation metric)
+- `model.safetensors`  best weights so far (by the validation metric); a new best is
+                       written as `model.next.safetensors` and moved over it once the
+                       checkpoint of its epoch is written (`settle_weights`)
 - `train_log.jsonl`    one line per epoch: each loss term separately, lr, valid metrics
 - `last.safetensors`   resume checkpoint after every epoch: weights, optimiser tensors,
                        RNG states; its metadata holds the `TrainState` and the optimiser
@@ -129,6 +131,22 @@ def save_weights(model: torch.nn.Module, path: Path, config_hash: str, epoch: in
         save_file(
             _cpu_state(model), str(tmp), metadata={"config_hash": config_hash, "epoch": str(epoch)}
         )
+
+
+def settle_weights(model_dir: ModelDir, state: TrainState | None) -> None:
+    """Move a new best (`next_weights`) over the best weights once the checkpoint of its
+    epoch says it is the best (`state`: that checkpoint's); otherwise drop it, since a
+    resumed run trains its epoch again. The two files never disagree with the checkpoint,
+    even where that epoch does not train the same twice (CUDA)."""
+    new = model_dir.next_weights
+    if not new.is_file():
+        return
+    with safe_open(str(new), "pt") as f:
+        epoch = int((f.metadata() or {}).get("epoch", -1))
+    if state is not None and epoch == state.best_epoch:
+        os.replace(new, model_dir.weights)
+    else:
+        new.unlink()
 
 
 def write_checkpoint(

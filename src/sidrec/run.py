@@ -65,6 +65,10 @@ class ModelDir:
         return self.root / "model.safetensors"
 
     @property
+    def next_weights(self) -> Path:  # a new best, until the checkpoint of its epoch is written
+        return self.root / "model.next.safetensors"
+
+    @property
     def checkpoint(self) -> Path:  # resume point: weights, optimiser, RNG states
         return self.root / "last.safetensors"
 

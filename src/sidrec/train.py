@@ -54,6 +54,7 @@ from sidrec.checkpoint import (
     read_log,
     restore,
     save_weights,
+    settle_weights,
     workspace,
     write_checkpoint,
     write_inference,
@@ -167,8 +168,12 @@ def train(
     torch.manual_seed(cfg.seed)
     model = cls(settings.model, catalogue_for(cls, run, ds)).to(device)
     model.inference = settings.inference
-    # Every rank reads the same files before rank 0 writes any (hence the barrier).
+    # Rank 0 settles a best written after the last checkpoint before any rank looks for
+    # the weights; every rank has looked before rank 0 writes anything more.
     out, ck = workspace(final, config_hash, resume, ctx.main)
+    if ctx.main:
+        settle_weights(out, ck.state if ck is not None else None)
+    distributed.barrier(ctx)
     have_weights = ck is not None and out.weights.is_file()
     distributed.barrier(ctx)
     if ck is not None and ck.state.done:
@@ -299,7 +304,7 @@ def _evaluate_epoch(model: Recommender, ds: Dataset, cfg: TrainConfig, runtime: 
     if valid[cfg.metric] > state.best or not have_weights:
         state.best, state.best_epoch, state.bad_evals = valid[cfg.metric], state.epoch, 0
         if ctx.main:
-            save_weights(model, out.weights, state.config_hash, state.epoch)
+            save_weights(model, out.next_weights, state.config_hash, state.epoch)
         return True
     state.bad_evals += 1
     return False
@@ -314,6 +319,7 @@ def _write_progress(out: ModelDir, log: list[dict[str, Any]], model: Recommender
     write_text(out.log, "".join(json.dumps(e) + "\n" for e in log))
     write_checkpoint(out.checkpoint, model, optimizer, shuffle, state, rng)
     write_state(out, state)
+    settle_weights(out, state)
 
 
 def train_epoch(
