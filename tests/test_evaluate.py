@@ -373,3 +373,25 @@ def test_save_metrics_keeps_every_model(tmp_path):
     assert "| b |" in results
     save_metrics(tmp_path, _run(0.4, "a"), "a-seed1")  # another directory of model a
     assert "| a-seed1: a | test |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_damaged_metrics_file_is_a_clear_error_and_is_left_as_it_is(tmp_path):
+    for damaged in ('{"models": {', "[]", '{"models": {"a": 3}}'):
+        (tmp_path / "metrics.json").write_text(damaged)
+        with pytest.raises(SidrecError, match=r"metrics.json: .*; move it away"):
+            save_metrics(tmp_path, _run(0.1, "a"), "a")
+        assert (tmp_path / "metrics.json").read_text() == damaged
+
+
+def _record_in_a_process(args: tuple) -> None:
+    folder, n = args
+    for round_ in range(5):
+        save_metrics(folder, _run(0.1 * round_, f"m{n}"), f"m{n}")
+
+
+def test_evaluations_recording_at_once_lose_no_model(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_record_in_a_process, [(tmp_path, n) for n in range(8)])
+    assert sorted(read_json(tmp_path / "metrics.json")["models"]) == [f"m{n}" for n in range(8)]

@@ -27,9 +27,8 @@ a reader sees all of an add or none of it; `lock` serialises writers across proc
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,8 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from sidrec.artifacts import read_record
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_path, hash_file, read_json
+from sidrec.io import atomic_path, exclusive, hash_file
 from sidrec.models.base import Catalogue
 from sidrec.run import RunDir
 from sidrec.tokenize.sids import extend_sids
@@ -95,9 +95,17 @@ def check_new(items: Sequence[Any], known: dict[str, int]) -> tuple[list[str], l
     for n, item in enumerate(items):
         if not isinstance(item, dict) or "id" not in item:
             raise ItemError(n, ": expected a dict with 'id' and 'text'")
-        item_id, text = str(item["id"]), str(item.get("text") or "").strip()
+        raw_id, raw_text = item["id"], item.get("text")
+        # ids are strings, or integers compared as strings; None or 7.0 is a mistake
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+            raise ItemError(n, f": id {raw_id!r} is a {type(raw_id).__name__}; give a string")
+        if raw_text is not None and not isinstance(raw_text, str):
+            raise ItemError(n, f": text is a {type(raw_text).__name__}; give a string")
+        item_id, text = str(raw_id), (raw_text or "").strip()
         if not item_id.strip():
             raise ItemError(n, ": empty id; give the item an id")
+        if item_id != item_id.strip():
+            raise ItemError(n, f": id {item_id!r} has spaces at its ends; strip them")
         if item_id in known or item_id in ids:
             raise ItemError(n, f": item id {item_id!r} already exists; ids are unique",
                             duplicate=True)
@@ -114,21 +122,38 @@ class Encoder:
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self._tokenizer: Any = None
+        self._encoder: str | None = None
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         """[len(texts), d] float32 with the encoder that made `embeddings.npy`."""
         from sidrec.embed import EmbedConfig, encode_texts
 
-        if not self.run.embeddings_info.is_file():
-            raise SidrecError(f"{self.run.embeddings_info}: missing; run `sidrec embed "
-                              f"{self.run.root}` so new items can be encoded like the others")
-        encoder = read_json(self.run.embeddings_info)["encoder"]
+        encoder = self._encoder = self._encoder or self._checked_encoder()
         threads = torch.get_num_threads()  # encode_texts sets its own; a server keeps its
         try:
             return encode_texts(texts, EmbedConfig(encoder=encoder, device="cpu"),
                                 progress=False)
         finally:
             torch.set_num_threads(threads)
+
+    def _checked_encoder(self) -> str:
+        """The encoder `embeddings.json` records, verified to be the one that made the
+        catalogue's vectors (a local folder changed since would put new items elsewhere)."""
+        from sidrec.embed import encoder_identity
+
+        info, command = self.run.embeddings_info, f"sidrec embed {self.run.root}"
+        if not info.is_file():
+            raise SidrecError(f"{info}: missing; run `{command}` so new items can be encoded "
+                              "like the others")
+        record = read_record(info, command)
+        encoder = record.get("encoder")
+        if not isinstance(encoder, str):
+            raise SidrecError(f"{info}: no encoder recorded; re-run `{command}`")
+        if "encoder_id" in record and encoder_identity(encoder) != record["encoder_id"]:
+            raise SidrecError(f"encoder {encoder} changed since `{command}` encoded the "
+                              "catalogue, so new items would not match its vectors; restore "
+                              f"it, or re-run `{command}` and retrain")
+        return encoder
 
     def codes(self, vectors: np.ndarray) -> np.ndarray:
         """The fitted tokenizer's codes [m, L] of new vectors [m, d] (no refitting)."""
@@ -275,8 +300,8 @@ def append_rows(table: torch.Tensor, new: torch.Tensor, reserve: dict[str, Reser
 
 def fingerprint(run: RunDir) -> dict[str, str | None]:
     """What added items are computed against: the encoder and the base artifacts."""
-    encoder = read_json(run.embeddings_info).get("encoder") if run.embeddings_info.is_file() \
-        else None
+    encoder = read_record(run.embeddings_info, f"sidrec embed {run.root}").get("encoder") \
+        if run.embeddings_info.is_file() else None
     return {
         "encoder": encoder,
         "embeddings": hash_file(run.embeddings) if run.embeddings.is_file() else None,
@@ -284,20 +309,9 @@ def fingerprint(run: RunDir) -> dict[str, str | None]:
     }
 
 
-@contextlib.contextmanager
-def lock(run: RunDir) -> Iterator[None]:
+def lock(run: RunDir) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on the run's added items, across processes (flock)."""
-    try:
-        run.root.mkdir(parents=True, exist_ok=True)
-        handle = open(run.added_items_lock, "a+")  # noqa: SIM115 (held for the block)
-    except OSError as e:
-        raise SidrecError(f"{run.added_items_lock}: cannot lock the added items ({e})") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive(run.added_items_lock, "the added items")
 
 
 def write(run: RunDir, items: NewItems, against: dict[str, str | None]) -> None:

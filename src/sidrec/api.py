@@ -258,7 +258,7 @@ class Service:
         if isinstance(items, dict | str | bytes):
             raise SidrecError("add_items expects a list of {'id': ..., 'text': ...} dicts")
         with self._add_lock, added_items.lock(self.run):
-            self._refresh_locked()  # first the items other processes added to this run
+            self._refresh_locked(strict=True)  # first what other processes added to this run
             ids, texts = added_items.check_new(items, self.index)
             if not ids:
                 return []
@@ -309,7 +309,11 @@ class Service:
         finally:
             self._add_lock.release()
 
-    def _refresh_locked(self) -> int:
+    def _refresh_locked(self, strict: bool = False) -> int:
+        """Apply what other processes appended to the added items. A file rewritten under
+        this process (other items, other embeddings) is served only after a restart: a
+        warning, or with `strict` (before an add, which rewrites the file from this
+        process's items and would drop the others) an error."""
         stamp = self._stamp()
         if stamp == self._added_stamp:
             return 0
@@ -320,8 +324,11 @@ class Service:
         items, meta = found
         n = len(self.added)
         if items.ids[:n] != self.added.ids or not self._same_vectors(meta):
-            warnings.warn(f"{self.run.added_items} was rewritten by another process or for "
-                          "other embeddings; restart to serve it", stacklevel=2)
+            why = (f"{self.run.added_items} was rewritten by another process or for other "
+                   "embeddings since this one read it; restart to serve it")
+            if strict:
+                raise SidrecError(f"{why} (adding now would drop its items)")
+            warnings.warn(why, stacklevel=2)
             return 0
         tail = self._own_sids(items.tail(n), meta)
         if len(tail):
@@ -348,25 +355,35 @@ class Service:
         vectors when only the SIDs differ (`sidrec.added_items`)."""
         if not self.model.supports_new_items or len(self.added):
             return 0
-        stamp = self._stamp()  # before the read: an add between the two is read later
-        found = added_items.read(self.run)
-        self._added_stamp = stamp
+        found = self._read_added()
         if found is None:
             return 0
         items, meta = found
-        try:
-            added_items.check_new([{"id": i, "text": t} for i, t in
-                                   zip(items.ids, items.texts, strict=True)], self.index)
-        except SidrecError as e:
-            raise SidrecError(f"{self.run.added_items}: {e}") from None
         if self._same_vectors(meta):
             self._commit(self._own_sids(items, meta), persist=False)
             return len(items)
-        with self._add_lock, added_items.lock(self.run):  # re-embedded: encode them again
-            items = added_items.encode(self._encoder, self.model.catalogue, list(items.ids),
-                                       list(items.texts))
+        with self._add_lock, added_items.lock(self.run):  # re-embedded: encode them again,
+            found = self._read_added()  # as they are now that no other process can add
+            if found is None:
+                return 0
+            items = added_items.encode(self._encoder, self.model.catalogue,
+                                       list(found[0].ids), list(found[0].texts))
             self._commit(items, persist=True)
         return len(items)
+
+    def _read_added(self) -> tuple[NewItems, dict[str, Any]] | None:
+        """The run's added items (checked against the catalogue), stamped as read."""
+        stamp = self._stamp()  # before the read: an add between the two is read later
+        found = added_items.read(self.run)
+        self._added_stamp = stamp
+        if found is not None:
+            try:
+                added_items.check_new([{"id": i, "text": t} for i, t in
+                                       zip(found[0].ids, found[0].texts, strict=True)],
+                                      self.index)
+            except SidrecError as e:
+                raise SidrecError(f"{self.run.added_items}: {e}") from None
+        return found
 
 
 def _check_on_unknown(on_unknown: str) -> None:

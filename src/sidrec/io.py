@@ -7,6 +7,7 @@ place, so a crash or a user error never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sidrec.errors import SidrecError
 
 
 def _umask() -> int:
@@ -46,6 +49,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | Path, what: str) -> Iterator[None]:
+    """An exclusive lock across processes (flock on `lock_file`, created if missing), for
+    a read-modify-write of `what`, a file that several processes update."""
+    lock_file = Path(lock_file)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_file, "a+")  # noqa: SIM115 (held for the block)
+    except OSError as e:
+        raise SidrecError(f"{lock_file}: cannot lock {what} ({e})") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -79,9 +100,13 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
+def save_npy(path: str | Path, array: np.ndarray) -> str:
+    """Write `array` atomically; returns the `hash_file` of the bytes written (taken
+    before the rename, so a concurrent writer's file is never the one hashed)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        return hash_file(tmp)
 
 
 def read_json(path: str | Path) -> Any:

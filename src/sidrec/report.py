@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_path, read_json, write_json, write_text
+from sidrec.io import atomic_path, exclusive, read_json, write_json, write_text
 from sidrec.run import RunDir
 
 
@@ -90,18 +90,33 @@ def save_metrics(run_dir: str | Path | RunDir, metrics: dict[str, Any], name: st
     `results.md` with every recorded model (both files written atomically)."""
     run = RunDir(run_dir)
     path = run.metrics
-    store = read_json(path) if path.is_file() else {"models": {}}
-    store.setdefault("models", {}).setdefault(name, {})[metrics["split"]] = {
-        **metrics,
-        "name": name,
-    }
-    write_json(path, store)
-    runs = [m for splits in store["models"].values() for m in splits.values()]
-    title = (
-        f"# Results: {run.root.name}\n\nFull ranking over the whole catalogue, "
-        "leave-one-out.\n\n"
-    )
-    write_text(run.results, title + format_table(runs))
+    with exclusive(run.metrics_lock, path.name):  # two evaluations never lose a row
+        store = _recorded(path)
+        models = store["models"]
+        models.setdefault(name, {})[metrics["split"]] = {**metrics, "name": name}
+        write_json(path, store)
+        runs = [m for splits in models.values() for m in splits.values()]
+        title = (
+            f"# Results: {run.root.name}\n\nFull ranking over the whole catalogue, "
+            "leave-one-out.\n\n"
+        )
+        write_text(run.results, title + format_table(runs))
+
+
+def _recorded(path: Path) -> dict[str, Any]:
+    """metrics.json ({"models": {model: {split: metrics}}}), or a SidrecError saying how
+    to fix it."""
+    fix = "move it away (sidrec evaluate records every model anew)"
+    if not path.is_file():
+        return {"models": {}}
+    try:
+        store = read_json(path)
+    except (OSError, ValueError) as e:
+        raise SidrecError(f"{path}: unreadable JSON ({e}); {fix}") from None
+    models = store.setdefault("models", {}) if isinstance(store, dict) else None
+    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+        raise SidrecError(f"{path}: not a mapping of model -> split -> metrics; {fix}")
+    return store
 
 
 def _cell(value: Any, sd: Any, digits: int) -> str:

@@ -203,6 +203,10 @@ class RunDir:
         return self.root / "metrics.json"
 
     @property
+    def metrics_lock(self) -> Path:  # serialises `sidrec evaluate`s recording their rows
+        return self.root / ".metrics.lock"
+
+    @property
     def results(self) -> Path:
         return self.root / "results.md"
 

@@ -32,6 +32,7 @@ Ablations (the paper's Table 4) are separately *trained* models, set by `tokens`
 - `cobra-no-sparse` (`tokens: dense`): no sparse tokens; v̂ of the next item from the
   last dense token, retrieved from all items by nearest neighbours.
 One trained COBRA's inference-time switches (`variants`) are labelled "(inference)";
+"no-dense" (ψ = 0) gives each beam's mass to all the items of its sparse ID alike;
 "no-beamfusion" ranks the beams' candidates by cosine alone.
 """
 
@@ -91,7 +92,7 @@ class CobraInference(InferenceConfig):
 
     mode: Mode = "fusion"  # the others are inference-time ablation switches
     beam: int = 20  # M sparse IDs kept by the beam
-    neighbours: int = 10  # N items per sparse ID
+    neighbours: int = 10  # N items per sparse ID (mode no-dense: all of them)
     tau: float = 0.9  # BeamFusion: sharpness over beams
     psi: float = 16.0  # BeamFusion: sharpness over items within a beam
     retrieval: Literal["group", "global"] = "group"  # items under the sparse ID, or all
@@ -365,19 +366,18 @@ class Cobra(Recommender):
         if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
             return nearest(v_hat.view(b, m, -1)[:, 0], vectors, k + margin, seen)
         valid = torch.isfinite(result.log_probs).view(-1)
-        if cfg.retrieval == "global":
-            cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb)  # (B*M, N), built once
-        else:
-            group = sparse_index.lookup(codes)  # (B*M,) -1 for no catalogue sparse ID
-            cand, cos = groups.neighbours(v_hat, group, vectors)
-            if cand.shape[1] > n_nb:
-                cos, top = cos.topk(n_nb, dim=1)
-                cand = cand.gather(1, top)
+        if cfg.retrieval == "global" and mode != "no-dense":  # (B*M, N + L), index built once
+            cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb + len(history[0]))
+        else:  # the items under each beam's sparse ID (-1: no catalogue sparse ID)
+            cand, cos = groups.neighbours(v_hat, sparse_index.lookup(codes), vectors)
+        if seen is not None:  # seen items are no candidates, before the N nearest are kept
+            cos = cos.masked_fill(seen_in_history(cand, seen.repeat_interleave(m, 0)),
+                                  float("-inf"))
+        if cand.shape[1] > n_nb and mode != "no-dense":  # w/o dense: whole groups, no cosine
+            cos, top = cos.topk(n_nb, dim=1)
+            cand = cand.gather(1, top)
         cos = cos.masked_fill(~valid[:, None] | (cand < 0), float("-inf"))
         cand, cos = cand.view(b, m, -1), cos.view(b, m, -1)
-        if seen is not None:  # seen items are no candidates: BeamFusion never sees them
-            gone = seen_in_history(cand.view(b, -1), seen).view_as(cos)
-            cos = cos.masked_fill(gone, float("-inf"))
         if mode == "no-beamfusion":
             scores = cos  # rank the beams' candidates by cosine alone
         else:

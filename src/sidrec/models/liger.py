@@ -23,10 +23,11 @@ Inference (`LIGERInference.mode`):
   training, crowd out warm ones: more in-set hits, fewer cold ones.
   A cold pool of `cold_index_min` items or more is not scored whole for every user: its
   best items come from a faiss index over the cold items' vectors (`ItemIndex`, IVF with
-  exact scores in the probed cells), and only the beam's K items are scored besides; the
-  rule and its result are the same (benchmarks/bench_scale.py measures the recall of the
-  exact top-k: >= 0.99 with 100k cold items). Smaller pools keep the exact [B, n_items]
-  scoring. Item vectors are projected once, not per request (`ItemVectors`).
+  exact scores in the probed cells), and only the beam's K items are scored besides. The
+  rule is the same; the result is the exact one up to the index's recall, since IVF may
+  miss a cold item outside the probed cells (benchmarks/bench_scale.py: 0.99 of the exact
+  top-10 at 1 M items with 100k cold, `cold_probe` = 1/2). Smaller pools keep the exact
+  [B, n_items] scoring. Item vectors are projected once, not per request (`ItemVectors`).
 
 Dense (SID), the LIGER paper's diagnostic, is `dense-sid`: the same encoder input with the
 dense head only (no decoder) and dense scoring.
@@ -99,9 +100,10 @@ def liger_rerank(
     bool. The dense score s(u, a) (cos(u, e_a), or any increasing function of it) is
     either dense_scores [B, n_items], every item's (exact), or a `ColdTop`: s(u, a) of
     B_K(u) and of the M >= k best items of I_cold from an index over the cold pool. Both
-    give the same top-k of C(u): a cold item outside the k best of I_cold is beaten by k
-    items of C(u). Returns the top-k of C(u) (items [B, k], scores [B, k]); items outside
-    C(u) are never returned (-1 with score -inf when C(u) has fewer than k).
+    give the same top-k of C(u) when those M are I_cold's best (a cold item outside them
+    is beaten by k items of C(u)); an approximate index returns them up to its recall.
+    Returns the top-k of C(u) (items [B, k], scores [B, k]); items outside C(u) are never
+    returned (-1 with score -inf when C(u) has fewer than k).
     """
     if isinstance(dense_scores, ColdTop):  # C(u)'s scores arrive as candidate lists
         items = torch.cat([beam_items, dense_scores.cold_items], dim=1)  # (B, K + M)

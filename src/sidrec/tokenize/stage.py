@@ -138,10 +138,11 @@ def run_tokenize(
         },
     }
 
+    # The hashes are of what this process wrote (a concurrent run's files never pass).
     with atomic_dir(run.tokenizer) as tmp:
         tokenizer.save(tmp)
-    save_npy(run.sids, sids)
-    record["outputs"] = outputs(run)
+        tokenizer_hash = _folder_hash(tmp)
+    record["outputs"] = {"sids": save_npy(run.sids, sids), "tokenizer": tokenizer_hash}
     plot_codebook_usage(
         codes,
         cfg.codebook_size,
@@ -155,9 +156,11 @@ def run_tokenize(
 def outputs(run: RunDir) -> dict[str, str]:
     """Hashes of what the stage wrote: `sids.npy` and every file of `tokenizer/`. Whoever
     rewrites them (e.g. to add items) records these anew in `tokenizer.json`."""
-    files = sorted(p for p in run.tokenizer.iterdir() if p.is_file())
-    return {"sids": hash_file(run.sids),
-            "tokenizer": hash_obj({p.name: hash_file(p) for p in files})}
+    return {"sids": hash_file(run.sids), "tokenizer": _folder_hash(run.tokenizer)}
+
+
+def _folder_hash(folder: Path) -> str:
+    return hash_obj({p.name: hash_file(p) for p in sorted(folder.iterdir()) if p.is_file()})
 
 
 def _cached(run: RunDir, config_hash: str, inputs: dict[str, str]) -> dict[str, Any] | None:
