@@ -372,6 +372,7 @@ def test_an_os_error_on_the_run_dir_is_one_line_and_any_other_a_traceback(
     (["--max-history", "0"], "data prepare: max_history must be >= 1, got 0"),
     (["--seed", "-1", "--cold-mode", "holdout"], "data prepare: seed must be >= 0, got -1"),
     (["--kcore", "-3"], "data prepare: kcore must be >= 0, got -3"),
+    (["--cold-fraction", "1.5"], "data prepare: cold_fraction must be in (0, 1), got 1.5"),
 ])
 def test_out_of_range_prepare_settings(
     fail: Callable, tmp_path: Path, extra: list[str], needle: str
@@ -466,6 +467,14 @@ def test_damaged_run_files(
     fail("recommend", trained / "models/sasrec", "1", "2", names=[f"{path}: {needle}"])
     with pytest.raises(SidrecError, match=f"{path}: "):
         sidrec.load(trained / "models/sasrec")
+
+
+def test_a_run_directory_where_a_model_is_expected(trained: Path, fail: Callable) -> None:
+    fail("recommend", trained, "1", names=[
+        f"{trained}: a run directory, not a model; pass {trained}/models/<model> "
+        "(trained here: sasrec)"])
+    fail("analyze", "cold-start", trained, "--max-users", "0",
+         names=["--max-users 0: must be >= 1"])
 
 
 def test_a_model_record_without_its_fields(trained: Path, fail: Callable) -> None:

@@ -1,9 +1,10 @@
 """`sidrec recommend`: titles beside ids, --json, --exclude-seen, --user, and ids with a
-tab or a newline kept unambiguous."""
+tab or a newline kept unambiguous; `sidrec serve` refusing a port it cannot listen on."""
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,3 +50,17 @@ def test_odd_ids_stay_unambiguous(served_run: Path, cli: Callable, tmp_path: Pat
     assert "Odd\\tOne [new item]" in text.out
     listed = json.loads(cli("recommend", model, "i02", "i04", "-k", "49", "--json").out)
     assert odd in [i["id"] for i in listed["items"]]
+
+
+def test_serve_refuses_a_port_it_cannot_listen_on_before_loading(served_run: Path,
+                                                                cli: Callable) -> None:
+    model = served_run / "models" / "tiger"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", model, "--port", str(port))
+    assert result.code == 2 and f"--port {port}: cannot listen there" in result.err
+    assert "pick another --port" in result.err and "Traceback" not in result.err
+    result = cli("serve", model, "--port", "99999")
+    assert result.code == 2 and "--port 99999: must be in 1..65535" in result.err

@@ -83,6 +83,12 @@ class ModelDir:
     def require(self) -> ModelDir:
         """This directory, or a SidrecError when no trained model is here."""
         if not self.config.is_file():
+            if (self.root / "dataset").is_dir():  # a run directory, not one of its models
+                models = sorted(p.parent.name for p in (self.root / "models").glob(
+                    "*/config.json"))
+                raise SidrecError(
+                    f"{self.root}: a run directory, not a model; pass "
+                    f"{self.root}/models/<model> (trained here: {', '.join(models) or 'none'})")
             raise SidrecError(
                 f"{self.root}: no trained model here (config.json missing); train one with "
                 f"`sidrec train {self.run.root} --model NAME`"

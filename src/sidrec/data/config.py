@@ -39,6 +39,8 @@ def check_prepare_config(cfg: PrepareConfig) -> None:
     if cfg.seed < 0:
         raise SidrecError(f"data prepare: seed must be >= 0, got {cfg.seed} (it seeds the "
                           "holdout draw; e.g. --seed 0)")
-    if cfg.cold_mode == "holdout" and not 0.0 < cfg.cold_fraction < 1.0:  # NaN fails too
+    # NaN fails too; checked in natural mode as well (where it is unused): a wrong value
+    # there is a mistake, not a choice
+    if not 0.0 < cfg.cold_fraction < 1.0:
         raise SidrecError(f"data prepare: cold_fraction must be in (0, 1), got "
                           f"{cfg.cold_fraction}; e.g. 0.05")
