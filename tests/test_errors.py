@@ -477,6 +477,15 @@ def test_a_run_directory_where_a_model_is_expected(trained: Path, fail: Callable
          names=["--max-users 0: must be >= 1"])
 
 
+def test_an_unknown_history_id_in_the_commands_words(trained: Path, fail: Callable,
+                                                      cli: Callable) -> None:
+    fail("recommend", trained / "models/sasrec", "1", "nope",
+         names=["unknown item id 'nope'", "check the id, or pass --skip-unknown"])
+    skipped = cli("recommend", trained / "models/sasrec", "1", "nope", "--skip-unknown")
+    assert skipped.code == 0
+    assert skipped.err.strip() == "sidrec: warning: history 0: skipped 1 unknown item id(s)"
+
+
 def test_a_model_record_without_its_fields(trained: Path, fail: Callable) -> None:
     (trained / "models/sasrec/config.json").write_text('{"format": 2}')
     fail("recommend", trained / "models/sasrec", "1",

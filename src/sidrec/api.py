@@ -130,10 +130,7 @@ class Service:
                 out.append(idx)
         if unknown:
             if on_unknown == "error":
-                raise SidrecError(
-                    f"history {row}: unknown item id {unknown[0]!r} ({len(unknown)} unknown); "
-                    "add it with add_items() or load with on_unknown='skip'"
-                )
+                raise UnknownItem(row, unknown)
             warnings.warn(f"history {row}: skipped {len(unknown)} unknown item id(s)",
                           stacklevel=3)
         return out
@@ -384,6 +381,16 @@ class Service:
             except SidrecError as e:
                 raise SidrecError(f"{self.run.added_items}: {e}") from None
         return found
+
+
+class UnknownItem(SidrecError):
+    """A history holds item ids the catalogue does not (`on_unknown="error"`)."""
+
+    def __init__(self, row: int, unknown: list[str],
+                 fix: str = "add it with add_items() or load with on_unknown='skip'") -> None:
+        self.row, self.unknown = row, unknown
+        super().__init__(f"history {row}: unknown item id {unknown[0]!r} ({len(unknown)} "
+                         f"unknown); {fix}")
 
 
 def _check_on_unknown(on_unknown: str) -> None:

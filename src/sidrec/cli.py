@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,13 +150,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_recommend(args: argparse.Namespace) -> None:
     import sidrec
+    from sidrec.api import UnknownItem
 
     # key=value words are inference settings (beam=50), the others item ids.
     settings = [*args.overrides, *(h for h in args.history if "=" in h)]
     history = [h for h in args.history if "=" not in h]
     rec = sidrec.load(args.model_dir, on_unknown="skip" if args.skip_unknown else "error",
                       inference=parse_overrides(settings))
-    recs = rec.recommend(history, k=args.k, exclude_seen=args.exclude_seen, user_id=args.user)
+    try:
+        recs = rec.recommend(history, k=args.k, exclude_seen=args.exclude_seen,
+                             user_id=args.user)
+    except UnknownItem as e:  # the API's advice, in the command's words
+        raise UnknownItem(e.row, e.unknown, "check the id, or pass --skip-unknown") from None
     items = [{**info, "score": score} for info, (_, score) in
              zip(rec.items([i for i, _ in recs]), recs, strict=True)]
     if args.json:
@@ -370,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             from sidrec.run import RunDir
 
             RunDir(args.run_dir).check_writable()  # a file, or read-only: before any work
-        func(args)
+        with warnings.catch_warnings():  # a library warning is one line, not source code
+            warnings.showwarning = _one_line_warning
+            func(args)
     except SidrecError as e:
         print(f"sidrec: error: {e}", file=sys.stderr)
         return 2
@@ -384,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         print("sidrec: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line_warning(message: Warning | str, *_: object, **__: object) -> None:
+    print(f"sidrec: warning: {message}", file=sys.stderr)
 
 
 def _os_error(e: OSError, args: argparse.Namespace) -> str | None:
