@@ -174,6 +174,19 @@ def test_an_add_never_drops_items_another_process_wrote(served_run: Path,
     assert "y" not in first.index
 
 
+def test_new_items_are_never_coded_by_a_tokenizer_the_run_does_not_record(
+        served_run: Path, tmp_path: Path) -> None:
+    from serving import copy_of, load
+
+    run = copy_of(served_run, tmp_path)
+    rec = load(run / "models" / "liger")
+    changed = sorted(p for p in RunDir(run).tokenizer.rglob("*") if p.is_file())[0]
+    changed.write_bytes(changed.read_bytes() + b" ")  # as a half-finished tokenize leaves it
+    with pytest.raises(SidrecError, match="not the tokenizer tokenizer.json records"):
+        rec.add_items([{"id": "n1", "text": "Title: Arctic Expedition; Genres: documentary"}])
+    assert "n1" not in rec.index and not RunDir(run).added_items.exists()
+
+
 @settings(max_examples=40, deadline=None)
 @given(steps=st.lists(st.tuples(st.integers(0, 9), st.integers(1, 5)), min_size=1, max_size=12))
 def test_grow_copies_only_new_rows_and_never_changes_an_older_catalogue(steps) -> None:

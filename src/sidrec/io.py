@@ -134,6 +134,13 @@ def hash_file(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def hash_folder(folder: str | Path) -> str:
+    """`hash_obj` of {relative path: `hash_file`} over every file below `folder`."""
+    folder = Path(folder)
+    return hash_obj({str(p.relative_to(folder)): hash_file(p)
+                     for p in sorted(folder.rglob("*")) if p.is_file()})
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)

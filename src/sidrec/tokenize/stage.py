@@ -31,7 +31,16 @@ from sidrec.config import to_dict
 from sidrec.data.dataset import Dataset
 from sidrec.device import pick_device
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_dir, hash_array, hash_file, hash_obj, read_json, save_npy, write_json
+from sidrec.io import (
+    atomic_dir,
+    hash_array,
+    hash_file,
+    hash_folder,
+    hash_obj,
+    read_json,
+    save_npy,
+    write_json,
+)
 from sidrec.run import RunDir
 from sidrec.tokenize.base import FORMAT_VERSION, Tokenizer, _read_meta
 from sidrec.tokenize.config import TokenizerConfig, check_config
@@ -141,7 +150,7 @@ def run_tokenize(
     # The hashes are of what this process wrote (a concurrent run's files never pass).
     with atomic_dir(run.tokenizer) as tmp:
         tokenizer.save(tmp)
-        tokenizer_hash = _folder_hash(tmp)
+        tokenizer_hash = hash_folder(tmp)
     record["outputs"] = {"sids": save_npy(run.sids, sids), "tokenizer": tokenizer_hash}
     plot_codebook_usage(
         codes,
@@ -156,11 +165,7 @@ def run_tokenize(
 def outputs(run: RunDir) -> dict[str, str]:
     """Hashes of what the stage wrote: `sids.npy` and every file of `tokenizer/`. Whoever
     rewrites them (e.g. to add items) records these anew in `tokenizer.json`."""
-    return {"sids": hash_file(run.sids), "tokenizer": _folder_hash(run.tokenizer)}
-
-
-def _folder_hash(folder: Path) -> str:
-    return hash_obj({p.name: hash_file(p) for p in sorted(folder.iterdir()) if p.is_file()})
+    return {"sids": hash_file(run.sids), "tokenizer": hash_folder(run.tokenizer)}
 
 
 def _cached(run: RunDir, config_hash: str, inputs: dict[str, str]) -> dict[str, Any] | None:
