@@ -215,6 +215,21 @@ def test_holdout_removes_items_from_training_and_keeps_them_as_targets(held: str
         assert ds.item_ids[target[1]] == "b"
 
 
+def test_items_only_dropped_users_had_leave_the_catalogue() -> None:
+    """u1's training part is its held-out item alone: u1 is dropped, and b, c (which only
+    u1 had) are no cold items: cold means a target that was never trained on."""
+    rows = [*[("u1", i, t) for t, i in enumerate("abc")],
+            *[("u2", i, t) for t, i in enumerate("wxyz")]]
+    # one of the 7 items is held out; the seeds that hold out a drop u1
+    result = next(r for r in (split(table(rows), cold_mode="holdout", cold_fraction=0.1,
+                                    seed=s) for s in range(500))
+                  if r.dropped_empty_train_users == 1)
+    assert list(result.item_ids) == ["w", "x", "y", "z"]
+    assert named(result) == {"u2": {"train": ["w", "x"], "valid": "y", "test": "z"}}
+    assert list(result.item_ids[result.cold]) == ["y", "z"]
+    assert result.holdout_items.size == 0 and result.dropped_empty_train_users == 1
+
+
 def test_holdout_is_seeded() -> None:
     draws = [
         tuple(split(table(HOLDOUT_ROWS), cold_mode="holdout", cold_fraction=0.2,

@@ -87,6 +87,21 @@ def test_amazon_reader_rows_and_texts(tmp_path: Path) -> None:
     assert texts == {**AMAZON_TEXTS, "Z9999": "Title: Unused"}
 
 
+def test_an_edited_companion_file_is_never_reused_stale(tmp_path: Path) -> None:
+    """Given the reviews file alone, the reader finds meta_<Cat> beside it; the prepared
+    dataset is reused only while that file is unchanged too."""
+    reviews, meta = write_amazon(tmp_path / "amazon")
+    run = tmp_path / "run"
+    first = prepare(run, PrepareConfig(source=str(reviews)))
+    assert str(meta) in [f for f, *_ in first["input_files"]]
+    assert prepare(run, PrepareConfig(source=str(reviews))) == first  # reused
+    with gzip.open(meta, "wt", encoding="utf-8") as f:
+        f.writelines(line.replace("Voluminous", "Extra Volume") + "\n" for line in META_LINES)
+    prepare(run, PrepareConfig(source=str(reviews)))
+    assert "Title: L'Or\u00e9al Paris Extra Volume; Brand: L'Or\u00e9al" in (
+        Dataset.load(run).item_text)
+
+
 def test_amazon_folder_prepares_exact_split(tmp_path: Path) -> None:
     write_amazon(tmp_path / "amazon")
     run = tmp_path / "run"
@@ -257,13 +272,16 @@ def test_parquet_tables(tmp_path: Path) -> None:
                   "t": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]}).to_parquet(inter)
     items = tmp_path / "items.parquet"
     pd.DataFrame({"item": [4, 30, 200], "title": ["four", "thirty", None],
-                  "price": [1.0, np.nan, 2.25]}).to_parquet(items)
+                  "price": [1.0, np.nan, 2.25],
+                  "categories": [["Beauty", "Makeup"], [], ["Toys"]]}).to_parquet(items)
     run = tmp_path / "run"
     prepare(run, PrepareConfig(source=str(inter), items=str(items), user_col="user",
                                item_col="item", time_col="t"))
     ds = Dataset.load(run)
     assert list(ds.item_ids) == ["4", "30", "200"] and list(ds.user_ids) == ["4", "5"]
-    assert ds.item_text == ["Title: four; Price: 1", "Title: thirty", "Price: 2.25"]
+    # a list column (read back as an array) keeps its separators
+    assert ds.item_text == ["Title: four; Price: 1; Categories: Beauty, Makeup",
+                            "Title: thirty", "Price: 2.25; Categories: Toys"]
     assert split_by_id(ds) == {"4": (["4"], "200", "30"), "5": (["30"], "4", "200")}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
         except (OSError, ValueError):  # damaged: rebuilt below, never reused
             manifest = None
         if isinstance(manifest, dict) and manifest.get("config_hash") == config_hash and (
-                manifest.get("format_version") == FORMAT_VERSION):
+                manifest.get("format_version") == FORMAT_VERSION) and _unchanged(manifest):
             return manifest
     start = time.perf_counter()
     raw = load_raw(cfg)
@@ -78,6 +79,9 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
         "config_hash": config_hash,
         "protocol": to_dict(cfg),
         "source": raw.source,
+        # every file the reader opened, also those it found beside the source (meta_*.json,
+        # movies.dat, ...): an edited one is never reused stale
+        "input_files": _stamps(Path(v) for v in raw.source.values() if isinstance(v, str)),
         "counts": {
             "users": len(result.user_ids),
             "items": len(result.item_ids),
@@ -126,9 +130,19 @@ def _hashed_settings(cfg: PrepareConfig) -> dict:
 def _input_stamp(cfg: PrepareConfig) -> list[list]:
     """(path, size, mtime) of each input file (a folder source: the files directly in it)."""
     paths = [Path(p) for p in (cfg.source, cfg.items) if p and Path(p).exists()]
-    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.iterdir())
-                    if f.is_file()})
+    return _stamps(f for p in paths for f in ([p] if p.is_file() else p.iterdir()))
+
+
+def _stamps(paths: Iterable[Path]) -> list[list]:
+    """[path, size, mtime] of each of `paths` that is a file, sorted."""
+    files = sorted({p for p in paths if p.is_file()})
     return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _unchanged(manifest: dict) -> bool:
+    """Every file the manifest's reader opened is as it was (older manifests: no record)."""
+    recorded = manifest.get("input_files")
+    return recorded is None or recorded == _stamps(Path(f) for f, *_ in recorded)
 
 
 def summary(manifest: dict) -> str:

@@ -9,9 +9,11 @@
    Users with fewer than 3 interactions cannot be split and are dropped (counted).
 5. Cold-start items (LIGER): items that never occur in any training sequence.
    `natural`: whatever the split leaves cold. `holdout`: a seeded random `cold_fraction`
-   of the items is removed from every training sequence (kept as valid/test targets and
-   in test histories), so a measurable cold set exists on small data. Users whose
-   training part becomes empty are dropped (counted).
+   of the items is removed from every training sequence (kept as valid/test targets; an
+   evaluation history is the training part, so a held-out item is in it only as the valid
+   target before the test target), so a measurable cold set exists on small data. Users
+   whose training part becomes empty are dropped (counted), and items that only they had
+   leave the catalogue (they would be cold without ever being a target).
 """
 
 from __future__ import annotations
@@ -119,13 +121,21 @@ def split(
     dropped_empty = len(sequences) - len(keep_users)
     if not keep_users:
         raise SidrecError("holdout removed every training interaction; lower cold_fraction")
+    kept = [sequences[u] for u in keep_users]
+    present = np.zeros(len(item_ids), dtype=bool)
+    present[np.concatenate(kept)] = True
+    if not present.all():  # items only dropped users had: renumbered out, order kept
+        new_id = np.cumsum(present) - 1
+        item_ids, holdout = item_ids[present], new_id[holdout[present[holdout]]]
+        kept, train = [new_id[s] for s in kept], [new_id[t] for t in train]
+        valid, test = new_id[valid], new_id[test]
 
     seen = np.zeros(len(item_ids), dtype=bool)
     seen[np.concatenate(train)] = True
     return SplitResult(
         item_ids=item_ids,
         user_ids=user_ids[keep_users],
-        sequences=[sequences[u] for u in keep_users],
+        sequences=kept,
         train=train,
         valid=np.asarray(valid, dtype=np.int64),
         test=np.asarray(test, dtype=np.int64),

@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 # Field name in the source -> label in the template, in template order.
 FIELD_LABELS: dict[str, str] = {
     "title": "Title",
@@ -64,6 +66,8 @@ def parse_list_literal(raw: str) -> list[str] | None:
 def _render(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, np.ndarray):  # a list column read from parquet
+        return _render(value.tolist())
     if isinstance(value, float):
         if math.isnan(value):
             return ""
