@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sidrec.checkpoint import load_model
 from sidrec.data.dataset import Dataset
 from sidrec.device import resolve_device
 from sidrec.evaluate import evaluate
 from sidrec.io import save_npy
-from sidrec.train import load_model, train, window_examples
+from sidrec.presets import resolve_config
+from sidrec.train import train, window_examples
 
 
 def synthetic_dataset(
@@ -63,6 +65,11 @@ def synthetic_dataset(
     )
 
 
+def _per_epoch(name: str, n: int) -> int:
+    per = resolve_config(name, "cpu").train.examples_per_epoch
+    return min(n, per) if per > 0 else n
+
+
 def bench_model(name: str, ds: Dataset, run_dir: Path, args: argparse.Namespace) -> dict:
     """Train `name` for args.epochs epochs (each with one validation), then time test eval."""
     overrides = {
@@ -85,7 +92,8 @@ def bench_model(name: str, ds: Dataset, run_dir: Path, args: argparse.Namespace)
     return {
         "name": name,
         "trainable": model.trainable,
-        "sequences": len(examples[1]) * args.epochs,
+        # the examples an epoch trains on (the tiger/liger presets draw a sample of them)
+        "sequences": _per_epoch(name, len(examples[1])) * args.epochs,
         "targets": sum(len(t) - 1 for t in ds.train) * args.epochs,
         "train_s": sum(e.get("train_seconds", 0.0) for e in log),
         "wall_s": wall,

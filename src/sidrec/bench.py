@@ -266,7 +266,8 @@ def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int,
     model_dir = RunDir(run_dir).model(model_dir_name)
     train_s = _train_seconds(model_dir, time.perf_counter() - t0)
     model = load_model(model_dir, run_dir, dataset=dataset)
-    device = resolve_device(overrides.get("device", "auto"), threads)
+    device = resolve_device(overrides.get("device", "auto"),
+                            overrides.get("num_threads") or threads)  # as the model trained
     metrics = evaluate(model.to(device), dataset, "test", cfg.ks)
     return {"model_dir_name": model_dir_name, "best_epoch": info.get("best_epoch"),
             "metrics": metrics, "train_seconds": train_s,

@@ -155,10 +155,11 @@ def render_report(manifest: dict, cold_mode: str, settings: str,
         "",
         "Rows: overall / in-set (test target seen in training) / cold (target never seen "
         "in training). Generative models: items the beam does not return are misses. "
-        "Rows labelled `excl. history` mask the user's own history (RecBole's protocol, "
-        "masked inside the beam search); every other row does not (TIGER's protocol, the "
-        "headline). `invalid@K`: share of the top-K slots holding a generated SID that is "
-        "no item (unconstrained decoding). `cold_slots@10`: cold items per top-10; "
+        "Rows labelled `excl. history` mask the user's own history (as RecBole does for "
+        "non-sequential models; masked inside the beam search); every other row does not "
+        "(TIGER's protocol, the headline). `invalid@K`: share of the top-K slots holding "
+        "a generated SID that is no item (unconstrained decoding). `cold_slots@10`: cold "
+        "items per top-10; "
         f"`random_cold@10`: the cold recall@10 that filling those slots at random from the "
         f"{results[0].get('cold_pool', 0) if results else 0:,} cold items would reach, the "
         "chance level for the cold rows. Variants marked `(inference)` switch a part off "
@@ -171,7 +172,8 @@ def render_report(manifest: dict, cold_mode: str, settings: str,
         + ("; decode speeds are measured beside the other workers, so they are below an "
            "idle machine's." if workers > 1 else "."),
         "",
-        "| model | train s | decode users/s |",
+        "| model | train s (mean over seeds) | evaluation users/s (mean over seeds, every "
+        "variant) |",
         "|---|---|---|",
     ]
     for r in results:
