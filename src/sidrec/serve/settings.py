@@ -6,6 +6,7 @@ max_wait_ms=5 max_k=50`); the checks below make a bad value a one-line error.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 from sidrec.errors import SidrecError
@@ -52,6 +53,12 @@ class ServeSettings:
                 raise SidrecError(f"serve setting {f.name}={value}: must be >= {lowest}")
         if self.on_unknown not in ("error", "skip"):
             raise SidrecError(f"serve setting on_unknown={self.on_unknown!r}: error or skip")
+
+    @property
+    def model_threads(self) -> int:
+        """Torch threads of the model: `threads`, or all cores but one (at most 4), so
+        that the HTTP side keeps a core (on 2 cores: 1)."""
+        return self.threads or max(1, min(4, (os.cpu_count() or 1) - 1))
 
     @property
     def rows_per_call(self) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -215,9 +214,7 @@ class InferenceWorker:
 
     @property
     def threads(self) -> int:
-        """Torch threads of the model: `threads`, or all cores but one (at most 4), so
-        that the HTTP side keeps a core (on 2 cores: 1)."""
-        return self.settings.threads or max(1, min(4, (os.cpu_count() or 1) - 1))
+        return self.settings.model_threads
 
     def _collect(self, batch: list[_Job]) -> _Job | None:
         """Add queued queries to `batch` (up to max_batch), waiting up to max_wait_ms while
