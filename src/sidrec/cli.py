@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import socket
 import sys
 import warnings
 from collections.abc import Callable
@@ -182,23 +181,8 @@ def _tsv_field(text: str) -> str:
             .replace("\r", "\\r"))
 
 
-def _check_listen(host: str, port: int) -> None:
-    """Bind host:port once before the model loads, so that a port in use or a host this
-    machine does not have is a one-line error now, not a server log after loading."""
-    if not 1 <= port <= 65535:
-        raise SidrecError(f"--port {port}: must be in 1..65535")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(infos[0][4])
-    except OSError as e:
-        raise SidrecError(f"--host {host} --port {port}: cannot listen there "
-                          f"({e.strerror or e}); pick another --port or --host") from None
-
-
 def cmd_serve(args: argparse.Namespace) -> None:
-    from sidrec.serve import ServeSettings
+    from sidrec.serve import ServeSettings, check_listen
     from sidrec.serve.settings import setting_names
 
     # key=value words are serve settings (max_wait_ms=5) or else inference settings (beam=40).
@@ -208,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = from_dict(ServeSettings, {**{k: v for k, v in pairs.items() if k in names},
                                          **flags}, "serve")
     inference = {k: v for k, v in pairs.items() if k not in names}
-    _check_listen(args.host, args.port)
+    check_listen(args.host, args.port)
     if args.ray:
         from sidrec.serve.ray_app import serve_ray
 

@@ -22,10 +22,12 @@ Serve, `--ray`), `static/` (the explorer page).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sidrec.errors import SidrecError
 from sidrec.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
     from sidrec.api import Service
 
-__all__ = ["ServeSettings", "build_app", "loader", "serve"]
+__all__ = ["ServeSettings", "build_app", "check_listen", "loader", "serve"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,21 @@ def loader(model_dir: str | Path, settings: ServeSettings,
            inference: dict[str, Any] | None = None) -> Loader:
     """What loads the model for serving (with its run's added items)."""
     return Loader(str(model_dir), settings, inference)
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind host:port once before the model loads, so that a port in use or a host this
+    machine does not have is a one-line error now, not a server log after loading."""
+    if not 1 <= port <= 65535:
+        raise SidrecError(f"--port {port}: must be in 1..65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as e:
+        raise SidrecError(f"--host {host} --port {port}: cannot listen there "
+                          f"({e.strerror or e}); pick another --port or --host") from None
 
 
 def build_app(model_dir: str | Path, settings: ServeSettings | None = None,
