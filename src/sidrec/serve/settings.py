@@ -30,7 +30,7 @@ class ServeSettings:
     # -- the inference worker (one thread runs every model call)
     # true: the model's calls in a process of its own, so that the HTTP side and the
     # model's Python code between torch ops never wait for one interpreter lock (on 2
-    # cores 1.1-1.2x the requests/s at 64 concurrent requests), at the cost of a second
+    # cores 1.03-1.17x the requests/s at 64 concurrent requests), at the cost of a second
     # copy of the model in memory (on a GPU, in GPU memory). Off by default: one process
     # holds the model (SPEC).
     model_process: bool = False
