@@ -17,10 +17,10 @@ What it prints (and writes as JSON to --out, default $OUT/gpu_check.json or
    Stages already done are reused (pass --run-dir of a run prepared elsewhere;
    --prepare-only builds one and stops).
 3. Per model: a probe (2 x 50 steps on 4,096 users, the second 50 timed) gives the
-   step time, the budget is turned into a step count (full epochs of every prefix, or
-   one epoch of a seeded draw), and `sidrec.train.train` runs it with the preset's
-   recipe (warm-up shortened to a tenth of the steps when the budget is short of it),
-   validating at the end; then the test split.
+   step time, the budget is turned into a step count (spread over whole passes, each a
+   seeded draw of its share of the prefixes), and `sidrec.train.train` runs it with the
+   preset's recipe (warm-up shortened to a tenth of the steps when the budget is short of
+   it), validating at the end; then the test split.
    Printed: steps/s, examples/s, peak GPU memory, valid and test Recall@10 / NDCG@10
    (the model's own inference setting, the first row the evaluator reports) beside the
    published rows (TIGER 0.0648 / 0.0384, COBRA 0.0725 / 0.0456; LIGER's paper reports
@@ -140,11 +140,12 @@ def plan(name: str, ds: Dataset, budget: float, seconds_per_step: float) -> dict
         n = sum(max(0, len(t) - 1) for t in ds.train)
     steps = max(1, int(budget / seconds_per_step))
     per_epoch = math.ceil(n / cfg.batch_size)
-    if steps >= per_epoch:
-        epochs, examples = steps // per_epoch, 0
-    else:
-        epochs, examples = 1, steps * cfg.batch_size
-    total = epochs * (per_epoch if examples == 0 else steps)
+    # the steps spread over whole passes, each a seeded draw of its share (whole epochs
+    # when they divide), so the budget is used rather than rounded down to whole epochs
+    epochs = math.ceil(steps / per_epoch)
+    share = math.ceil(steps / epochs)
+    examples = 0 if share >= per_epoch else share * cfg.batch_size
+    total = epochs * min(share, per_epoch)
     return {"max_epochs": epochs, "examples_per_epoch": examples, "patience": 10**6,
             "eval_every": epochs, "warmup_steps": min(cfg.warmup_steps, max(1, total // 10))}
 
