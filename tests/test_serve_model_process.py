@@ -19,7 +19,7 @@ from serving import copy_of, running
 from sidrec.added_items import ItemError
 from sidrec.api import Recommendations
 from sidrec.errors import SidrecError
-from sidrec.serve.model_process import plain
+from sidrec.serve.model_process import ModelProcess, plain
 
 HISTORY = ["i01", "i03", "i05"]
 BODY = {"history": HISTORY, "k": 5}
@@ -129,6 +129,18 @@ def test_a_new_model_process_that_does_not_load_counts_as_a_restart(served_run: 
         assert "a new model process did not load" in failed["error"]
         assert "(model_restarts=1); restart sidrec serve" in failed["error"]
         assert c.post("/v1/recommend", json=BODY).status_code == 503
+
+
+def _never_loads() -> None:
+    time.sleep(3600)
+
+
+def test_a_model_process_that_does_not_load_in_time_is_killed() -> None:
+    model = ModelProcess(_never_loads, threads=1)
+    with pytest.raises(SidrecError, match="the model process did not load within 1 s"):
+        model.wait_ready(1.0)
+    model.stop(5.0)
+    assert not model.alive
 
 
 def test_answers_cross_the_pipe_whatever_their_exceptions_hold() -> None:

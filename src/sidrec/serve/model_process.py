@@ -50,9 +50,14 @@ class ModelProcess:
         child.close()
         self._why = ""  # why the server killed it, if it did
 
-    def wait_ready(self) -> None:
-        """Until the model is loaded; a SidrecError saying why if it did not."""
+    def wait_ready(self, deadline_s: float | None = None) -> None:
+        """Until the model is loaded (at most `deadline_s`, then the process is killed); a
+        SidrecError saying why if it did not."""
         try:
+            if not self._conn.poll(deadline_s):
+                self._why = f"the model process did not load within {deadline_s:g} s"
+                self._process.kill()
+                raise SidrecError(self._why)
             status, message = self._conn.recv()
         except (EOFError, OSError):
             status, message = "failed", str(self._stopped())

@@ -76,6 +76,7 @@ class InferenceWorker:
         self.service: Service | None = service
         self._model: ModelProcess | None = None
         self._starting: ModelProcess | None = None  # loading, not serving yet
+        self._load_s: float | None = None  # how long the first model process took to load
         self._restarts = 0  # new model processes since the last batch one answered
         self.ready = threading.Event()
         self.error: str | None = None
@@ -164,17 +165,23 @@ class InferenceWorker:
                 self._heal()
 
     def _start_model(self) -> ModelProcess:
-        """A new model process, once its model is loaded (`stop` ends it while it loads)."""
+        """A new model process, once its model is loaded (`stop` ends it while it loads).
+        The first load may take what it takes; a restart gets 5 times as long (at least a
+        minute), so a load that hangs counts as a failed restart instead of for ever."""
+        started = time.monotonic()
         self._starting = model = ModelProcess(self._load, self.threads)
+        deadline = None if self._load_s is None else max(60.0, 5 * self._load_s)
         try:
             if self._stopping.is_set():
                 raise SidrecError("the server is shutting down")
-            model.wait_ready()
+            model.wait_ready(deadline)
         except BaseException:
             model.stop(1.0)
             raise
         finally:
             self._starting = None
+        if self._load_s is None:
+            self._load_s = time.monotonic() - started
         return model
 
     def _heal(self) -> None:
