@@ -46,9 +46,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         tmp_path.chmod(_FILE_MODE)
+        _fsync(tmp_path)  # the bytes are on disk before the name points at them
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
