@@ -168,8 +168,11 @@ def test_an_add_never_drops_items_another_process_wrote(served_run: Path,
     RunDir(run).added_items.rename(tmp_path / "moved.parquet")
     second = load(run / "models" / "liger")
     second.add_items([{"id": "x", "text": "Title: Jazz Piano Nights; Genres: music"}])
-    with pytest.raises(SidrecError, match="rewritten by another process .* would drop"):
-        first.add_items([{"id": "y", "text": "Title: Yodel Summer; Genres: music"}])
+    with pytest.warns(UserWarning, match="rewritten by another process"):
+        first.refresh()  # as a server does before every batch: the file is read now
+    for _ in range(2):  # and stays refused, though unchanged since
+        with pytest.raises(SidrecError, match="rewritten by another process .* would drop"):
+            first.add_items([{"id": "y", "text": "Title: Yodel Summer; Genres: music"}])
     assert added_items.read(RunDir(run))[0].ids == ("x",)
     assert "y" not in first.index
 
@@ -180,11 +183,12 @@ def test_new_items_are_never_coded_by_a_tokenizer_the_run_does_not_record(
 
     run = copy_of(served_run, tmp_path)
     rec = load(run / "models" / "liger")
+    rec.add_items([{"id": "n0", "text": "Title: Polar Night; Genres: documentary"}])
     changed = sorted(p for p in RunDir(run).tokenizer.rglob("*") if p.is_file())[0]
     changed.write_bytes(changed.read_bytes() + b" ")  # as a half-finished tokenize leaves it
     with pytest.raises(SidrecError, match="not the tokenizer tokenizer.json records"):
         rec.add_items([{"id": "n1", "text": "Title: Arctic Expedition; Genres: documentary"}])
-    assert "n1" not in rec.index and not RunDir(run).added_items.exists()
+    assert "n1" not in rec.index and added_items.read(RunDir(run))[0].ids == ("n0",)
 
 
 @settings(max_examples=40, deadline=None)

@@ -143,6 +143,19 @@ def test_beam_wider_than_catalogue_pads_with_minus_one():
     assert out.n_invalid == 0
 
 
+def test_nan_scores_stay_visible_not_empty_slots():
+    # a model with non-finite weights scores NaN: its beams are items with NaN scores (the
+    # evaluator refuses them), never -1 slots that would pass for "nothing to recommend"
+    sizes = (3, 2)
+    sids = torch.tensor([[0, 1], [2, 0], [2, 1]])
+    model = TinyRnn(sizes, n_users=2)
+    model.out = [torch.full_like(o, float("nan")) for o in model.out]
+    index = SidIndex(sids, sizes, torch.tensor([7, 8, 9]))
+    out = beam_search(model.step, RnnState(model.h0), 2, beam=3, catalogue=index, allowed=index)
+    assert torch.isnan(out.log_probs).all()
+    assert (out.items != -1).all()
+
+
 class FixedState:
     def reorder(self, index):
         return self

@@ -135,12 +135,14 @@ def test_a_local_encoder_changed_in_place_is_not_served_from_the_cache(
     assert first["encoder"] == str(encoder) and str(encoder) in first["encoder_id"]
     np.testing.assert_allclose(np.linalg.norm(RunDir(run).load_embeddings(), axis=1), 1,
                                atol=1e-5)
+    serving = Encoder(RunDir(run))  # as a server's: it has encoded before the change
+    assert serving.vectors(["Title: a new item"]).shape == (1, 384)
     modules = json.loads((encoder / "modules.json").read_text())
     (encoder / "modules.json").write_text(json.dumps(
         [m for m in modules if "Normalize" not in m["type"]]))
     embed_module._sentence_model.cache_clear()
     with pytest.raises(SidrecError, match="changed since `sidrec embed"):
-        Encoder(RunDir(run)).vectors(["Title: a new item"])
+        serving.vectors(["Title: a new item"])
     again = embed(run, config, progress=False)
     assert again["cached"] is False and again["encoder_id"] != first["encoder_id"]
     assert (np.linalg.norm(RunDir(run).load_embeddings(), axis=1) > 1.5).all()

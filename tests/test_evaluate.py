@@ -166,6 +166,10 @@ def test_nan_scores_are_an_error_naming_the_users():
     row = torch.full((30,), float("nan"))
     with pytest.raises(SidrecError, match="NaN scores for users 0..1"):
         evaluate(FixedScores(row.repeat(2, 1), ds), ds, "test", ks=(10,))
+    # a rank's shard names its users by their row in the whole evaluation
+    history = np.full((2, 4), -1)
+    with pytest.raises(SidrecError, match="NaN scores for users 100..101"):
+        top_k(FixedScores(row.repeat(2, 1), ds), history, np.array([0, 1]), 5, first_row=100)
 
 
 @pytest.mark.parametrize("name", [n for n in available_models() if n != "pop"])

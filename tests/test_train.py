@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,15 @@ def test_a_best_written_after_the_last_checkpoint_is_kept_only_if_that_checkpoin
     settle_weights(md, TrainState("h", epoch=3, best_epoch=3))  # its own epoch's checkpoint
     assert not md.next_weights.exists()
     assert torch.equal(load_file(md.weights)["weight"], new.weight.detach())
+
+
+def test_an_inference_file_edited_out_of_range_is_refused_at_load(tmp_path):
+    run = toy_run(tmp_path / "run")
+    summary = train("tiger", run, TINY_TIGER, {**FAST, "max_epochs": 1}, "cpu", progress=False)
+    path = Path(summary["model_dir"]) / "inference.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "beam": -3}))
+    with pytest.raises(SidrecError, match=r"inference.json.beam=-3: must be a finite number"):
+        load_model(summary["model_dir"], run)
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path):

@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from sidrec.artifacts import read_record
+from sidrec.artifacts import check_tokenizer, read_record
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_path, exclusive, hash_file, hash_folder
+from sidrec.io import atomic_path, exclusive, folder_stamp, hash_file
 from sidrec.models.base import Catalogue
 from sidrec.run import RunDir
 from sidrec.tokenize.sids import extend_sids
@@ -87,9 +87,11 @@ def no_items(dim: int = 0) -> NewItems:
     return NewItems((), (), np.zeros((0, dim), np.float32), None)
 
 
-def check_new(items: Sequence[Any], known: dict[str, int]) -> tuple[list[str], list[str]]:
+def check_new(items: Sequence[Any], known: dict[str, int],
+              stored: bool = False) -> tuple[list[str], list[str]]:
     """(ids, texts) of `items` ([{"id": ..., "text": ...}]); a duplicate id (with the
-    catalogue `known` or within `items`) or an empty text is an `ItemError`."""
+    catalogue `known` or within `items`) or an empty text is an `ItemError`. `stored`:
+    items read back from the run, added before the rule on spaces around ids existed."""
     ids: list[str] = []
     texts: list[str] = []
     for n, item in enumerate(items):
@@ -104,7 +106,7 @@ def check_new(items: Sequence[Any], known: dict[str, int]) -> tuple[list[str], l
         item_id, text = str(raw_id), (raw_text or "").strip()
         if not item_id.strip():
             raise ItemError(n, ": empty id; give the item an id")
-        if item_id != item_id.strip():
+        if item_id != item_id.strip() and not stored:
             raise ItemError(n, f": id {item_id!r} has spaces at its ends; strip them")
         if item_id in known or item_id in ids:
             raise ItemError(n, f": item id {item_id!r} already exists; ids are unique",
@@ -122,13 +124,15 @@ class Encoder:
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self._tokenizer: Any = None
-        self._encoder: str | None = None
+        # what the last checks saw: a check is repeated when the files have changed since
+        self._encoder_checked: tuple | None = None
+        self._tokenizer_checked: tuple | None = None
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         """[len(texts), d] float32 with the encoder that made `embeddings.npy`."""
         from sidrec.embed import EmbedConfig, encode_texts
 
-        encoder = self._encoder = self._encoder or self._checked_encoder()
+        encoder = self._checked_encoder()
         threads = torch.get_num_threads()  # encode_texts sets its own; a server keeps its
         try:
             return encode_texts(texts, EmbedConfig(encoder=encoder, device="cpu"),
@@ -149,25 +153,24 @@ class Encoder:
         encoder = record.get("encoder")
         if not isinstance(encoder, str):
             raise SidrecError(f"{info}: no encoder recorded; re-run `{command}`")
-        if "encoder_id" in record and encoder_identity(encoder) != record["encoder_id"]:
-            raise SidrecError(f"encoder {encoder} changed since `{command}` encoded the "
-                              "catalogue, so new items would not match its vectors; restore "
-                              f"it, or re-run `{command}` and retrain")
+        seen = (record.get("encoder_id"), folder_stamp(encoder))
+        if seen != self._encoder_checked:
+            if "encoder_id" in record and encoder_identity(encoder) != record["encoder_id"]:
+                raise SidrecError(f"encoder {encoder} changed since `{command}` encoded the "
+                                  "catalogue, so new items would not match its vectors; "
+                                  f"restore it, or re-run `{command}` and retrain")
+            self._encoder_checked = seen
         return encoder
 
     def codes(self, vectors: np.ndarray) -> np.ndarray:
         """The fitted tokenizer's codes [m, L] of new vectors [m, d] (no refitting)."""
         from sidrec.tokenize import load_tokenizer
 
-        if self._tokenizer is None:
-            command = f"sidrec tokenize {self.run.root}"
-            recorded = (read_record(self.run.tokenizer_info, command).get("outputs") or {}
-                        ).get("tokenizer") if self.run.tokenizer_info.is_file() else None
-            if recorded is not None and recorded != hash_folder(self.run.tokenizer):
-                raise SidrecError(f"{self.run.tokenizer}: not the tokenizer "
-                                  f"{self.run.tokenizer_info.name} records (an interrupted or "
-                                  f"concurrent `{command}`?); re-run it, then retrain")
+        seen = folder_stamp(self.run.tokenizer)
+        if self._tokenizer is None or seen != self._tokenizer_checked:
+            check_tokenizer(self.run.tokenizer, self.run.tokenizer_info, self.run.root)
             self._tokenizer = load_tokenizer(self.run.tokenizer, device="cpu")
+            self._tokenizer_checked = seen
         return self._tokenizer.encode(vectors)
 
 

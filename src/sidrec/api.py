@@ -38,7 +38,7 @@ import torch
 from sidrec import added_items
 from sidrec.added_items import Encoder, NewItems, no_items
 from sidrec.data.dataset import pad_histories
-from sidrec.errors import SidrecError
+from sidrec.errors import SidrecError, UnknownItem
 from sidrec.models.base import Recommender
 from sidrec.run import ModelDir, RunDir
 
@@ -104,6 +104,7 @@ class Service:
         self._encoder = Encoder(self.run)
         self._fingerprint: dict[str, str | None] | None = None
         self._added_stamp: tuple[int, int, int] | None = None
+        self._rewritten: str | None = None  # why added_items.parquet is not ours to rewrite
 
     @property
     def name(self) -> str:
@@ -309,8 +310,14 @@ class Service:
     def _refresh_locked(self, strict: bool = False) -> int:
         """Apply what other processes appended to the added items. A file rewritten under
         this process (other items, other embeddings) is served only after a restart: a
-        warning, or with `strict` (before an add, which rewrites the file from this
-        process's items and would drop the others) an error."""
+        warning when found, and from then on (`strict`: before an add, which rewrites the
+        file from this process's items and would drop the others) an error."""
+        applied = self._apply_appended()
+        if strict and self._rewritten:
+            raise SidrecError(f"{self._rewritten} (adding now would drop its items)")
+        return applied
+
+    def _apply_appended(self) -> int:
         stamp = self._stamp()
         if stamp == self._added_stamp:
             return 0
@@ -321,11 +328,10 @@ class Service:
         items, meta = found
         n = len(self.added)
         if items.ids[:n] != self.added.ids or not self._same_vectors(meta):
-            why = (f"{self.run.added_items} was rewritten by another process or for other "
-                   "embeddings since this one read it; restart to serve it")
-            if strict:
-                raise SidrecError(f"{why} (adding now would drop its items)")
-            warnings.warn(why, stacklevel=2)
+            self._rewritten = (f"{self.run.added_items} was rewritten by another process or "
+                               "for other embeddings since this one read it; restart to "
+                               "serve it")
+            warnings.warn(self._rewritten, stacklevel=3)
             return 0
         tail = self._own_sids(items.tail(n), meta)
         if len(tail):
@@ -377,20 +383,10 @@ class Service:
             try:
                 added_items.check_new([{"id": i, "text": t} for i, t in
                                        zip(found[0].ids, found[0].texts, strict=True)],
-                                      self.index)
+                                      self.index, stored=True)
             except SidrecError as e:
                 raise SidrecError(f"{self.run.added_items}: {e}") from None
         return found
-
-
-class UnknownItem(SidrecError):
-    """A history holds item ids the catalogue does not (`on_unknown="error"`)."""
-
-    def __init__(self, row: int, unknown: list[str],
-                 fix: str = "add it with add_items() or load with on_unknown='skip'") -> None:
-        self.row, self.unknown = row, unknown
-        super().__init__(f"history {row}: unknown item id {unknown[0]!r} ({len(unknown)} "
-                         f"unknown); {fix}")
 
 
 def _check_on_unknown(on_unknown: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sidrec.errors import SidrecError
-from sidrec.io import hash_array, hash_file, hash_obj, read_json
+from sidrec.io import hash_array, hash_file, hash_folder, hash_obj, read_json
 
 
 def require_file(path: Path, what: str, command: str) -> None:
@@ -152,6 +152,19 @@ def load_sids(
             )
         sizes = listed
     return sids, tuple(sizes)
+
+
+def check_tokenizer(folder: Path, tokenizer_info: Path, run: Path) -> None:
+    """`folder` (a fitted tokenizer) is the one `tokenizer_info` records, when it records
+    one: an interrupted or concurrent `sidrec tokenize` may leave another there."""
+    command = f"sidrec tokenize {run}"
+    if not tokenizer_info.is_file():
+        return
+    outputs = read_record(tokenizer_info, command).get("outputs")
+    recorded = outputs.get("tokenizer") if isinstance(outputs, dict) else None
+    if recorded is not None and recorded != hash_folder(folder):
+        raise SidrecError(f"{folder}: not the tokenizer {tokenizer_info.name} records (an "
+                          f"interrupted or concurrent `{command}`?); re-run it, then retrain")
 
 
 def _check_sid_inputs(

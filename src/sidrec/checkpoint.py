@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from sidrec.config import from_dict, to_dict
+from sidrec.config import check_ranges, from_dict, to_dict
 from sidrec.data.dataset import Dataset
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, read_json, write_json
@@ -317,6 +317,7 @@ def load_model(
         )
     model = cls(model_cfg, catalogue_for(cls, run, ds))
     model.inference = from_dict(cls.Inference, stored, f"{md.inference}")
+    check_ranges(model.inference, f"{md.inference}")  # the file is editable by hand
     model.inference = model.inference_with(inference)
     try:
         weights = load_file(str(md.weights))

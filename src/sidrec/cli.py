@@ -149,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_recommend(args: argparse.Namespace) -> None:
     import sidrec
-    from sidrec.api import UnknownItem
+    from sidrec.errors import UnknownItem
 
     # key=value words are inference settings (beam=50), the others item ids.
     settings = [*args.overrides, *(h for h in args.history if "=" in h)]

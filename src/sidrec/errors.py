@@ -8,3 +8,13 @@ traceback for one. Messages say what is wrong, where (file, line, field) and how
 
 class SidrecError(Exception):
     """A user mistake, reported as one line and exit code 2."""
+
+
+class UnknownItem(SidrecError):
+    """A history holds item ids the catalogue does not (`on_unknown="error"`)."""
+
+    def __init__(self, row: int, unknown: list[str],
+                 fix: str = "add it with add_items() or load with on_unknown='skip'") -> None:
+        self.row, self.unknown = row, unknown
+        super().__init__(f"history {row}: unknown item id {unknown[0]!r} ({len(unknown)} "
+                         f"unknown); {fix}")

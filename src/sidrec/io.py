@@ -147,6 +147,16 @@ def hash_file(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def folder_stamp(folder: str | Path) -> tuple | None:
+    """(relative path, size, mtime) of every file below `folder`, or None if it is no
+    folder: a cheap test of whether `hash_folder` needs computing again."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    return tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in sorted(folder.rglob("*")) if p.is_file())
+
+
 def hash_folder(folder: str | Path) -> str:
     """`hash_obj` of {relative path: `hash_file`} over every file below `folder`."""
     folder = Path(folder)

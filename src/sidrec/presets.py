@@ -242,8 +242,9 @@ def check_train_config(cfg: TrainConfig) -> None:
 
 
 def check_runtime_config(cfg: RuntimeConfig) -> None:
-    if not cfg.dist_timeout_s > 0:
-        raise SidrecError(f"runtime.dist_timeout_s={cfg.dist_timeout_s}: must be > 0")
+    if not (math.isfinite(cfg.dist_timeout_s) and cfg.dist_timeout_s > 0):
+        raise SidrecError(f"runtime.dist_timeout_s={cfg.dist_timeout_s}: must be a finite "
+                          "number of seconds > 0 (e.g. 7200)")
     if cfg.num_threads < 0:
         raise SidrecError(f"runtime.num_threads={cfg.num_threads}: must be >= 0 (0: automatic)")
     if cfg.eval_batch_size <= 0:

@@ -31,9 +31,8 @@ Ablations (the paper's Table 4) are separately *trained* models, set by `tokens`
   cascade adds over decoder-only training;
 - `cobra-no-sparse` (`tokens: dense`): no sparse tokens; v̂ of the next item from the
   last dense token, retrieved from all items by nearest neighbours.
-One trained COBRA's inference-time switches (`variants`) are labelled "(inference)";
-"no-dense" (ψ = 0) gives each beam's mass to all the items of its sparse ID alike;
-"no-beamfusion" ranks the beams' candidates by cosine alone.
+One trained COBRA's inference-time switches (`variants`) are labelled "(inference)": "no-dense"
+(ψ = 0) gives a beam's mass to all its sparse ID's items alike, "no-beamfusion" ranks by cosine.
 """
 
 from __future__ import annotations
@@ -366,8 +365,9 @@ class Cobra(Recommender):
         if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
             return nearest(v_hat.view(b, m, -1)[:, 0], vectors, k + margin, seen)
         valid = torch.isfinite(result.log_probs).view(-1)
-        if cfg.retrieval == "global" and mode != "no-dense":  # (B*M, N + L), index built once
-            cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb + len(history[0]))
+        if cfg.retrieval == "global" and mode != "no-dense":  # (B*M, N + room for seen)
+            cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb + (0 if seen is None
+                                                                     else seen.shape[1]))
         else:  # the items under each beam's sparse ID (-1: no catalogue sparse ID)
             cand, cos = groups.neighbours(v_hat, sparse_index.lookup(codes), vectors)
         if seen is not None:  # seen items are no candidates, before the N nearest are kept

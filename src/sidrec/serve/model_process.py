@@ -27,7 +27,7 @@ import torch
 
 from sidrec.api import Recommendations, Service
 from sidrec.errors import SidrecError
-from sidrec.serve.queries import Query, run_queries
+from sidrec.serve.queries import Query, refresh_added, run_queries
 
 log = logging.getLogger("sidrec.serve")
 
@@ -120,10 +120,7 @@ def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None
             queries = conn.recv()
         except EOFError:  # the server process is gone
             return
-        try:
-            service.refresh()  # the items the server process added since the last batch
-        except Exception as e:  # serving goes on with the catalogue it has
-            log.warning("sidrec serve: could not read the added items: %s", e)
+        refresh_added(service)  # the items the server process added since the last batch
         calls: list[int] = []
         try:
             answers = [plain(a) for a in run_queries(service, queries, calls.append)]

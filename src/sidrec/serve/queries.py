@@ -5,12 +5,15 @@ process alike."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sidrec.api import Recommendations, Service
 from sidrec.errors import SidrecError
+
+log = logging.getLogger("sidrec.serve")
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,12 @@ def run_queries(service: Service, queries: list[Query],
                 for i in rows:
                     out[i] = run_queries(service, [queries[i]], on_call)[0]
     return out
+
+
+def refresh_added(service: Service) -> None:
+    """Read the items other processes added to the run; serving goes on with the catalogue
+    it has if the file cannot be read."""
+    try:
+        service.refresh()
+    except Exception as e:
+        log.warning("sidrec serve: could not read the added items: %s", e)

@@ -13,10 +13,9 @@ A grouped call returns what `recommend_batch` returns for those rows offline (th
 contract is row-independent; tests/test_serve_batching.py checks it within 1e-5).
 
 With `model_process=true` the thread hands each batch to a `ModelProcess` and waits for
-the answers. When that process dies, or answers no batch within `timeout_s` (by then
-every request of the batch has had its 504), the thread starts a new one, up to
-`model_restarts` times in a row without a batch answered between; requests meanwhile get
-503 and `/readyz` says why.
+the answers. When that process dies, or answers no batch within `model_timeout_s`, the
+thread starts a new one, up to `model_restarts` times in a row without a batch answered
+between; requests meanwhile get 503 and `/readyz` says why.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import torch
 from sidrec.api import Recommendations, Service
 from sidrec.errors import SidrecError
 from sidrec.serve.model_process import ModelProcess, ModelStopped
-from sidrec.serve.queries import Query, run_queries
+from sidrec.serve.queries import Query, refresh_added, run_queries
 from sidrec.serve.settings import ServeSettings
 
 log = logging.getLogger("sidrec.serve")
@@ -125,7 +124,7 @@ class InferenceWorker:
     def _run(self) -> None:
         try:
             self.service = self.service or self._load()
-            torch.set_num_threads(self.threads)  # after the load, which sets its own
+            torch.set_num_threads(self.settings.model_threads)  # after the load, which sets its own
             if self.settings.model_process:
                 self._model = self._start_model()
         except Exception as e:  # reported by /readyz, logged
@@ -169,7 +168,7 @@ class InferenceWorker:
         The first load may take what it takes; a restart gets 5 times as long (at least a
         minute), so a load that hangs counts as a failed restart instead of for ever."""
         started = time.monotonic()
-        self._starting = model = ModelProcess(self._load, self.threads)
+        self._starting = model = ModelProcess(self._load, self.settings.model_threads)
         deadline = None if self._load_s is None else max(60.0, 5 * self._load_s)
         try:
             if self._stopping.is_set():
@@ -219,10 +218,6 @@ class InferenceWorker:
             return f"{model.stopped_message()}; a new model process is starting"
         return None
 
-    @property
-    def threads(self) -> int:
-        return self.settings.model_threads
-
     def _collect(self, batch: list[_Job]) -> _Job | None:
         """Add queued queries to `batch` (up to max_batch), waiting up to max_wait_ms while
         more are arriving; returns a non-query job met on the way, to run after it."""
@@ -260,10 +255,7 @@ class InferenceWorker:
         process added to the run directory. Call it on the worker thread."""
         service = self.service
         assert service is not None, "answer() before the model loaded"
-        try:
-            service.refresh()
-        except Exception as e:  # serving goes on with the catalogue it has
-            log.warning("sidrec serve: could not read the added items: %s", e)
+        refresh_added(service)
         if self._model is None:
             return run_queries(service, queries, self.on_call)
         try:
@@ -279,7 +271,7 @@ class InferenceWorker:
         if not returned <= service.index.keys():
             # the model process read items another server added after this process's
             # refresh above: read them here too, so that every answer can be described
-            service.refresh()
+            refresh_added(service)
         if unknown := sorted(returned - service.index.keys()):
             # it loaded another catalogue than this process's (the run directory changed
             # since the server started): nothing it answers can be trusted
