@@ -65,7 +65,9 @@ def test_bench_at_10k_runs_every_stage_on_real_code(tmp_path):
     record = bench.run_all([10_000], tmp_path, opt, inline=True, stages=stages,
                            log=lambda *_: None)
     row = record["sizes"]["10000"]
-    assert row["prepare"]["items"] == 10_000 and row["prepare"]["cold_items"] == 1_000
+    # 10 % held out; the few items that only dropped users had leave the catalogue
+    assert 9_990 <= row["prepare"]["items"] <= 10_000
+    assert 990 <= row["prepare"]["cold_items"] <= 1_000
     assert row["synth"]["interactions"] >= 95_000
     assert row["rqkmeans"]["collision_rate"] < 0.2
     assert row["decode"]["users_per_s"] > 0
