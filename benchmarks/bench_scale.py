@@ -467,7 +467,8 @@ def run_all(sizes: list[int], work: Path, opt: Options, inline: bool = False,
                 continue
             o = opt if i == 0 or name != "add" else replace(opt, encode_texts=False)
             load = os.getloadavg()[0]
-            row[name] = {**run_stage(name, n, work, o, inline), "load_before": round(load, 1)}
+            row[name] = {**run_stage(name, n, work, o, inline), "load_before": round(load, 1),
+                         "date": time.strftime("%Y-%m-%d %H:%M")}
             log(f"{label(n)} {name}: {json.dumps(row[name])}")
             record_path.write_text(json.dumps(record, indent=1))
     return record
@@ -559,9 +560,24 @@ def ratios(record: dict[str, Any]) -> list[str]:
         a, b = get(first, stage, "users_per_s"), get(last, stage, "users_per_s")
         value = paired if paired is not None else (b / a if a and b else None)
         text = "n/a" if value is None else f"{value:.2f}"
+        unpaired = paired is None and value is not None and len(sizes) > 1
         out.append(f"{what} users/s at {label(int(sizes[-1]))} items = {text} x at "
-                   f"{label(int(sizes[0]))}")
+                   f"{label(int(sizes[0]))}" + (" (separate runs, not interleaved)"
+                                                if unpaired else ""))
     return out
+
+
+def dates(record: dict[str, Any]) -> list[str]:
+    """When each stage was measured, when the record holds stages of more than one run
+    (it keeps every stage it ever ran; older records: the run's date)."""
+    when: dict[str, list[str]] = {}
+    for n in sorted(record["sizes"], key=int):
+        for stage, result in record["sizes"][n].items():
+            stamp = result.get("date", record.get("date", "?"))
+            when.setdefault(stamp, []).append(f"{stage}@{label(int(n))}")
+    if len(when) < 2:
+        return []
+    return [f"measured {stamp}: {', '.join(stages)}" for stamp, stages in sorted(when.items())]
 
 
 def plot(record: dict[str, Any], path: Path) -> None:
@@ -651,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
     plot(record, args.plot)
     print(table(record))
     print(f"plot: {args.plot}")
-    print("\n".join(ratios(record)))
+    print("\n".join(ratios(record) + dates(record)))
 
 
 if __name__ == "__main__":

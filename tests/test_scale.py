@@ -84,3 +84,16 @@ def test_bench_at_10k_runs_every_stage_on_real_code(tmp_path):
                      "liger hybrid users/s at 10k items = 1.00 x at 10k"]
     bench.plot(record, tmp_path / "scale.png")
     assert (tmp_path / "scale.png").stat().st_size > 10_000
+
+
+def test_the_report_says_when_stages_of_other_runs_were_measured():
+    bench = bench_module()
+    record = {"date": "2026-11-29", "sizes": {
+        "10000": {"decode": {"users_per_s": 50.0}, "add": {"date": "2026-11-30 09:00"}},
+        "1000000": {"decode": {"users_per_s": 40.0}}}}
+    assert bench.dates(record) == ["measured 2026-11-29: decode@10k, decode@1M",
+                                   "measured 2026-11-30 09:00: add@10k"]
+    assert bench.ratios(record)[0] == ("decode users/s at 1M items = 0.80 x at 10k "
+                                       "(separate runs, not interleaved)")
+    assert bench.dates({"date": "2026-11-29", "sizes": {"10000": {"decode": {}}}}) == []
+
