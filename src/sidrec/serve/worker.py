@@ -126,7 +126,7 @@ class InferenceWorker:
             self.service = self.service or self._load()
             torch.set_num_threads(self.settings.model_threads)  # after the load, which sets its own
             if self.settings.model_process:
-                self._model = self._start_model()
+                self._start_model()
         except Exception as e:  # reported by /readyz, logged
             why = str(e) if isinstance(e, SidrecError) else f"{type(e).__name__}: {e}"
             self.error = f"the model did not load: {why}"
@@ -163,10 +163,11 @@ class InferenceWorker:
             except queue.Empty:
                 self._heal()
 
-    def _start_model(self) -> ModelProcess:
-        """A new model process, once its model is loaded (`stop` ends it while it loads).
-        The first load may take what it takes; a restart gets 5 times as long (at least a
-        minute), so a load that hangs counts as a failed restart instead of for ever."""
+    def _start_model(self) -> None:
+        """Serve with a new model process once its model is loaded (`stop` ends it while
+        it loads; it becomes `_model` before it stops being `_starting`, so `stop` never
+        misses it). The first load may take what it takes; a restart gets 5 times as long
+        (at least a minute), so a load that hangs counts as a failed restart."""
         started = time.monotonic()
         self._starting = model = ModelProcess(self._load, self.settings.model_threads)
         deadline = None if self._load_s is None else max(60.0, 5 * self._load_s)
@@ -174,6 +175,7 @@ class InferenceWorker:
             if self._stopping.is_set():
                 raise SidrecError("the server is shutting down")
             model.wait_ready(deadline)
+            self._model = model
         except BaseException:
             model.stop(1.0)
             raise
@@ -181,7 +183,6 @@ class InferenceWorker:
             self._starting = None
         if self._load_s is None:
             self._load_s = time.monotonic() - started
-        return model
 
     def _heal(self) -> None:
         """Start a new model process if the one serving has stopped, unless
@@ -201,7 +202,7 @@ class InferenceWorker:
         self.restarting = f"{why}; starting a new one ({self._restarts} of {limit} in a row)"
         log.warning("sidrec serve: %s", self.restarting)
         try:
-            self._model = self._start_model()
+            self._start_model()
         except Exception as e:  # the next _heal (within a second) tries again, counted
             self.restarting = f"a new model process did not load: {e}"
             log.error("sidrec serve: %s", self.restarting)
