@@ -35,11 +35,19 @@ def model_processes(pid: int) -> list[int]:
     started by any of its threads."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            command = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in command:
+        for child in _read(task / "children").split():
+            if b"spawn_main" in _read(Path(f"/proc/{child}/cmdline")).encode():
                 found.append(int(child))
     return found
+
+
+def _read(path: Path) -> str:
+    """A /proc file's text, empty when its thread or process ended meanwhile (a batch's
+    watchdog thread, a model process being replaced)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def readyz(client: httpx.Client, status: str, seconds: float) -> dict:
