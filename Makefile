@@ -1,4 +1,5 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both build .venv themselves.
+# `make docs` builds the documentation site (site/index.html); `make test` builds it too.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,20 +9,25 @@ PIP_FLAGS := -c constraints.txt $(if $(WHEELS),--find-links $(WHEELS))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test bench clean browser
+.PHONY: demo test docs bench clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(PIP_FLAGS) -e '.[dev,ray]'
+	$(BIN)/pip install --quiet $(PIP_FLAGS) -e '.[dev,ray,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sidrec bench --profile demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser docs
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q
+
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link or a missing
+# page or API reference fails. It renders the committed docs/results/ and never trains.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # tests/test_serve_explorer.py drives Debian's Chromium through Selenium; CI runs as root.
 browser:
@@ -40,4 +46,4 @@ bench: $(STAMP)
 		$(BIN)/python $$script "$$@" || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .cache
+	rm -rf $(VENV) runs .cache site
