@@ -256,11 +256,6 @@ def test_no_interactions(fail: Callable, tmp_path: Path) -> None:
     assert "no interactions found" in msg
 
 
-def test_table_format_without_items(fail: Callable, tmp_path: Path) -> None:
-    inter, _ = write_csv_pair(tmp_path / "d", GOOD_INTER, GOOD_ITEMS)
-    assert "--items" in fail(*prepare_args(inter, tmp_path / "run"))
-
-
 # ---------------------------------------------------------------- settings
 
 

@@ -274,6 +274,72 @@ def test_a_named_column_settles_it(tmp_path: Path) -> None:
     assert split_by_id(ds) == {"1": (["x"], "y", "z")}
 
 
+@pytest.mark.parametrize("which", ["interactions", "items"])
+def test_a_column_name_given_twice_is_refused(fail: Callable, tmp_path: Path,
+                                              which: str) -> None:
+    # pandas reads the second as `item_id.1`: the first would be read without a word
+    events = ["user_id,item_id,item_id,timestamp", "a,x,y,1", "a,y,z,2", "a,z,x,3"]
+    inter = write(tmp_path / "e.csv", events if which == "interactions" else
+                  ["user_id,item_id,timestamp", "a,x,1", "a,y,2", "a,z,3"])
+    items = write(tmp_path / "items.csv", ["item_id,title,item_id", "x,X,1", "y,Y,2", "z,Z,3"]
+                  if which == "items" else ["item_id,title", "x,X", "y,Y", "z,Z"])
+    where = inter if which == "interactions" else items
+    column = "columns 2 and 3" if which == "interactions" else "columns 1 and 3"
+    assert (f"{where}: column 'item_id' appears twice in the header ({column}); rename or "
+            "drop one") in fail(inter, "--items", str(items))
+
+
+def test_a_json_lines_table_is_read_as_one(cli: Callable, tmp_path: Path) -> None:
+    rows = [("a", "x", 3), ("a", "y", 1), ("a", "z", 2), ("b", "z", 1), ("b", "x", 2),
+            ("b", "y", 3)]
+    lines = [json.dumps({"user_id": u, "item_id": i, "timestamp": t}) for u, i, t in rows]
+    inter = write(tmp_path / "events.jsonl", [*lines[:3], "", *lines[3:]])  # a blank line
+    items = write(tmp_path / "items.jsonl", [json.dumps({"item_id": "x", "title": "X"}),
+                                             json.dumps({"item_id": "y", "title": "Y"}),
+                                             json.dumps({"item_id": "z"})])
+    for extra in ([], ["--format", "table"]):  # detected: not taken for Amazon 2023
+        result = cli("data", "prepare", inter, "--items", items, "--run-dir", tmp_path / "run",
+                     "--force", *extra)
+        assert result.code == 0, result.err
+        ds = Dataset.load(tmp_path / "run")
+        assert ds.manifest["source"]["format"] == "table"
+        assert split_by_id(ds) == {"a": (["y"], "z", "x"), "b": (["z"], "x", "y")}
+        assert dict(zip(ds.item_ids, ds.item_text, strict=True)) == {
+            "x": "Title: X", "y": "Title: Y", "z": "Item: z"}
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ('{"user_id": "b", "item_id": "x", "item_id": "y", "timestamp": 4}',
+     ":3: field 'item_id' is given twice"),
+    ('{"user_id": "b", "timestamp": 4}', ":3: no field 'item_id', which the first line has"),
+    ('{"user_id": "b", "item_id": "x", "timestamp": "soon"}', ":3: column 'timestamp' is not"),
+])
+def test_bad_json_lines_table(fail: Callable, tmp_path: Path, line: str, needle: str) -> None:
+    good = [json.dumps({"user_id": "a", "item_id": i, "timestamp": t}) for i, t in
+            (("x", 1), ("y", 2))]
+    inter = write(tmp_path / "events.jsonl", [*good, line])
+    items = write(tmp_path / "items.csv", ["item_id,title", "x,X", "y,Y"])
+    assert f"{inter}{needle}" in fail(inter, "--items", str(items))
+
+
+def test_an_interactions_table_alone_prepares_without_text(cli: Callable,
+                                                           tmp_path: Path) -> None:
+    inter = write(tmp_path / "e.csv", ["user,item,time", "a,w,0", "a,x,1", "a,y,2", "a,z,3",
+                                       "b,w,0", "b,z,1", "b,x,2", "b,y,3"])
+    run = tmp_path / "run"
+    result = cli("data", "prepare", inter, "--run-dir", run)
+    assert result.code == 0, result.err
+    ds = Dataset.load(run)
+    assert not ds.has_text and split_by_id(ds) == {"a": (["w", "x"], "y", "z"),
+                                                   "b": (["w", "z"], "x", "y")}
+    result = cli("train", run, "--model", "pop")  # Pop (and SASRec) need no text
+    assert result.code == 0, result.err
+    result = cli("embed", run)  # the text stages say what they need
+    assert result.code == 2 and "Traceback" not in result.err
+    assert f"{run}: prepared without an items table" in result.err
+    assert "--items ITEMS_TABLE" in result.err and not (run / "embeddings.npy").exists()
+
+
 def test_dataset_name_can_be_given(tmp_path: Path) -> None:
     inter = write(tmp_path / "e.csv", ["user,item,time", "a,x,1", "a,y,2", "a,z,3"])
     items = write(tmp_path / "items.csv", ITEMS_CSV)

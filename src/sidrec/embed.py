@@ -107,6 +107,11 @@ def embed(run_dir: str | Path | RunDir, cfg: EmbedConfig, progress: bool = True)
     run = RunDir(run_dir)
     check_embed_config(cfg)
     dataset = Dataset.load(run.root)
+    if not dataset.has_text:
+        raise SidrecError(
+            f"{run.root}: prepared without an items table, so its items have no text to "
+            "embed; prepare it again with --items ITEMS_TABLE (an item id column and text "
+            f"columns), or bring vectors: sidrec embed {run.root} --vectors FILE")
     run.check_writable()
     text_hash = hash_obj(dataset.item_text)
     identity = encoder_identity(cfg.encoder)

@@ -56,6 +56,13 @@ class Dataset:
         return len(self.user_ids)
 
     @property
+    def has_text(self) -> bool:
+        """False for a run prepared from an interactions table alone (no items table): its
+        texts are `Item: <id>`, nothing a text encoder can tell items apart by."""
+        source = self.manifest.get("source")
+        return not isinstance(source, dict) or source.get("item_text") is not False
+
+    @property
     def warm(self) -> np.ndarray:
         return ~self.cold
 
@@ -82,17 +89,26 @@ class Dataset:
 
     def eval_examples(self, split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One example per user: (histories [U, max_history], targets [U], users [U])."""
-        if split == "valid":
-            seqs = self.train
-            targets = self.valid
-        elif split == "test":
-            seqs = [np.append(t, v) for t, v in zip(self.train, self.valid, strict=True)]
-            targets = self.test
-        else:
-            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-        histories = [s[-self.max_history :] for s in seqs]
+        histories = pad_histories(self._before(split), self.max_history)
+        targets = self.valid if split == "valid" else self.test
         users = np.arange(self.n_users, dtype=np.int64)
-        return pad_histories(histories, self.max_history), targets.astype(np.int64), users
+        return histories, targets.astype(np.int64), users
+
+    def seen_items(self, split: Split) -> np.ndarray:
+        """Every item each user had before the split's target: [U, S] left-padded with PAD,
+        S the longest such history. What `exclude_history` masks: the model reads only
+        the last `max_history` of it (`eval_examples`)."""
+        seqs = self._before(split)
+        return pad_histories(seqs, max((len(s) for s in seqs), default=0))
+
+    def _before(self, split: Split) -> list[np.ndarray]:
+        """Each user's sequence before the split's target: the training part for "valid",
+        plus the validation item for "test"."""
+        if split == "valid":
+            return self.train
+        if split == "test":
+            return [np.append(t, v) for t, v in zip(self.train, self.valid, strict=True)]
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Dataset:

@@ -2,9 +2,10 @@
 
 `format=auto` tells the format from file names: `u.data` (GroupLens ml-100k),
 `ratings.dat` / `ratings.csv` + `movies.csv` (MovieLens), `steam_reviews.json*` (Steam),
-`*.inter(.gz)` (RecBole), `reviews_<Cat>_5.json*` (Amazon 2014), `<Cat>.jsonl*` or
-`<Cat>.train.csv*` (Amazon 2023), anything else a generic table. The companion file (items,
-meta, games) is `--items`, else the one beside the interactions.
+`*.inter(.gz)` (RecBole), `reviews_<Cat>_5.json*` (Amazon 2014), `<Cat>.jsonl*` whose first
+line has an `asin` or `parent_asin` field, or `<Cat>.train.csv*` (Amazon 2023), anything
+else a generic table (a `.jsonl` one too). The companion file (items, meta, games) is
+`--items`, else the one beside the interactions; a generic table needs none (no item text).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from pathlib import Path
 from sidrec.data import readers
 from sidrec.data.config import PrepareConfig
 from sidrec.data.readers.amazon import category_2023
+from sidrec.data.readers.common import numbered_lines
 from sidrec.errors import SidrecError
 
 BY_NAME = ("ml-100k", "movielens-100k")
 LEGACY_COLUMNS = {"user_col": "user_id", "item_col": "item_id", "time_col": "timestamp"}
 _SPLIT_FILE = re.compile(r".+\.(train|valid|test)\.csv(\.gz)?")
 _JSONL = re.compile(r".+\.jsonl(\.gz)?")
+_ASIN = re.compile(r'"(parent_)?asin"\s*:')
 
 
 def load_raw(cfg: PrepareConfig) -> readers.RawData:
@@ -61,8 +64,6 @@ def load_raw(cfg: PrepareConfig) -> readers.RawData:
         reviews = path if path.is_file() else _one(path, "steam_reviews.json*")
         return readers.read_steam(reviews, items or _one(reviews.parent, "steam_games.json*"))
     if fmt == "table":
-        if items is None:
-            raise SidrecError("format 'table' needs the items table: pass --items PATH")
         return readers.read_tables(path, items, cfg.user_col, cfg.item_col, cfg.time_col,
                                    cfg.text_cols)
     raise SidrecError(f"unknown format {fmt!r}")
@@ -77,8 +78,7 @@ def detect_format(path: Path, items: str = "") -> str:
             return "amazon"
         if name.startswith("steam_reviews"):
             return "steam"
-        if _SPLIT_FILE.fullmatch(name) or (_JSONL.fullmatch(name) and
-                                           not name.startswith("meta_")):
+        if _SPLIT_FILE.fullmatch(name) or (_JSONL.fullmatch(name) and _amazon_review(path)):
             return "amazon-2023"
         if name == "ratings.dat" or (name == "ratings.csv" and (
                 Path(items).name == "movies.csv" if items else
@@ -124,6 +124,16 @@ def _amazon_2023(path: Path, items: Path | None) -> readers.RawData:
     if _SPLIT_FILE.fullmatch(path.name):
         return readers.read_amazon_2023_splits(path, meta)
     return readers.read_amazon_2023(path, meta)
+
+
+def _amazon_review(path: Path) -> bool:
+    """Whether a JSON-lines file holds Amazon 2023 reviews (its first line has an `asin` or
+    `parent_asin` field), not a generic interactions table."""
+    if path.name.startswith("meta_"):
+        return False
+    for _, line in numbered_lines(path):
+        return _ASIN.search(line) is not None
+    return True  # empty: the Amazon reader says so
 
 
 def _reviews_2023(folder: Path) -> list[Path]:

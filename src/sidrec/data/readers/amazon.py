@@ -23,7 +23,6 @@ file with none of the interacted items is the wrong file and an error.
 from __future__ import annotations
 
 import ast
-import json
 import re
 from array import array
 from pathlib import Path
@@ -43,6 +42,7 @@ from sidrec.data.readers.common import (
     numbered_lines,
     read_header,
 )
+from sidrec.data.readers.jsonl import json_object as _json
 from sidrec.data.text import item_text
 from sidrec.errors import SidrecError
 
@@ -51,8 +51,6 @@ FIELDS_2023 = ["title", "store", "categories", "price", "features", "description
 LONG_FIELDS = ("features", "description")
 MAX_FIELD_CHARS = 1000
 SPLITS = ("train", "valid", "test")
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
 _PARENT = re.compile(r'"parent_asin":\s*"([^"\\]*)"')
 
 
@@ -202,19 +200,3 @@ def _cut(value: object, limit: int = MAX_FIELD_CHARS) -> list[str]:
             out.append(text)
             used += len(text)
     return out
-
-
-def _json(line: str, path: Path, lineno: int, what: str) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise SidrecError(
-            f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); "
-            f"each line must be one {what} object"
-        ) from None
-    if not isinstance(rec, dict):
-        raise SidrecError(
-            f"{path}:{lineno}: expected a JSON object {{...}}, got {_JSON_TYPES[type(rec)]}; "
-            f"each line must be one {what} object: fix or delete that line"
-        )
-    return rec

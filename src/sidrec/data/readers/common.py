@@ -178,11 +178,34 @@ def csv_chunks(
 
 
 def read_header(path: Path, sep: str = ",") -> list[str]:
+    """The column names of a headed CSV; a name given twice is an error."""
+    with open_binary(path) as stream:
+        try:
+            # header=None: the names as written (pandas renames a repeated one `item_id.1`,
+            # which would pass for another column and leave the first one read silently)
+            first = pd.read_csv(stream, sep=sep, nrows=1, header=None, dtype=str,
+                                keep_default_na=False)
+        except TABLE_ERRORS as e:
+            raise SidrecError(table_message(path, e)) from None
+    unique_names([str(n) for n in first.iloc[0]] if len(first) else [], path)
     with open_binary(path) as stream:
         try:
             return list(pd.read_csv(stream, sep=sep, nrows=0, dtype=str).columns)
         except TABLE_ERRORS as e:
             raise SidrecError(table_message(path, e)) from None
+
+
+def unique_names(names: list[str], where: Any) -> None:
+    """A column name given twice (not blank) is a SidrecError: which one to read is not
+    the reader's to pick."""
+    seen: dict[str, int] = {}
+    for n, name in enumerate(names, 1):
+        if name.strip() and name in seen:
+            raise SidrecError(
+                f"{where}: column {name!r} appears twice in the header (columns {seen[name]} "
+                f"and {n}); rename or drop one, so it is clear which to read"
+            )
+        seen.setdefault(name, n)
 
 
 def table_message(path: Path, e: Exception) -> str:

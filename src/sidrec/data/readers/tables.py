@@ -1,10 +1,12 @@
-"""Generic tables: an interactions table (CSV, TSV or Parquet) + an items table (item id +
-any text columns).
+"""Generic tables: an interactions table (CSV, TSV, Parquet or JSON lines) + an items table
+(item id + any text columns, same formats), or no items table: the items then have no text
+(`RawData.source["item_text"]` is False) and only the models that need none can use them.
 
 Column names are detected when not given (`auto`): the one column whose name is, up to
 case, in the list below for its role. Two columns that could both be the role is an error
-(`user_col=NAME` and friends settle it). Times are numbers or ISO dates (told by the
-first row). CSV interactions are read in chunks of a million rows, the three columns only.
+(`user_col=NAME` and friends settle it), and so is a column name given twice. Times are
+numbers or ISO dates (told by the first row). CSV and JSON-lines interactions are read in
+chunks of a million rows, the three columns only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from sidrec.data.readers import jsonl
 from sidrec.data.readers.common import (
     Pool,
     RawData,
@@ -24,6 +27,7 @@ from sidrec.data.readers.common import (
     csv_chunks,
     interactions_frame,
     read_header,
+    unique_names,
 )
 from sidrec.data.text import item_text
 from sidrec.errors import SidrecError
@@ -56,7 +60,7 @@ def detect(names: list[str], role: str, where: Any) -> str:
 
 def read_tables(
     inter_path: Path,
-    items_path: Path,
+    items_path: Path | None,
     user_col: str = AUTO,
     item_col: str = AUTO,
     time_col: str = AUTO,
@@ -75,7 +79,15 @@ def read_tables(
                 column(names, given, inter_path)
             picked[role] = given
     interactions = _read_interactions(inter_path, picked)
+    source = {"format": "table", "interactions": str(inter_path),
+              "dataset": f"table/{inter_path.name.split('.')[0]}",
+              "columns": picked, "detected": detected}
+    if items_path is None:  # ids only: the text stages refuse such a run (`Dataset.has_text`)
+        ids = pd.unique(interactions["item"])
+        texts = pd.DataFrame({"item_id": ids, "text": [item_text({}, [], i) for i in ids]})
+        return RawData(interactions, texts, {**source, "item_text": False})
 
+    _header(items_path)  # a repeated column name is refused before the table is read
     items = _read_table(items_path)
     inames = list(items.columns)
     id_col = item_id_col or (picked["item"] if picked["item"] in inames else
@@ -89,21 +101,22 @@ def read_tables(
         (str(r[id_col]), item_text({f: r[f] for f in fields}, fields, str(r[id_col])))
         for r in records
     ]
-    raw = RawData(interactions, pd.DataFrame(texts, columns=["item_id", "text"]))
-    raw.source = {"format": "table", "interactions": str(inter_path), "items": str(items_path),
-                  "dataset": f"table/{inter_path.name.split('.')[0]}",
-                  "columns": {**picked, "item_id": id_col}, "detected": detected}
-    return raw
+    return RawData(interactions, pd.DataFrame(texts, columns=["item_id", "text"]),
+                   {**source, "items": str(items_path), "columns": {**picked, "item_id": id_col}})
 
 
 def _header(path: Path) -> list[str]:
     if not path.is_file():
         raise SidrecError(f"{path}: file not found; check the path")
+    if jsonl.is_jsonl(path):
+        return jsonl.header(path)
     if path.suffix == ".parquet":
         try:
-            return list(pq.read_schema(path).names)
+            names = list(pq.read_schema(path).names)
         except (OSError, ValueError) as e:
             raise SidrecError(f"{path}: cannot read table ({e})") from None
+        unique_names(names, path)
+        return names
     return read_header(path, _sep(path))
 
 
@@ -122,6 +135,8 @@ def _read_interactions(path: Path, cols: dict[str, str]) -> pd.DataFrame:
         except (OSError, ValueError) as e:
             raise SidrecError(f"{path}: cannot read Parquet table ({e}); the file may be "
                               "damaged, write it again") from None
+    elif jsonl.is_jsonl(path):
+        chunks = jsonl.chunks(path, wanted)
     else:
         chunks = csv_chunks(path, wanted, _sep(path))
     users, items, stamps = [], [], []
@@ -138,6 +153,8 @@ def _read_interactions(path: Path, cols: dict[str, str]) -> pd.DataFrame:
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SidrecError(f"{path}: file not found; check the path")
+    if jsonl.is_jsonl(path):
+        return jsonl.records(path)
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
