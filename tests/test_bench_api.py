@@ -8,6 +8,7 @@ MiniLM encoder, tokenize, train every model one epoch, evaluate, report) takes s
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -210,17 +211,34 @@ def test_exclude_history_never_returns_a_seen_item(bench_run: dict, name: str) -
 
     run = Path(bench_run["run_dir"])
     model = load_model(run / "models" / name, run)
-    histories, _, users = Dataset.load(run).eval_examples("test")
+    dataset = Dataset.load(run)
+    histories, _, users = dataset.eval_examples("test")
     history, users = torch.as_tensor(histories[:16]), torch.as_tensor(users[:16])
+    whole = torch.as_tensor(dataset.seen_items("test")[:16])
     masked = dataclasses.replace(model.inference, exclude_history=True)
-    items, scores = model.recommend(history, users, 5, masked)
-    for row, seen in zip(items.tolist(), history.tolist(), strict=True):
+    items, scores = model.recommend(history, users, 5, masked, seen=whole)
+    for row, seen in zip(items.tolist(), whole.tolist(), strict=True):
         assert not set(row) & {i for i in seen if i >= 0}
     assert (items >= 0).float().mean() > 0.9  # the masked slots went to other items
     if name == "pop":  # the most popular items are in most histories: masking had work
         plain, _ = model.recommend(history, users, 5)
         assert any(set(r) & set(h) for r, h in zip(plain.tolist(), history.tolist(),
                                                    strict=True))
+
+
+@pytest.mark.parametrize("name", ["pop", "tiger", "liger", "cobra"])
+def test_exclude_seen_leaves_out_history_older_than_the_window(bench_run: dict,
+                                                               name: str) -> None:
+    """A history longer than the model's max_history: the API masks all of it, so the
+    items before the window are not recommended either (they were, unmasked, for Pop)."""
+    rec = sidrec.load(Path(bench_run["run_dir"]) / "models" / name)
+    popular = [item for item, _ in rec.recommend([], k=rec.max_history + 8)]
+    history = popular  # the most popular items are the oldest, outside the window
+    recs = rec.recommend(history, k=8, exclude_seen=True)
+    assert len(recs) == 8 and not {item for item, _ in recs} & set(history)
+    if name == "pop":
+        plain = rec.recommend(history, k=8)
+        assert {item for item, _ in plain} & set(history[: -rec.max_history])
 
 
 def test_a_model_can_ask_for_its_own_tokenizer(bench_run: dict, tmp_path: Path,
@@ -256,3 +274,22 @@ def test_a_model_can_ask_for_its_own_tokenizer(bench_run: dict, tmp_path: Path,
     assert own.shape[1] == 2 + 1 and shared.shape[1] == 3 + 1  # levels + collision token
     model = load_model(run / "models" / "own")
     assert model.tokens.sizes[:2] == (3, 3)
+
+
+def test_cli_bench_names_the_report_it_wrote(cli: Callable, monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    from sidrec import bench
+    from sidrec.io import write_text
+    from sidrec.run import RunDir
+
+    def run_bench(cfg: BenchConfig) -> dict:  # the stages are tested above: here, the words
+        run = RunDir(tmp_path / "run")
+        run.root.mkdir()
+        write_text(run.bench_report, "| model |")
+        return {"run_dir": str(run.root), "report": "| model |", "plots": ["recall.png"]}
+
+    monkeypatch.setattr(bench, "run_bench", run_bench)
+    result = cli("bench", "ml-100k")
+    assert result.code == 0, result.err
+    wrote = result.out.splitlines()[-1]
+    assert wrote == f"wrote {tmp_path / 'run' / 'bench.md'} and recall.png"

@@ -32,6 +32,7 @@ from sidrec.models.base import (
     Catalogue,
     InferenceConfig,
     Recommender,
+    excluded_items,
     mask_history,
 )
 from sidrec.report import aggregate, format_table, save_metrics
@@ -81,11 +82,12 @@ class FixedScores(Recommender):
         self.table = scores
         self._variants = variants or {"": Sign()}
 
-    def recommend(self, history, users, k, inference=None, margin=0):
+    def recommend(self, history, users, k, inference=None, margin=0, seen=None):
         inference = self._inference(inference)
         scores = self.table[users] * inference.sign
-        if inference.exclude_history:
-            scores = mask_history(scores, history)
+        excluded = excluded_items(inference, history, seen)
+        if excluded is not None:
+            scores = mask_history(scores, excluded)
         order = scores.argsort(dim=1, descending=True, stable=True)[:, : k + margin]
         return order, scores.gather(1, order)  # equal scores listed by item id
 
@@ -104,7 +106,7 @@ class Recorder(Recommender):
         self.oracle = torch.as_tensor(oracle)
         self.seen: list[torch.Tensor] = []
 
-    def recommend(self, history, users, k, inference=None, margin=0):
+    def recommend(self, history, users, k, inference=None, margin=0, seen=None):
         self.seen.append(history.clone())
         items = torch.full((len(users), k), -1, dtype=torch.int64)
         items[:, 0] = self.oracle[users]
@@ -159,6 +161,48 @@ def test_the_margin_never_changes_the_first_k(name):
             assert wide_items.shape[1] <= 10
             assert torch.equal(wide_items[:, :5], items)
             assert torch.equal(wide_scores[:, :5], scores)
+
+
+def test_the_history_mask_covers_the_whole_history_not_the_window():
+    """max_history 2, but the user saw items 0..4 before the test target 5: masking the
+    window alone ({3, 4}) left 0, 1, 2 at the top of a scorer that prefers old items."""
+    ds = make_dataset([[0, 1, 2, 3]], [4], [5], n_items=8, max_history=2)
+    assert ds.seen_items("test").tolist() == [[0, 1, 2, 3, 4]]
+    assert ds.seen_items("valid").tolist() == [[0, 1, 2, 3]]
+    assert ds.eval_examples("test")[0].tolist() == [[3, 4]]
+    row = torch.arange(8, 0, -1, dtype=torch.float32)  # item 0 best, item 7 worst
+    rows = {r["variant"]: r for r in evaluate(FixedScores(row[None], ds), ds, "test",
+                                              ks=(1,))["rows"] if r["subset"] == "overall"}
+    assert rows[""]["recall@1"] == 0.0
+    assert rows["excl. history"]["recall@1"] == 1.0
+    # rows of different history lengths in one batch; the shorter row's padding is no item
+    ds = make_dataset([[0, 1, 2, 3], [6]], [4, 7], [5, 0], n_items=8, max_history=2)
+    assert ds.seen_items("test").tolist() == [[0, 1, 2, 3, 4], [-1, -1, -1, 6, 7]]
+    items, _ = top_k(FixedScores(row[None].repeat(2, 1), ds), ds.eval_examples("test")[0],
+                     np.arange(2), 2, inference=Sign(exclude_history=True),
+                     seen=ds.seen_items("test"))
+    assert items.tolist() == [[5, 6], [0, 1]]
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_model_masks_the_whole_seen_set(name):
+    """`recommend(..., seen=)` leaves out items far older than the input window, in every
+    variant (beam search, BeamFusion, LIGER's hybrid, dense retrieval, Pop's listing)."""
+    cls = get_model_class(name)
+    torch.manual_seed(0)
+    model = cls(cls.Config(), sid_catalogue(n=40, text_dim=8)).eval()
+    history = torch.tensor([[30, 31, 32, 33], [34, 35, 36, 37]])
+    seen = torch.cat([torch.arange(0, 26).repeat(2, 1), history], dim=1)  # [2, 30]
+    seen[1, :3] = -1  # rows of different lengths
+    users = torch.tensor([0, 1])
+    for label, inference in model.variants().items():
+        masked = dataclasses.replace(inference, exclude_history=True)
+        items, _ = model.recommend(history, users, 5, masked, seen=seen)
+        for row, row_seen in zip(items.tolist(), seen.tolist(), strict=True):
+            assert not set(row) & {i for i in row_seen if i >= 0}, (label, row)
+        window, _ = model.recommend(history, users, 5, masked)  # without `seen`: the window
+        for row, row_history in zip(window.tolist(), history.tolist(), strict=True):
+            assert not set(row) & set(row_history), (label, row)
 
 
 def test_nan_scores_are_an_error_naming_the_users():

@@ -14,8 +14,9 @@ New items go through the run's own encoder and tokenizer (fitted on warm items, 
 refitted), so they get a text vector and a semantic ID exactly like the cold items of the
 evaluation split (`sidrec.added_items`). They are written to the run directory
 (`added_items.parquet`) before anyone can see them, and `load` re-applies them, so a
-restarted server serves them too. Models that can only rank items seen in training (Pop,
-SASRec, TIGER (T)) refuse `add_items` with a clear error.
+restarted server serves them too. Models that can only rank items seen in training (SASRec,
+TIGER (T)) refuse `add_items` with a clear error; Pop takes them at popularity 0, and TIGER
+(or LIGER's generative mode) returns them only with `include_cold=True` (a warning says so).
 
 Threads: one Service may be shared. A recommendation and a catalogue swap never overlap
 (one lock), so a recommendation sees the catalogue before an add or after it, never half
@@ -180,23 +181,23 @@ class Service:
                 results[i] = Recommendations(popular)
         if not with_history:
             return results
-        extra = 0
-        if exclude_seen:  # ask for as many more as could be dropped, and mask where possible
-            extra = max(len(set(encoded[i])) for i in with_history)
-            if "exclude_history" in {f.name for f in dataclasses.fields(settings)}:
-                settings = dataclasses.replace(settings, exclude_history=True)
-        hist = torch.as_tensor(
-            pad_histories([encoded[i] for i in with_history], self.max_history),
-            device=self.device)
+        rows = [encoded[i] for i in with_history]
+        seen, extra = None, 0
+        if exclude_seen:  # the model masks the whole history, not only its input window;
+            # a beam whose prefixes lead to seen items ends short, so it asks for more
+            settings = dataclasses.replace(settings, exclude_history=True)
+            extra = max(len(set(row)) for row in rows)
+            seen = torch.as_tensor(pad_histories(rows, max(map(len, rows))),
+                                   device=self.device)
+        hist = torch.as_tensor(pad_histories(rows, self.max_history), device=self.device)
         user_rows = torch.as_tensor([users[i] for i in with_history], dtype=torch.long,
                                     device=self.device)
-        items, scores = self.model.recommend(hist, user_rows, k + extra, settings)
+        items, scores = self.model.recommend(hist, user_rows, k + extra, settings, seen=seen)
         self.n_invalid += int((items < -1).sum())
         for row, i in enumerate(with_history):
-            seen = set(encoded[i]) if exclude_seen else set()
             pairs = [(self.item_ids[it], float(s))
                      for it, s in zip(items[row].tolist(), scores[row].tolist(), strict=True)
-                     if it >= 0 and it not in seen]
+                     if it >= 0]
             results[i] = Recommendations(pairs[:k])
         return results
 
@@ -262,6 +263,8 @@ class Service:
                 return []
             new = added_items.encode(self._encoder, self.model.catalogue, ids, texts)
             self._commit(new, persist=True)
+        if (unreachable := added_items.unreachable(self.model)) is not None:
+            warnings.warn(unreachable, stacklevel=2)
         return ids
 
     def _commit(self, new: NewItems, persist: bool) -> None:

@@ -34,6 +34,7 @@ def _import_all() -> None:
         importlib.import_module(f"sidrec.models.{module}")
 
 
-MODEL_MODULES: list[str] = ["pop", "sasrec", "dense", "tiger", "liger", "cobra"]
+MODEL_MODULES: list[str] = [
+    "pop", "sasrec", "dense", "tiger", "liger", "cobra", "cobra_ablations"]
 
 __all__ = ["Batch", "Catalogue", "Recommender", "register", "get_model_class", "available_models"]

@@ -13,6 +13,12 @@ Batches are dicts of tensors:
     history  [B, L] int64, left-padded with -1 (most recent item last)
     target   [B]    int64 (training / evaluation target)
     user     [B]    int64 dense user id
+
+`recommend(..., seen=)` takes the items to leave out under `exclude_history`: [B, S]
+int64, left-padded with -1, as long as the longest row. The evaluator passes each user's
+whole history there (train part, plus the valid item for the test split) and the API the
+whole history it was given, since the model's input window (`max_history`) is only the
+most recent part of it: masking the window alone leaves older seen items in the list.
 """
 
 from __future__ import annotations
@@ -37,9 +43,9 @@ INVALID_ITEM = -2
 class InferenceConfig:
     """What every model's inference config has; each model's `Inference` extends it."""
 
-    # Never recommend an item of the user's own history (RecBole masks it for sequential
-    # models). The headline protocol does not mask (TIGER's); beam search masks inside the
-    # search, so no beam is spent on a seen item.
+    # Never recommend an item the user has seen: `recommend`'s `seen` (the whole history),
+    # else the input window. The headline protocol does not mask (TIGER's); beam search
+    # masks inside the search, so no beam is spent on a seen item.
     # (keyword-only, so a subclass's own fields keep their positions)
     exclude_history: bool = field(default=False, kw_only=True)
 
@@ -135,7 +141,7 @@ class Recommender(nn.Module):
     @torch.no_grad()
     def recommend(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
-        margin: int = 0,
+        margin: int = 0, seen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items per row: (items [B, <= k + margin] int64, scores, same shape), best
         first.
@@ -144,12 +150,14 @@ class Recommender(nn.Module):
         `margin` asks for the items that follow the k-th as well, so that an evaluator can
         see ties that cross the k-th item. It never changes the first k, except which of
         several equal scores come first (torch.topk's choice); a beam keeps its width and
-        the margin is what else that beam holds.
+        the margin is what else that beam holds. `seen` [B, S]: the items that
+        `exclude_history` leaves out (default: `history`).
         """
         inference = self._inference(inference)
         scores = self.score(history, users)
-        if inference.exclude_history:
-            scores = mask_history(scores, history)
+        excluded = excluded_items(inference, history, seen)
+        if excluded is not None:
+            scores = mask_history(scores, excluded.to(scores.device))
         return top_scored(scores, k + margin)
 
     @torch.no_grad()
@@ -177,6 +185,15 @@ class Recommender(nn.Module):
                 "use a text- or SID-based model (dense-text, liger, cobra)"
             )
         self.catalogue = catalogue
+
+
+def excluded_items(inference: InferenceConfig, history: torch.Tensor,
+                   seen: torch.Tensor | None) -> torch.Tensor | None:
+    """The items [B, S] a recommendation must leave out: None unless
+    `inference.exclude_history`; then `seen` when given, else the history window."""
+    if not inference.exclude_history:
+        return None
+    return history if seen is None else seen
 
 
 def mask_history(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,8 @@ with BeamFusion (`beam_fusion`). Cold items have a sparse ID and a dense vector,
 can be retrieved. The sparse ID must be coarse enough that its groups hold several items
 (`sparse_levels`; group sizes in `diagnostics()`), or BeamFusion over one does nothing.
 
-Ablations (the paper's Table 4) are separately *trained* models, set by `tokens`:
-- `cobra-no-dense` (`tokens: sparse`): no dense token and no dense loss; the item is its
-  full SID, decoded by beam search: the decoder-only TIGER control, which shows what the
-  cascade adds over decoder-only training;
-- `cobra-no-sparse` (`tokens: dense`): no sparse tokens; v̂ of the next item from the
-  last dense token, retrieved from all items by nearest neighbours.
+Ablations (the paper's Table 4) are separately *trained* models, set by `tokens`
+(`models/cobra_ablations.py`).
 One trained COBRA's inference-time switches (`variants`) are labelled "(inference)": "no-dense"
 (ψ = 0) gives a beam's mass to all its sparse ID's items alike, "no-beamfusion" ranks by cosine.
 """
@@ -47,9 +43,16 @@ from torch import nn
 
 from sidrec.errors import SidrecError
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, InferenceConfig, Recommender, init_weights
+from sidrec.models.base import (
+    Batch,
+    Catalogue,
+    InferenceConfig,
+    Recommender,
+    excluded_items,
+    init_weights,
+)
 from sidrec.models.beam import SidIndex, beam_search
-from sidrec.models.heads import gather_rows, mlp
+from sidrec.models.heads import gather_rows, info_nce, mlp
 from sidrec.models.item_encoder import ItemEncoder
 from sidrec.models.retrieval import (
     GroupedItems,
@@ -270,8 +273,7 @@ class Cobra(Recommender):
             ) / S
         if v is not None:
             source = h[:, 1:, S - 1] if S else h[:, :-1, T - 1]  # (B, m-1, d)
-            v_hat = F.normalize(self.dense_head(source[is_target]), dim=-1)  # (N, d)
-            logits = v_hat @ F.normalize(v, dim=-1).T / self.cfg.temperature  # (N, U)
+            v_hat = self.dense_head(source[is_target])  # (N, d)
             positive = inverse[:, 1:][is_target]  # (N,)
             # Negatives: the batch's other items, minus those of the target's own sequence.
             rows = torch.arange(b, device=seq.device)[:, None].expand(b, m)  # (B, m)
@@ -280,8 +282,7 @@ class Cobra(Recommender):
             row = rows[:, 1:][is_target]  # (N,)
             excluded = in_seq[row] | ~in_seq.any(0)  # padding-only columns are not items
             excluded[torch.arange(len(row)), positive] = False
-            terms["loss_dense"] = F.cross_entropy(
-                logits.masked_fill(excluded, float("-inf")), positive)
+            terms["loss_dense"] = info_nce(v_hat, v, positive, self.cfg.temperature, excluded)
         total = terms.get("loss_sparse", 0.0) + self.cfg.dense_weight * terms.get(
             "loss_dense", 0.0)
         return {"loss": total, **terms}
@@ -309,9 +310,10 @@ class Cobra(Recommender):
     @torch.no_grad()
     def recommend(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
-        margin: int = 0,
+        margin: int = 0, seen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self._inference(inference)
+        excluded = excluded_items(cfg, history, seen)
         history = history[:, -self.cfg.max_len :]
         b = len(history)
         vectors = self.item_vectors() if self.has_dense else None
@@ -320,7 +322,7 @@ class Cobra(Recommender):
         hidden, cache = self.decoder.prefill(x, pad)
         if not self.levels:  # w/o sparse: the next item's v̂ from the last dense token
             v_hat = self.dense_head(hidden[:, -1])
-            return nearest(v_hat, vectors, k + margin, history if cfg.exclude_history else None)
+            return nearest(v_hat, vectors, k + margin, excluded)
         first = torch.log_softmax(self.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
 
         def step(prev: torch.Tensor, t: int, state: KVCache):
@@ -333,18 +335,19 @@ class Cobra(Recommender):
         allowed = sparse_index if cfg.constrained else None
         if not self.has_dense:  # w/o dense: the beam decodes full SIDs (decoder-only TIGER)
             exclude = None
-            if cfg.exclude_history:
-                exclude = self.sparse[history.clamp_min(0)].masked_fill(
-                    (history < 0)[..., None], -1)
+            if excluded is not None:
+                excluded = excluded.to(history.device)
+                exclude = self.sparse[excluded.clamp_min(0)].masked_fill(
+                    (excluded < 0)[..., None], -1)
             result = beam_search(step, cache, b, max(cfg.beam, k), sparse_index, allowed,
                                  exclude=exclude)
             items = groups.members[result.items.clamp_min(0), 0].masked_fill(
                 result.items < 0, -1)  # each full SID is one item's group
             items, logp = items[:, : k + margin], result.log_probs[:, : k + margin]
             return items, logp.masked_fill(items < 0, float("-inf"))
-        return self._fuse(step, cache, b, history, vectors, k, cfg, margin)
+        return self._fuse(step, cache, b, excluded, vectors, k, cfg, margin)
 
-    def _fuse(self, step: Any, cache: KVCache, b: int, history: torch.Tensor,
+    def _fuse(self, step: Any, cache: KVCache, b: int, seen: torch.Tensor | None,
               vectors: torch.Tensor, k: int, cfg: CobraInference, margin: int,
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Coarse to fine: top-M sparse IDs, v̂_k for each, candidates, BeamFusion."""
@@ -361,7 +364,7 @@ class Cobra(Recommender):
         codes = result.sids.reshape(b * m, self.levels)
         h = self.decoder.step(self._sparse_tokens(codes, 0), fresh)  # (B*M, S, d)
         v_hat = self.dense_head(h[:, -1])  # (B*M, d)
-        seen = history if cfg.exclude_history else None
+        seen = seen.to(v_hat.device) if seen is not None else None
         if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
             return nearest(v_hat.view(b, m, -1)[:, 0], vectors, k + margin, seen)
         valid = torch.isfinite(result.log_probs).view(-1)
@@ -371,7 +374,7 @@ class Cobra(Recommender):
         else:  # the items under each beam's sparse ID (-1: no catalogue sparse ID)
             cand, cos = groups.neighbours(v_hat, sparse_index.lookup(codes), vectors)
         if seen is not None:  # seen items are no candidates, before the N nearest are kept
-            cos = cos.masked_fill(seen_in_history(cand, seen.repeat_interleave(m, 0)),
+            cos = cos.masked_fill(seen_in_history(cand.view(b, -1), seen).view_as(cand),
                                   float("-inf"))
         if cand.shape[1] > n_nb and mode != "no-dense":  # w/o dense: whole groups, no cosine
             cos, top = cos.topk(n_nb, dim=1)
@@ -390,31 +393,3 @@ class Cobra(Recommender):
     def _code_token(self, prev: torch.Tensor, level: int, position: int) -> torch.Tensor:
         x = self.code_emb(prev + self.offsets[level]) + self.type_emb.weight[level]
         return (x + self.pos_emb.weight[position])[:, None]  # (N, 1, d)
-
-
-@dataclass(frozen=True)
-class CobraNoDenseConfig(CobraConfig):
-    tokens: Tokens = "sparse"
-
-
-@register
-class CobraNoDense(Cobra):
-    """COBRA w/o dense (trained): full SIDs only, no item encoder, no dense loss."""
-
-    name = "cobra-no-dense"
-    Config = CobraNoDenseConfig
-    needs_text = False
-
-
-@dataclass(frozen=True)
-class CobraNoSparseConfig(CobraConfig):
-    tokens: Tokens = "dense"
-
-
-@register
-class CobraNoSparse(Cobra):
-    """COBRA w/o sparse (trained): dense tokens only, nearest-neighbour retrieval."""
-
-    name = "cobra-no-sparse"
-    Config = CobraNoSparseConfig
-    needs_sids = False

@@ -97,7 +97,16 @@ class DenseHead(nn.Module):
     ) -> torch.Tensor:
         """Softmax cross-entropy of targets [B] over `scores(state, items)` [B, n]; items
         where cold_mask [n] bool is True are left out of the softmax (never a target)."""
-        logits = self.scores(state, items)  # (B, n)
-        if cold_mask is not None:
-            logits = logits.masked_fill(cold_mask, float("-inf"))
-        return F.cross_entropy(logits, target)
+        return info_nce(self.user_proj(state), items, target, self.temperature, cold_mask)
+
+
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, target: torch.Tensor,
+             temperature: float, excluded: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE: softmax cross-entropy over cos(q, k) / τ [N, n] of queries [N, d] against
+    keys [n, d], row i's positive being keys[target[i]]; `excluded` ([n] or [N, n] bool,
+    never a row's target) are no negatives. Dense and LIGER score the whole catalogue
+    (cold items excluded), COBRA the batch's items (the target's own sequence excluded)."""
+    logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T / temperature
+    if excluded is not None:
+        logits = logits.masked_fill(excluded, float("-inf"))
+    return F.cross_entropy(logits, target)

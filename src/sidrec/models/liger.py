@@ -42,7 +42,14 @@ import torch
 import torch.nn.functional as F
 
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, Recommender, mask_history, top_scored
+from sidrec.models.base import (
+    Batch,
+    Catalogue,
+    Recommender,
+    excluded_items,
+    mask_history,
+    top_scored,
+)
 from sidrec.models.beam import BeamResult
 from sidrec.models.heads import DenseHead
 from sidrec.models.item_vectors import ItemVectors
@@ -189,10 +196,10 @@ class LIGER(Recommender):
     @torch.no_grad()
     def generate(
         self, history: torch.Tensor, users: torch.Tensor, inference: Any = None,
-        beam: int | None = None,
+        beam: int | None = None, seen: torch.Tensor | None = None,
     ) -> BeamResult:
         """The generative head's beam search: items / log-probs [B, beam], n_invalid."""
-        return search_next_sid(self, history, users, self._inference(inference), beam)
+        return search_next_sid(self, history, users, self._inference(inference), beam, seen)
 
     @torch.no_grad()
     def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
@@ -204,18 +211,21 @@ class LIGER(Recommender):
     @torch.no_grad()
     def recommend(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
-        margin: int = 0,
+        margin: int = 0, seen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         inference = self._inference(inference)
         if inference.mode == "generative":  # SID log-probabilities, as TIGER
-            out = self.generate(history, users, inference, beam=max(inference.beam, k))
+            out = self.generate(history, users, inference, beam=max(inference.beam, k),
+                                seen=seen)
             return self.gen.top_k(out, k + margin)
         if inference.mode == "dense":  # `score` is the dense score of every item
-            return super().recommend(history, users, k, inference, margin)
-        return self._hybrid(history, users, k + margin, inference)
+            return super().recommend(history, users, k, inference, margin, seen)
+        return self._hybrid(history, users, k + margin, inference,
+                            excluded_items(inference, history, seen))
 
     def _hybrid(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: LIGERInference
+        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: LIGERInference,
+        seen: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LIGER's rule: one encoder pass gives the beam's K items and the user state. The
         dense scores are every item's (a [B, n_items] matrix) below `cold_index_min` cold
@@ -223,7 +233,7 @@ class LIGER(Recommender):
         kk = inference.hybrid_k
         with eval_mode(self):
             memory, pad = self.encode(history, users)
-            seen = history.to(memory.device) if inference.exclude_history else None
+            seen = seen.to(memory.device) if seen is not None else None
             out = self.gen.generate(memory, pad, max(inference.beam, kk), inference.constrained,
                                     inference.include_cold, seen)
             beam_items, _ = self.gen.top_k(out, kk)  # (B, K)
@@ -239,7 +249,7 @@ class LIGER(Recommender):
         e = F.normalize(vectors[beam_items.clamp_min(0)], dim=-1)  # (B, K, d)
         beam = ((u[:, None] * e).sum(-1) / tau).masked_fill(beam_items < 0, float("-inf"))
         index = self.dense_items.pool_index(self.text_emb, self.cold)
-        extra = history.shape[1] if seen is not None else 0  # room for seen cold items
+        extra = seen.shape[1] if seen is not None else 0  # room for seen cold items
         cold_items, cos = index.search(u, k + extra, inference.cold_probe)  # (B, M)
         if seen is not None:
             cos = cos.masked_fill(seen_in_history(cold_items, seen), float("-inf"))

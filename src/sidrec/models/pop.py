@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from sidrec.models import register
-from sidrec.models.base import Catalogue, Recommender, mask_history, top_scored
+from sidrec.models.base import (
+    Catalogue,
+    Recommender,
+    excluded_items,
+    mask_history,
+    top_scored,
+)
 
 
 @dataclass(frozen=True)
@@ -60,14 +66,16 @@ class Pop(Recommender):
     @torch.no_grad()
     def recommend(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
-        margin: int = 0,
+        margin: int = 0, seen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = min(k + margin, self.order.numel())
-        if not self._inference(inference).exclude_history:
+        excluded = excluded_items(self._inference(inference), history, seen)
+        if excluded is None:
             items = self.order[:n].expand(history.shape[0], -1)  # [B, n]
             return items, self.popularity[items]
         # by the listing keys, not the (tied) counts
-        items, _ = top_scored(mask_history(self.listed.expand(len(history), -1), history), n)
+        listed = self.listed.expand(len(history), -1)
+        items, _ = top_scored(mask_history(listed, excluded.to(listed.device)), n)
         return items, self.popularity[items.clamp_min(0)].masked_fill(items < 0, -math.inf)
 
     def set_catalogue(self, catalogue: Catalogue) -> None:

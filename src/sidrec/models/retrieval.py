@@ -196,10 +196,17 @@ class GroupedItems:
         return members, cos.masked_fill(members < 0, float("-inf"))
 
 
-def seen_in_history(items: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-    """items [B, C] that occur in the row's history [B, L] -> [B, C] bool."""
-    real = history >= 0
-    return ((items[:, :, None] == history[:, None, :]) & real[:, None, :]).any(-1)
+def seen_in_history(items: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """items [B, C] that occur in the row's seen items [B, S] (-1 = padding) -> [B, C] bool.
+
+    A binary search in each sorted row: a whole history (hundreds of items) would make a
+    [B, C, S] comparison as large as the candidates times the history.
+    """
+    if seen.shape[1] == 0:
+        return torch.zeros_like(items, dtype=torch.bool)
+    srt = seen.sort(dim=1).values  # (B, S)
+    pos = torch.searchsorted(srt, items.contiguous()).clamp_max(srt.shape[1] - 1)  # (B, C)
+    return (srt.gather(1, pos) == items) & (items >= 0)
 
 
 def merge_candidates(
@@ -227,10 +234,10 @@ def merge_candidates(
 
 
 def nearest(queries: torch.Tensor, vectors: torch.Tensor, k: int,
-            history: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k items by cosine to queries [B, d]; without the history's items if given."""
-    extra = history.shape[1] if history is not None else 0  # room for the seen items
+            excluded: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k items by cosine to queries [B, d]; without the `excluded` items [B, S]."""
+    extra = excluded.shape[1] if excluded is not None else 0  # room for the seen items
     ids, cos = ItemIndex.of(vectors).search(queries, min(k + extra, len(vectors)))
-    if history is not None:
-        cos = cos.masked_fill(seen_in_history(ids, history), float("-inf"))
+    if excluded is not None:
+        cos = cos.masked_fill(seen_in_history(ids, excluded.to(ids.device)), float("-inf"))
     return merge_candidates(ids, cos, k)

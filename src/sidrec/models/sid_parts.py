@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sidrec.errors import SidrecError
-from sidrec.models.base import Catalogue, init_weights
+from sidrec.models.base import Catalogue, excluded_items, init_weights
 from sidrec.models.beam import BeamResult, SidIndex, beam_search, exact_scores
 from sidrec.models.heads import mlp
 from sidrec.models.item_vectors import same
@@ -402,12 +402,14 @@ class GenerativeSIDHead(nn.Module):
 
 @torch.no_grad()
 def search_next_sid(model: nn.Module, history: torch.Tensor, users: torch.Tensor,
-                    inference: Any, beam: int | None = None) -> BeamResult:
+                    inference: Any, beam: int | None = None,
+                    seen: torch.Tensor | None = None) -> BeamResult:
     """`generate` of TIGER and LIGER: `model.encode` the history, then beam-search the next
-    item's SID with `model.gen` (width `beam`, default the inference config's)."""
+    item's SID with `model.gen` (width `beam`, default the inference config's); under
+    `exclude_history` no beam completes an item of `seen` (default: the history)."""
     with eval_mode(model):
         memory, pad = model.encode(history, users)
         width = inference.beam if beam is None else beam
-        exclude = history if inference.exclude_history else None
         return model.gen.generate(memory, pad, width, inference.constrained,
-                                  inference.include_cold, exclude)
+                                  inference.include_cold,
+                                  excluded_items(inference, history, seen))

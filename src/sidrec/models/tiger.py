@@ -108,21 +108,21 @@ class TIGER(Recommender):
     @torch.no_grad()
     def generate(
         self, history: torch.Tensor, users: torch.Tensor, inference: Any = None,
-        beam: int | None = None,
+        beam: int | None = None, seen: torch.Tensor | None = None,
     ) -> BeamResult:
         """Beam search of the next item's SID: items / log-probs [B, beam], n_invalid."""
-        return search_next_sid(self, history, users, self._inference(inference), beam)
+        return search_next_sid(self, history, users, self._inference(inference), beam, seen)
 
     @torch.no_grad()
     def recommend(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
-        margin: int = 0,
+        margin: int = 0, seen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k of a beam of width max(beam, k); scores are SID log-probabilities, and an
         invalid SID (unconstrained decoding) is item -1 with score -inf; the margin is the
         rest of that beam."""
         inference = self._inference(inference)
-        out = self.generate(history, users, inference, beam=max(inference.beam, k))
+        out = self.generate(history, users, inference, beam=max(inference.beam, k), seen=seen)
         return self.gen.top_k(out, k + margin)
 
     @torch.no_grad()
