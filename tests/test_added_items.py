@@ -246,3 +246,27 @@ def test_a_model_between_adds_projects_only_the_new_items() -> None:
         model.recommend(history, users, 5, dense)
         per_add.append(sum(projected))
     assert per_add == [1, 1, 1]
+
+
+def test_tiger_warns_that_it_will_not_return_added_items(served_run: Path,
+                                                         tmp_path: Path) -> None:
+    """TIGER takes new items (their SIDs are known) but its default beam decodes warm SIDs
+    only: the add says so, and with include_cold=True it does not (its beam reaches them)."""
+    import warnings
+
+    from serving import copy_of, load
+
+    import sidrec
+
+    run = copy_of(served_run, tmp_path)
+    item = {"id": "n1", "text": "Title: Arctic Expedition; Genres: documentary"}
+    with pytest.warns(UserWarning, match=r"'tiger' .* will not return the added items; pass "
+                                         r"include_cold=True"):
+        assert load(run / "models" / "tiger").add_items([item]) == ["n1"]
+    reaching = sidrec.load(run / "models" / "tiger", inference={"include_cold": True})
+    assert reaching.item_ids[-1] == "n1"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reaching.add_items([{"id": "n2", "text": "Title: Jazz Piano Nights; Genres: music"}])
+    assert not [w for w in caught if "include_cold" in str(w.message)]
+    assert "n2" in [i for i, _ in reaching.recommend(["n1"], k=reaching.n_items)]

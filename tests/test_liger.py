@@ -41,22 +41,23 @@ def test_hybrid_retrieves_cold_targets_the_beam_cannot():
     assert 2 not in items[0].tolist() and items[0, -1] == -1
 
 
-def test_hybrid_with_full_beam_is_dense_ranking_on_beam_union_cold():
+def test_hybrid_is_dense_ranking_on_beam_union_cold():
     cat = sid_catalogue(text_dim=12)
     model = LIGER(TINY, cat).eval()
     b = sid_batch(cat)
-    n = cat.n_items
-    beam_items, _ = model.recommend(b["history"], b["user"], n,
-                                    LIGERInference(mode="generative", beam=n))
+    n, kk = cat.n_items, 4  # K well below the 24 warm items: the beam must matter
+    beam_items, _ = model.recommend(b["history"], b["user"], kk,
+                                    LIGERInference(mode="generative", beam=kk))
     dense, _ = model.recommend(b["history"], b["user"], n, LIGERInference(mode="dense"))
     hybrid, _ = model.recommend(b["history"], b["user"], n,
-                                LIGERInference(mode="hybrid", hybrid_k=n, beam=n))
+                                LIGERInference(mode="hybrid", hybrid_k=kk, beam=kk))
     for row in range(len(dense)):
         allowed = set(beam_items[row][beam_items[row] >= 0].tolist()) | set(
             torch.nonzero(cat.cold).flatten().tolist())
+        assert len(allowed) < n  # were it every item, hybrid would equal dense, beam or not
         expected = [i for i in dense[row].tolist() if i in allowed]
         got = [i for i in hybrid[row].tolist() if i >= 0]
-        assert got == expected
+        assert got == expected and got != dense[row].tolist()
 
 
 def test_cold_items_never_enter_the_dense_softmax():
@@ -116,11 +117,22 @@ def test_dense_sid_trains_the_dense_head_only():
 
 
 def test_presets_load_into_the_configs():
+    loaded = {}
     for model, cfg, inference in (("liger", LIGERConfig, LIGERInference),
                                   ("dense-sid", DenseSIDConfig, NoInference)):
-        for preset in yaml.safe_load((CONFIGS / f"{model}.yaml").read_text()).values():
-            from_dict(cfg, preset["model"])
-            from_dict(inference, preset.get("inference") or {})
+        for name, preset in yaml.safe_load((CONFIGS / f"{model}.yaml").read_text()).items():
+            sections = {"model": from_dict(cfg, preset["model"]),
+                        "inference": from_dict(inference, preset.get("inference") or {})}
+            for section, config in sections.items():  # every value lands where it is named
+                for key, value in (preset.get(section) or {}).items():
+                    assert getattr(config, key) == value, (model, name, section, key)
+            loaded[model, name] = sections
+    # what the configs' comments promise: the paper's K = 20, K = 100 chosen for cpu
+    assert loaded["liger", "paper"]["inference"].hybrid_k == 20
+    assert loaded["liger", "cpu"]["inference"].hybrid_k == 100
+    for model in ("liger", "dense-sid"):  # the paper sizes, not the cpu ones
+        assert loaded[model, "paper"]["model"].d_model == 128
+        assert loaded[model, "cpu"]["model"].d_model == 64
 
 
 def test_text_and_level_inputs_start_at_the_sid_embeddings_scale():

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import toy_dataset, write_run
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -59,11 +60,27 @@ def test_config_precedence_and_errors(tmp_path):
 
 
 def test_shipped_presets_resolve():
+    """Every value a shipped preset sets (configs/train.yaml, then configs/<model>.yaml) is
+    the value the resolved settings hold."""
     from sidrec.models import available_models
 
+    configs = Path(__file__).resolve().parents[1] / "src" / "sidrec" / "configs"
+    base = yaml.safe_load((configs / "train.yaml").read_text())
     for model in available_models():
+        presets = yaml.safe_load((configs / f"{model}.yaml").read_text())
         for preset in ("cpu", "paper"):
-            resolve_config(model, preset)
+            settings = resolve_config(model, preset)
+            own = presets.get(preset) or {}
+            expected = {"train": {**(base[preset].get("train") or {}),
+                                  **(own.get("train") or {})},
+                        "model": own.get("model") or {}, "inference": own.get("inference") or {}}
+            for section, values in expected.items():
+                config = getattr(settings, section)
+                for key, value in values.items():
+                    got = getattr(config, key)
+                    assert (list(got) if isinstance(got, tuple) else got) == value, (
+                        model, preset, section, key)
+            assert sum(map(len, expected.values())), (model, preset)  # a preset sets something
 
 
 def test_split_overrides():

@@ -174,6 +174,19 @@ class Encoder:
         return self._tokenizer.encode(vectors)
 
 
+def unreachable(model: Any) -> str | None:
+    """Why `model` (a `Recommender`) never returns added items with its own inference
+    settings, or None: a beam over the SIDs of warm items only (TIGER's default) cannot
+    reach an item that was not in training, though it is stored and its SID is known."""
+    inference = model.inference
+    if getattr(inference, "include_cold", True) or getattr(inference, "mode", "") in (
+            "hybrid", "dense"):
+        return None
+    return (f"model {model.name!r} decodes only items seen in training (include_cold=False), "
+            "so it will not return the added items; pass include_cold=True (an inference "
+            "setting) to let its beam reach them")
+
+
 def encode(encoder: Encoder, catalogue: Catalogue, ids: list[str], texts: list[str]) -> NewItems:
     """Vectors and SIDs of new items for `catalogue` (whose SIDs give the collision tokens)."""
     vectors = encoder.vectors(texts)

@@ -142,9 +142,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if source and "=" in source:  # `sidrec bench seeds=[0,1]`: no source given
         source, pairs = None, [source, *pairs]
     cfg = bench_config(args.profile, source, parse_overrides(pairs))
+    from sidrec.run import RunDir
+
     out = run_bench(cfg)
     print(out["report"])
-    print(f"wrote {out['run_dir']}/results.md and {', '.join(out['plots'])}")
+    print(f"wrote {RunDir(out['run_dir']).bench_report} and {', '.join(out['plots'])}")
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
