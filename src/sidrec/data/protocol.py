@@ -1,4 +1,4 @@
-"""The data protocol shared by every model (SPEC.md, "Data protocol").
+"""The data protocol shared by every model (docs/evaluation.md, "The split").
 
 1. k-core filtering (optional), iterated until every user and item has >= k interactions.
 2. Per-user chronological order; ties keep the original file order (stable sort).

@@ -1,6 +1,6 @@
 """`sidrec serve MODEL_DIR`: a trained model's recommendations over HTTP.
 
-FastAPI on uvicorn, one model in one process (SPEC.md, "Serving"):
+FastAPI on uvicorn, one model in one process (docs/serving.md):
 
     POST /v1/recommend        {"history": ["50", "172"], "k": 10, "user_id": "u1",
                                "exclude_seen": true, "options": {"beam": 40}}

@@ -32,7 +32,7 @@ class ServeSettings:
     # model's Python code between torch ops never wait for one interpreter lock (on 2
     # cores 1.03-1.17x the requests/s at 64 concurrent requests), at the cost of a second
     # copy of the model in memory (on a GPU, in GPU memory). Off by default: one process
-    # holds the model (SPEC).
+    # holds the model.
     model_process: bool = False
     # A model process that dies, or answers no batch within model_timeout_s (it is then
     # killed), is replaced, at most model_restarts times in a row without a batch

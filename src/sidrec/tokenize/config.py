@@ -14,7 +14,7 @@ Why the `small` preset is 3 levels x 32 codes. Two pressures pull against each o
   items collide on the full L-code prefix: 32^3 = 32,768 >> 1.7k (or 12k for Amazon
   Beauty). The collision token absorbs the rest.
 
-3 x 32 is also COBRA's setting on the public Amazon data (SPEC.md, "Models").
+3 x 32 is also COBRA's setting on the public Amazon data (Yang et al. 2025, arXiv 2503.02453).
 The `paper` presets use TIGER's 3 x 256 (Rajput et al. 2023, Sec. 4.1 / App.), sized
 for ~10k+ item catalogues.
 """

@@ -1,7 +1,7 @@
 """The tokenize stage: `embeddings.npy` -> `sids.npy`, `tokenizer/`, `tokenizer.json`.
 
 Reads `run_dir/embeddings.npy` [n_items, d] and the cold mask of the prepared dataset,
-fits the tokenizer on warm items only (SPEC.md, "Semantic IDs"), encodes every item with
+fits the tokenizer on warm items only (cold items stay unseen), encodes every item with
 it (cold items included, without refitting), numbers collisions (warm first, then cold
 items as additions; see `sids.py`) and writes, each atomically:
 
