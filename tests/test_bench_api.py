@@ -161,6 +161,29 @@ def test_parallel_bench_matches_sequential(tmp_path: Path) -> None:
     assert metrics[1]["liger"][0] != metrics[1]["liger"][1]  # the seeds did differ
 
 
+def test_full_profile_seeds_draw_their_own_cold_items(tmp_path: Path) -> None:
+    """With `vary_split` (the full profile) seed s > 0 prepares its own holdout draw in
+    `<run>-split<s>`, so the ± over seeds covers which items went cold."""
+    import json
+
+    from sidrec.bench import PROFILES
+    from sidrec.data.dataset import Dataset
+
+    assert PROFILES["full"].vary_split and not PROFILES["demo"].vary_split
+    inter, items = write_tables(tmp_path)
+    run = tmp_path / "run"
+    cfg = BenchConfig(prepare=tables(inter, items), run_dir=str(run), models=("pop",),
+                      seeds=(0, 1), vary_split=True, train={"max_epochs": 1})
+    out = run_bench(cfg, progress=False)
+    other = tmp_path / "run-split1"
+    assert (other / "models" / "pop-seed1").is_dir() and not (run / "models" / "pop-seed1").exists()
+    cold = [set(np.flatnonzero(Dataset.load(d).cold)) for d in (run, other)]
+    assert cold[0] != cold[1] and len(cold[0]) == len(cold[1])
+    assert "its own holdout cold items" in out["report"]
+    runs = json.loads((run / "bench.json").read_text())["models"]["pop"]["runs"]
+    assert runs[0]["rows"] != runs[1]["rows"]  # Pop trains nothing: only the split differs
+
+
 def test_bench_rejects_bad_settings_before_any_work(tmp_path: Path) -> None:
     inter, items = write_tables(tmp_path)
     run = tmp_path / "run"

@@ -17,12 +17,16 @@ from hypothesis import strategies as st
 from sidrec.data.dataset import Dataset
 from sidrec.errors import SidrecError
 from sidrec.evaluate import (
+    bootstrap_interval,
     coverage_at,
     evaluate,
+    expected_ndcg_at,
+    expected_recall_at,
     ndcg_at,
     recall_at,
     subset_metrics,
     target_ranks,
+    tied_block,
     top_k,
 )
 from sidrec.io import read_json
@@ -141,9 +145,60 @@ def test_a_tie_crossing_the_kth_item_is_a_miss():
     row = torch.cat([torch.arange(9, 0, -1).float(), torch.full((6,), 0.5), torch.zeros(15)])
     model = FixedScores(row.repeat(2, 1), ds)
     at_10 = evaluate(model, ds, "test", ks=(10,), coverage_k=10)["rows"][0]
-    assert at_10["recall@10"] == 0.0  # without the margin it was listed 10th: a hit
+    assert at_10["recall@10_ties_last"] == 0.0  # without the margin it was listed 10th
+    # expected under random tie-breaking: rank uniform over 10..15, one of six is <= 10
+    assert at_10["recall@10"] == pytest.approx(1 / 6)
+    assert at_10["ndcg@10"] == pytest.approx(1 / math.log2(11) / 6)
     at_15 = evaluate(model, ds, "test", ks=(15,))["rows"][0]
-    assert at_15["recall@15"] == 1.0 and at_15["ndcg@15"] == pytest.approx(1 / math.log2(16))
+    assert at_15["recall@15"] == 1.0 and at_15["recall@15_ties_last"] == 1.0
+    assert at_15["ndcg@15_ties_last"] == pytest.approx(1 / math.log2(16))
+    assert at_15["ndcg@15"] == pytest.approx(sum(1 / math.log2(r + 1) for r in range(10, 16)) / 6)
+
+
+def test_a_block_of_equal_scores_gets_its_expected_metric():
+    """COBRA's ψ = 0 switch gives each item of a sparse-ID group the same score: the
+    target is scored as if the block were shuffled, not placed last (nor first)."""
+    items = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [5, 6, 7, 8, 9]])
+    scores = torch.tensor([[0.9, 0.4, 0.4, 0.4, 0.1]] * 3)
+    targets = torch.tensor([7, 5, 4])  # in the block 2..4, alone at 1, not listed
+    first, last = tied_block(items, scores, targets)
+    assert first.tolist() == [2, 1, 0] and last.tolist() == [4, 1, 0]
+    assert expected_recall_at(first, last, 3).tolist() == pytest.approx([2 / 3, 1.0, 0.0])
+    gains = [1 / math.log2(r + 1) for r in (2, 3)]
+    assert expected_ndcg_at(first, last, 3).tolist() == pytest.approx([sum(gains) / 3, 1, 0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=12), st.integers(0, 11),
+       st.integers(1, 12))
+def test_expected_metrics_equal_the_mean_over_every_order_of_the_block(levels, at, k):
+    """Against brute force: the target's rank averaged over every position its tied
+    block can put it in."""
+    scores = torch.tensor(sorted(levels, reverse=True), dtype=torch.float32)[None]
+    n = scores.shape[1]
+    items = torch.arange(n)[None]
+    target = torch.tensor([at % n])
+    block = [r + 1 for r in range(n) if scores[0, r] == scores[0, at % n]]
+    first, last = tied_block(items, scores, target)
+    recall = sum(r <= k for r in block) / len(block)
+    ndcg = sum(1 / math.log2(r + 1) for r in block if r <= k) / len(block)
+    assert expected_recall_at(first, last, k).item() == pytest.approx(recall)
+    assert expected_ndcg_at(first, last, k).item() == pytest.approx(ndcg, rel=1e-6)
+
+
+def test_rows_carry_a_bootstrap_interval_that_narrows_with_users():
+    hits = np.array([1.0] * 10 + [0.0] * 34)[:, None]  # 44 cold users, 10 hits
+    lo, hi = bootstrap_interval(hits)
+    assert lo[0] < 10 / 44 < hi[0] and 0.10 < hi[0] - lo[0] < 0.35
+    assert bootstrap_interval(hits) == (lo, hi)  # seeded
+    many = np.repeat(hits, 50, axis=0)  # the same rate over 2,200 users
+    lo2, hi2 = bootstrap_interval(many)
+    assert hi2[0] - lo2[0] < (hi[0] - lo[0]) / 4
+    assert bootstrap_interval(np.ones((7, 1))) == (np.ones(1), np.ones(1))
+    ds = make_dataset([[0, 1], [2, 3]], [4, 5], [6, 7], n_items=10)
+    row = evaluate(FixedScores(torch.arange(10, 0, -1).float()[None].repeat(2, 1), ds),
+                   ds, "test", ks=(10,))["rows"][0]
+    assert row["n"] == 2 and row["recall@10_lo"] <= row["recall@10"] <= row["recall@10_hi"]
 
 
 @pytest.mark.parametrize("name", available_models())

@@ -6,7 +6,9 @@ already holds when its settings and inputs are unchanged, so a re-run only does 
 
 Profiles (`BenchConfig` presets, see `PROFILES`):
 - `demo`: MovieLens-100k, holdout cold start (5 %), CPU presets, 1 seed (README's `make demo`);
-- `full`: the same with 3 seeds;
+- `full`: the same with 3 seeds, each with its own holdout draw (seed s > 0 prepares,
+  embeds and tokenizes `<run_dir>-split<s>`), so the ± covers which items went cold as
+  well as training noise;
 - `paper`: TIGER-paper settings for Amazon 2014 Beauty / Sports / Toys on one GPU.
 """
 
@@ -58,6 +60,9 @@ class BenchConfig:
     models: tuple[str, ...] = DEMO_MODELS
     preset: str = "cpu"  # model / training presets (configs/<model>.yaml)
     seeds: tuple[int, ...] = (0,)
+    # Each seed also draws its own holdout cold items (`prepare.seed`), in a run directory
+    # of its own; the natural cold-start split has no draw, so there it changes nothing.
+    vary_split: bool = False
     ks: tuple[int, ...] = (5, 10, 20)
     # Overrides for every model, as on `sidrec train`'s command line (training and runtime
     # settings, e.g. {"max_epochs": 1, "num_threads": 1}).
@@ -71,7 +76,7 @@ class BenchConfig:
 PAPER_PREPARE = PrepareConfig(kcore=5, cold_mode="natural")
 PROFILES: dict[str, BenchConfig] = {
     "demo": BenchConfig(),
-    "full": BenchConfig(seeds=(0, 1, 2)),
+    "full": BenchConfig(seeds=(0, 1, 2), vary_split=True),
     "paper": BenchConfig(prepare=PAPER_PREPARE,
                          tokenize=TokenizeSettings(method="rqvae", preset="paper", options={}),
                          preset="paper", models=ALL_MODELS, seeds=(0, 1, 2)),
@@ -114,20 +119,28 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     def stage(name: str, t0: float) -> None:
         record(name, time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    manifest = prepare(run_dir, cfg.prepare)
-    log(summary(manifest))
-    stage("prepare", t0)
-    t0 = time.perf_counter()
-    embed(run_dir, cfg.embed, progress=progress)
-    stage("embed", t0)
-    if any(get_model_class(m).needs_sids for m in cfg.models):
+    split_dirs = {seed: split_dir(cfg, run_dir, seed) for seed in cfg.seeds}
+    manifests = {}
+    for seed, data_dir in split_dirs.items():
+        if data_dir in manifests:
+            continue
+        suffix = "" if data_dir == run_dir else f" ({data_dir.name})"
         t0 = time.perf_counter()
-        tok_cfg = tokenizer_config(cfg.tokenize.method, cfg.tokenize.preset,
-                                   dict(cfg.tokenize.options))
-        tok = run_tokenize(run_dir, tok_cfg, progress=progress)
-        log(diagnostics_markdown(tok["diagnostics"]))
-        stage("tokenize", t0)
+        manifests[data_dir] = prepare(data_dir, replace(cfg.prepare, seed=seed)
+                                      if data_dir != run_dir else cfg.prepare)
+        log(summary(manifests[data_dir]))
+        stage("prepare" + suffix, t0)
+        t0 = time.perf_counter()
+        embed(data_dir, cfg.embed, progress=progress)
+        stage("embed" + suffix, t0)
+        if any(get_model_class(m).needs_sids for m in cfg.models):
+            t0 = time.perf_counter()
+            tok_cfg = tokenizer_config(cfg.tokenize.method, cfg.tokenize.preset,
+                                       dict(cfg.tokenize.options))
+            tok = run_tokenize(data_dir, tok_cfg, progress=progress)
+            log(diagnostics_markdown(tok["diagnostics"]))
+            stage("tokenize" + suffix, t0)
+    manifest = manifests[run_dir] if run_dir in manifests else next(iter(manifests.values()))
 
     jobs = [(name, seed) for name in cfg.models for seed in cfg.seeds]
     workers, threads = _parallelism(cfg.workers, train_overrides, len(jobs))
@@ -139,10 +152,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     if workers == 1:
         from sidrec.data.dataset import Dataset
 
-        dataset = Dataset.load(run_dir)
+        datasets = {d: Dataset.load(d) for d in manifests}
         for job in order:
-            done[job] = _train_and_evaluate(cfg, run_dir, *job, train_overrides, threads,
-                                            bar=progress, epoch_lines=False, dataset=dataset)
+            data_dir = split_dirs[job[1]]
+            done[job] = _train_and_evaluate(cfg, data_dir, *job, train_overrides, threads,
+                                            bar=progress, epoch_lines=False,
+                                            dataset=datasets[data_dir])
             record(_job_label(done[job]), done[job]["seconds"])
     else:
         import multiprocessing
@@ -150,8 +165,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
 
         # spawn, not fork: a forked child inherits the parent's torch thread pools.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_and_evaluate, cfg, run_dir, *job, train_overrides,
-                                   threads, bar=False, epoch_lines=progress): job
+            futures = {pool.submit(_train_and_evaluate, cfg, split_dirs[job[1]], *job,
+                                   train_overrides, threads, bar=False,
+                                   epoch_lines=progress): job
                        for job in order}
             pending = set(futures)
             try:
@@ -180,7 +196,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     settings = (
         f"Encoder `{cfg.embed.encoder}`, tokenizer `{cfg.tokenize.method}` "
         f"(`{cfg.tokenize.preset}`), model presets `{cfg.preset}`, seeds "
-        f"{', '.join(map(str, cfg.seeds))} (mean ± sd when more than one)."
+        f"{', '.join(map(str, cfg.seeds))} (mean ± sd when more than one)"
+        + ("; each seed draws its own holdout cold items (its own run directory), so the "
+           "± covers which items went cold." if len(manifests) > 1 else ".")
     )
     report = render_report(manifest, cfg.prepare.cold_mode, settings, results, table, timings,
                            total, workers, _parallelism_text(workers, threads))
@@ -191,6 +209,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     plots = write_plots(run, results)
     return {"run_dir": str(run_dir), "table": table, "report": report, "plots": plots,
             "total_seconds": total}
+
+
+def split_dir(cfg: BenchConfig, run_dir: Path, seed: int) -> Path:
+    """The run directory that holds seed `seed`'s data: `run_dir` itself, or with
+    `vary_split` and a holdout split, `<run_dir>-split<seed>` for seeds other than 0 (so
+    seed 0 reuses the one-seed demo's run)."""
+    if not cfg.vary_split or cfg.prepare.cold_mode != "holdout" or seed == 0:
+        return run_dir
+    return run_dir.with_name(f"{run_dir.name}-split{seed}")
 
 
 def _parallelism(requested: int, train_overrides: dict[str, Any],

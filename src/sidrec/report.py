@@ -20,8 +20,15 @@ from sidrec.io import atomic_path, exclusive, read_json, write_json, write_text
 from sidrec.run import RunDir
 
 
+def is_point_metric(name: str) -> bool:
+    """True for a metric's own column (`recall@10`), not its interval or variants
+    (`recall@10_lo`, `recall@10_ties_last`, `recall@10_sd`)."""
+    return "@" in name and name.partition("@")[2].isdigit()
+
+
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample sd over seeds: same structure, each metric `m` plus `m_sd`.
+    """Mean and sample sd over seeds: same structure, each metric `m` plus `m_sd` (the
+    interval bounds and tie variants are averaged, without an sd).
 
     Runs must be of one model on one split with the same rows; NaN rows stay NaN.
     `n_seeds` is added; a single run gets sd NaN.
@@ -47,7 +54,9 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 continue
             values = np.asarray([float(r["rows"][i][name]) for r in runs], dtype=np.float64)
             row[name] = float(values.mean())
-            row[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            if is_point_metric(name):
+                row[f"{name}_sd"] = (float(values.std(ddof=1)) if len(values) > 1
+                                     else math.nan)
         rows.append(row)
     out = {k: v for k, v in first.items() if k not in ("rows", "users_per_s")}
     out["rows"] = rows
@@ -64,7 +73,7 @@ def format_table(metrics: dict[str, Any] | Sequence[dict[str, Any]], digits: int
     for run in runs:
         for row in run["rows"]:
             for name in row:
-                if "@" in name and not name.endswith("_sd") and name not in columns:
+                if is_point_metric(name) and name not in columns:
                     columns.append(name)
     columns.sort(key=_column_order)
     header = ["model", "split", "subset", "n", *columns]
@@ -85,6 +94,39 @@ def format_table(metrics: dict[str, Any] | Sequence[dict[str, Any]], digits: int
     return "\n".join(lines) + "\n"
 
 
+def format_intervals(metrics: dict[str, Any] | Sequence[dict[str, Any]], k: int = 10,
+                     digits: int = 4) -> str:
+    """How sure each row is: a markdown table of its users, Recall@k and NDCG@k with their
+    95 % bootstrap intervals, NDCG@k with ties ranked last, and, on cold rows, the cold
+    pool, the cold items per top-k and the chance level `random_cold@k`."""
+    runs = [metrics] if isinstance(metrics, dict) else list(metrics)
+    header = ["model", "subset", "n", f"recall@{k} [95 % CI]", f"ndcg@{k} [95 % CI]",
+              f"ndcg@{k} ties last", "cold pool", f"cold slots@{k}", f"random_cold@{k}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        for row in run["rows"]:
+            if f"recall@{k}" not in row:
+                continue
+            name = run["display_name"] + (f" [{row['variant']}]" if row["variant"] else "")
+            cells = [name, row["subset"], str(row["n"])]
+            for metric in (f"recall@{k}", f"ndcg@{k}"):
+                cells.append(_cell(row[metric], None, digits) + _interval(row, metric, digits))
+            cells.append(_cell(row.get(f"ndcg@{k}_ties_last"), None, digits))
+            cold = row["subset"] == "cold"
+            cells += [f"{run.get('cold_pool', 0):,}" if cold else "",
+                      _cell(row.get(f"cold_slots@{k}"), None, 2) if cold else "",
+                      _cell(row.get(f"random_cold@{k}"), None, digits) if cold else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _interval(row: dict[str, Any], metric: str, digits: int) -> str:
+    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    if lo is None or hi is None or math.isnan(float(lo)):
+        return ""
+    return f" [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+
+
 def save_metrics(run_dir: str | Path | RunDir, metrics: dict[str, Any], name: str) -> None:
     """Record `metrics` of model directory `name` in `run_dir/metrics.json` and rewrite
     `results.md` with every recorded model (both files written atomically)."""
@@ -98,9 +140,9 @@ def save_metrics(run_dir: str | Path | RunDir, metrics: dict[str, Any], name: st
         runs = [m for splits in models.values() for m in splits.values()]
         title = (
             f"# Results: {run.root.name}\n\nFull ranking over the whole catalogue, "
-            "leave-one-out.\n\n"
+            "leave-one-out; tied scores count by their expected rank.\n\n"
         )
-        write_text(run.results, title + format_table(runs))
+        write_text(run.results, title + format_table(runs) + "\n" + format_intervals(runs))
 
 
 def _recorded(path: Path) -> dict[str, Any]:
@@ -155,17 +197,23 @@ def render_report(manifest: dict, cold_mode: str, settings: str,
         "",
         "Rows: overall / in-set (test target seen in training) / cold (target never seen "
         "in training). Generative models: items the beam does not return are misses. "
-        "Rows labelled `excl. history` mask the user's own history (as RecBole does for "
-        "non-sequential models; masked inside the beam search); every other row does not "
-        "(TIGER's protocol, the headline). `invalid@K`: share of the top-K slots holding "
-        "a generated SID that is no item (unconstrained decoding). `cold_slots@10`: cold "
-        "items per top-10; "
+        "Tied scores count by the target's expected rank under random tie-breaking. "
+        "Rows labelled `excl. history` mask every item of the user's history before the "
+        "target, not only the model's input window (masked inside the beam search); every "
+        "other row does not (TIGER's protocol, the headline). `invalid@K`: share of the "
+        "top-K slots holding a generated SID that is no item (unconstrained decoding). "
+        "`cold_slots@10`: cold items per top-10; "
         f"`random_cold@10`: the cold recall@10 that filling those slots at random from the "
         f"{results[0].get('cold_pool', 0) if results else 0:,} cold items would reach, the "
         "chance level for the cold rows. Variants marked `(inference)` switch a part off "
         "in one trained model; the trained ablations are models of their own.",
         "",
         table,
+        "",
+        "How sure each row is (95 % intervals: bootstrap over the row's users, 1,000 "
+        "resamples; with several seeds, each bound is the mean over seeds):",
+        "",
+        format_intervals(results),
         "",
         *diagnostics_lines(results),
         f"Models trained and evaluated {parallelism}"
@@ -213,7 +261,7 @@ def write_plots(run: RunDir, results: list[dict[str, Any]]) -> list[str]:
     colors = plt.cm.tab20(np.linspace(0, 1, max(len(overall), 2)))  # distinct per line
     for n, (r, row) in enumerate(overall):
         ks = sorted(int(k.split("@")[1]) for k in row if k.startswith("recall@")
-                    and not k.endswith("_sd"))
+                    and is_point_metric(k))
         ax.plot(ks, [row[f"recall@{k}"] for k in ks], marker="os^dv"[n % 5], color=colors[n],
                 label=label(r, row))
     ax.set_xlabel("K")

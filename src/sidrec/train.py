@@ -68,6 +68,7 @@ from sidrec.io import hash_obj, write_json, write_text
 from sidrec.models.base import Recommender
 from sidrec.models.catalogue import catalogue_for, input_fingerprint
 from sidrec.presets import RuntimeConfig, TrainConfig, for_device, resolve_config
+from sidrec.report import is_point_metric
 from sidrec.run import ModelDir, RunDir
 
 # ---------------------------------------------------------------- examples and schedule
@@ -379,7 +380,7 @@ def validate(
         variants=[first_variant],
     )
     overall = next(r for r in metrics["rows"] if r["subset"] == "overall")
-    return {k: v for k, v in overall.items() if "@" in k}
+    return {k: v for k, v in overall.items() if is_point_metric(k)}
 
 
 def _summary(out: ModelDir, state: TrainState, cfg: TrainConfig, resumed: bool) -> dict[str, Any]:
