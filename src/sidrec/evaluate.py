@@ -1,4 +1,4 @@
-"""Full-ranking evaluation, the same for every model (SPEC "Evaluation").
+"""Full-ranking evaluation, the same for every model (docs: the evaluation protocol).
 
 Every user gets one example from `Dataset.eval_examples(split)`: for "valid" the history
 is the training part and the target the validation item; for "test" the history also
