@@ -1,7 +1,8 @@
 """Items added to a trained model's catalogue after training, and their file in the run.
 
-A new item's text goes through the run's own encoder (the one `embeddings.json` names)
-and, when the run has SIDs, through its fitted tokenizer (never refitted), taking the next
+A new item's text goes through the run's own encoder (the one `embeddings.json` names), or
+it brings its own `vector` (a run embedded from a vectors file must: `given_vectors`), and,
+when the run has SIDs, through its fitted tokenizer (never refitted), taking the next
 free collision token of its prefix (`sidrec.tokenize.extend_sids`): the path the cold
 items of the split took. No model is retrained; `grow` appends them to a `Catalogue`.
 
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from sidrec.artifacts import check_tokenizer, read_record
-from sidrec.errors import SidrecError
+from sidrec.errors import ItemError, SidrecError
 from sidrec.io import atomic_path, exclusive, folder_stamp, hash_file
 from sidrec.models.base import Catalogue
 from sidrec.run import RunDir
@@ -73,14 +74,6 @@ class NewItems:
         """The items from position `start` on."""
         sids = None if self.sids is None else self.sids[start:]
         return NewItems(self.ids[start:], self.texts[start:], self.vectors[start:], sids)
-
-
-class ItemError(SidrecError):
-    """Item `row` of an add is at fault (`duplicate`: its id exists)."""
-
-    def __init__(self, row: int, message: str, duplicate: bool = False) -> None:
-        super().__init__(f"items[{row}]{message}")
-        self.row, self.duplicate = row, duplicate
 
 
 def no_items(dim: int = 0) -> NewItems:
@@ -140,6 +133,22 @@ class Encoder:
         finally:
             torch.set_num_threads(threads)
 
+    def record(self) -> dict[str, Any]:
+        """`embeddings.json` (empty when the run has none)."""
+        info = self.run.embeddings_info
+        return read_record(info, f"sidrec embed {self.run.root}") if info.is_file() else {}
+
+    def no_text(self) -> str | None:
+        """Why this run cannot encode a new item's text, or None when it can."""
+        from sidrec.embed import FROM_FILE
+
+        record = self.record()
+        if record.get("encoder") != FROM_FILE:
+            return None
+        return (f"this run's item vectors came from {record.get('vectors')} (sidrec embed "
+                f"--vectors), so text alone cannot be encoded: give it a vector of "
+                f"{record.get('dim')} numbers, from the same encoder")
+
     def _checked_encoder(self) -> str:
         """The encoder `embeddings.json` records, verified to be the one that made the
         catalogue's vectors (a local folder changed since would put new items elsewhere)."""
@@ -187,10 +196,27 @@ def unreachable(model: Any) -> str | None:
             "setting) to let its beam reach them")
 
 
-def encode(encoder: Encoder, catalogue: Catalogue, ids: list[str], texts: list[str]) -> NewItems:
-    """Vectors and SIDs of new items for `catalogue` (whose SIDs give the collision tokens)."""
-    vectors = encoder.vectors(texts)
+def encode(encoder: Encoder, catalogue: Catalogue, ids: list[str], texts: list[str],
+           given: Sequence[np.ndarray | None] = ()) -> NewItems:
+    """Vectors and SIDs of new items for `catalogue` (whose SIDs give the collision tokens);
+    `given`: each item's own vector (`given_vectors`), used as is; the others are encoded."""
+    own = list(given) or [None] * len(ids)
+    rows = [n for n, v in enumerate(own) if v is None]
+    if rows and (why := encoder.no_text()) is not None:
+        raise ItemError(rows[0], f" ({ids[rows[0]]!r}): no vector; {why}", field="vector")
+    encoded = iter(encoder.vectors([texts[n] for n in rows]) if rows else [])
+    vectors = np.stack([next(encoded) if v is None else v for v in own]) if ids else \
+        np.zeros((0, 0), np.float32)
     return with_sids(encoder, catalogue, NewItems(tuple(ids), tuple(texts), vectors, None))
+
+
+def encode_again(encoder: Encoder, catalogue: Catalogue, items: NewItems) -> NewItems:
+    """Stored `items` encoded again from their text: the run was re-embedded since."""
+    try:
+        return encode(encoder, catalogue, list(items.ids), list(items.texts))
+    except SidrecError as e:  # vectors brought with the items: not ours to make again
+        raise SidrecError(f"{encoder.run.added_items} (the run was re-embedded since its items "
+                          f"were added): {e}; add them again") from None
 
 
 def with_sids(encoder: Encoder, catalogue: Catalogue, items: NewItems) -> NewItems:

@@ -5,6 +5,7 @@
     rec.recommend(["50", "172"], user_id="196")         # a training user's own user token
     rec.recommend_batch([["50"], ["1", "2"]], k=10)
     rec.add_items([{"id": "new-1", "text": "Title: …"}])  # recommendable at once, persisted
+    rec.add_items([{"id": "new-2", "text": "…", "vector": [...]}])  # a vector of its own
 
 Users: a user id known from training reads its own hashed user token (TIGER, LIGER); any
 other user id, or none, reads the model's anonymous user token, the one user-token dropout
@@ -42,6 +43,7 @@ from sidrec.data.dataset import pad_histories
 from sidrec.errors import SidrecError, UnknownItem
 from sidrec.models.base import Recommender
 from sidrec.run import ModelDir, RunDir
+from sidrec.vectors import given_vectors
 
 ON_UNKNOWN = ("error", "skip")
 
@@ -245,10 +247,10 @@ class Service:
         hits.sort(key=lambda i: (-view.popularity[i], -i))
         return [self.item(view.item_ids[i]) or {} for i in hits[:limit]]
 
-    def add_items(self, items: Sequence[dict[str, str]]) -> list[str]:
-        """Make new items recommendable now: embed their text, give them a semantic ID,
-        persist them to the run directory. All or nothing: a failing item adds none.
-        Returns the ids added."""
+    def add_items(self, items: Sequence[dict[str, Any]]) -> list[str]:
+        """Make new items recommendable now: embed their text (or take their own `vector`,
+        which a run embedded with `--vectors` needs), give them a semantic ID, persist them
+        to the run directory. All or nothing: a failing item adds none. Returns the ids."""
         if not self.model.supports_new_items:
             raise SidrecError(
                 f"model {self.model.name!r} ranks only items seen in training and cannot take "
@@ -261,7 +263,8 @@ class Service:
             ids, texts = added_items.check_new(items, self.index)
             if not ids:
                 return []
-            new = added_items.encode(self._encoder, self.model.catalogue, ids, texts)
+            given = given_vectors(items, self._encoder.record().get("dim"))
+            new = added_items.encode(self._encoder, self.model.catalogue, ids, texts, given)
             self._commit(new, persist=True)
         if (unreachable := added_items.unreachable(self.model)) is not None:
             warnings.warn(unreachable, stacklevel=2)
@@ -372,8 +375,7 @@ class Service:
             found = self._read_added()  # as they are now that no other process can add
             if found is None:
                 return 0
-            items = added_items.encode(self._encoder, self.model.catalogue,
-                                       list(found[0].ids), list(found[0].texts))
+            items = added_items.encode_again(self._encoder, self.model.catalogue, found[0])
             self._commit(items, persist=True)
         return len(items)
 

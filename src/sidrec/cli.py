@@ -68,11 +68,12 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from sidrec.embed import EmbedConfig, embed
 
     settings = parse_overrides(args.overrides)
-    if args.encoder:
-        settings["encoder"] = args.encoder
+    settings.update({k: v for k, v in (("encoder", args.encoder), ("vectors", args.vectors),
+                                       ("ids", args.ids)) if v})
     info = embed(args.run_dir, from_dict(EmbedConfig, settings, "embed"))
-    origin = "cache" if info["cached"] else "encoder"
-    print(f"embeddings: {info['items']:,} x {info['dim']} from {info['encoder']} ({origin})")
+    origin = "cache" if info["cached"] else "file" if "vectors" in info else "encoder"
+    source = info.get("vectors", info["encoder"])
+    print(f"embeddings: {info['items']:,} x {info['dim']} from {source} ({origin})")
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
@@ -264,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--encoder", help="sentence-transformers name or path "
                    "(default all-MiniLM-L6-v2, shipped offline)")
+    p.add_argument("--vectors", help="item vectors made elsewhere instead: .npy (with --ids), "
+                   ".parquet or .csv of item id -> vector")
+    p.add_argument("--ids", help="with a .npy --vectors: item ids, one per line, row order")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_embed)
 

@@ -10,6 +10,11 @@ so a second run, or another run directory over the same catalogue, is instant. T
 identity (`encoder_identity`) is what the vectors depend on: the packaged default's
 version, or a local folder's absolute path and the hash of its files (so an encoder
 changed in place is not served from the cache); a hub name stands for itself.
+
+`vectors=FILE` (`sidrec embed RUN --vectors FILE`) takes vectors computed elsewhere
+instead (`sidrec.vectors`); the encoder is then recorded as `FROM_FILE`, its identity the
+file's hash (and the ids file's), so a changed file is read again and later stages rebuild.
+Items added to such a run need a vector of their own: text alone cannot be encoded.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from sidrec.io import hash_file, hash_folder, hash_obj, read_json, save_npy, wri
 from sidrec.run import RunDir
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+FROM_FILE = "vectors file"  # the encoder `embeddings.json` names for `vectors=FILE`
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
@@ -39,6 +45,8 @@ class EmbedConfig:
     encoder: str = DEFAULT_ENCODER  # sentence-transformers name or local path
     batch_size: int = 128
     device: str = "auto"  # auto | cpu | cuda
+    vectors: str = ""  # item vectors computed elsewhere (.npy, .parquet, .csv): no encoder
+    ids: str = ""  # with a .npy `vectors`: its item ids, one per line, in row order
 
 
 def resolve_encoder(name: str) -> str:
@@ -107,6 +115,8 @@ def embed(run_dir: str | Path | RunDir, cfg: EmbedConfig, progress: bool = True)
     run = RunDir(run_dir)
     check_embed_config(cfg)
     dataset = Dataset.load(run.root)
+    if cfg.vectors:
+        return _from_file(run, dataset, cfg)
     if not dataset.has_text:
         raise SidrecError(
             f"{run.root}: prepared without an items table, so its items have no text to "
@@ -138,6 +148,28 @@ def embed(run_dir: str | Path | RunDir, cfg: EmbedConfig, progress: bool = True)
             "embeddings_hash": written}
     write_json(run.embeddings_info, info)
     return {**info, "cached": from_cache}
+
+
+def _from_file(run: RunDir, dataset: Dataset, cfg: EmbedConfig) -> dict:
+    """`embed` from the vectors file `cfg.vectors` (see the module docstring)."""
+    from sidrec.vectors import read_vectors
+
+    path, ids = Path(cfg.vectors).expanduser(), Path(cfg.ids).expanduser() if cfg.ids else None
+    run.check_writable()
+    # the files' hashes: what the vectors depend on; the item order: which row is whose
+    stamp = [hash_file(p) for p in (path, ids) if p is not None and p.is_file()]
+    identity = f"{path.resolve()} ({', '.join(stamp)}) for {hash_obj(list(dataset.item_ids))}"
+    text_hash = hash_obj(dataset.item_text)
+    info = _reusable(run, identity, text_hash)
+    if info is not None:
+        return {**info, "cached": True}
+    vectors = read_vectors(path, [str(i) for i in dataset.item_ids], ids)
+    written = save_npy(run.embeddings, vectors)
+    info = {"encoder": FROM_FILE, "vectors": str(path.resolve()), "encoder_id": identity,
+            "dim": int(vectors.shape[1]), "items": len(vectors), "text_hash": text_hash,
+            "embeddings_hash": written}
+    write_json(run.embeddings_info, info)  # last: see `embed`
+    return {**info, "cached": False}
 
 
 def check_embed_config(cfg: EmbedConfig) -> None:

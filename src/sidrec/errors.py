@@ -18,3 +18,12 @@ class UnknownItem(SidrecError):
         self.row, self.unknown = row, unknown
         super().__init__(f"history {row}: unknown item id {unknown[0]!r} ({len(unknown)} "
                          f"unknown); {fix}")
+
+
+class ItemError(SidrecError):
+    """Item `row` of an add is at fault (`duplicate`: its id exists; `field`: which one)."""
+
+    def __init__(self, row: int, message: str, duplicate: bool = False,
+                 field: str = "") -> None:
+        super().__init__(f"items[{row}]{message}")
+        self.row, self.duplicate, self.field = row, duplicate, field

@@ -291,11 +291,13 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
         if len(body) > settings.max_add_items:
             raise ApiError(400, f"{len(body)} items; the limit is {settings.max_add_items}",
                            "items")
-        items = [{"id": str(i.id), "text": i.text} for i in body]
+        items = [{"id": str(i.id), "text": i.text, "vector": i.vector} for i in body]
         try:
             added = await between_batches(svc.add_items, items)
         except ItemError as e:
-            raise ApiError(409 if e.duplicate else 400, str(e), f"items[{e.row}]") from None
+            field = f"items[{e.row}]" + (f".{e.field}" if e.field else "")
+            raise ApiError(409 if e.duplicate else 422 if e.field else 400, str(e),
+                           field) from None
         except SidrecError as e:
             raise ApiError(400, str(e)) from None
         return {"added": added, "n_items": svc.n_items}

@@ -68,6 +68,9 @@ class NewItem(BaseModel):
     id: Id
     text: StrictStr = Field(description='e.g. "Title: Brand New Movie; Year: 2026; '
                             'Genres: Drama"')
+    vector: list[float] | None = Field(
+        None, description="the item's own vector, from the encoder that made the run's "
+        "(required when the run was embedded with `sidrec embed --vectors`)")
 
 
 class AddResponse(BaseModel):

@@ -67,7 +67,7 @@ def read_tables(
     text_cols: tuple[str, ...] = (),
     item_id_col: str | None = None,
 ) -> RawData:
-    names = _header(inter_path)
+    names = table_header(inter_path)
     picked: dict[str, str] = {}
     detected = []
     for role, given in (("user", user_col), ("item", item_col), ("time", time_col)):
@@ -87,8 +87,8 @@ def read_tables(
         texts = pd.DataFrame({"item_id": ids, "text": [item_text({}, [], i) for i in ids]})
         return RawData(interactions, texts, {**source, "item_text": False})
 
-    _header(items_path)  # a repeated column name is refused before the table is read
-    items = _read_table(items_path)
+    table_header(items_path)  # a repeated column name is refused before the table is read
+    items = read_table(items_path)
     inames = list(items.columns)
     id_col = item_id_col or (picked["item"] if picked["item"] in inames else
                              detect(inames, "item", items_path))
@@ -105,7 +105,7 @@ def read_tables(
                    {**source, "items": str(items_path), "columns": {**picked, "item_id": id_col}})
 
 
-def _header(path: Path) -> list[str]:
+def table_header(path: Path) -> list[str]:
     if not path.is_file():
         raise SidrecError(f"{path}: file not found; check the path")
     if jsonl.is_jsonl(path):
@@ -150,7 +150,7 @@ def _read_interactions(path: Path, cols: dict[str, str]) -> pd.DataFrame:
     return interactions_frame(*(np.concatenate(p) for p in (users, items, stamps)))
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SidrecError(f"{path}: file not found; check the path")
     if jsonl.is_jsonl(path):
