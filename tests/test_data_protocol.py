@@ -1,4 +1,4 @@
-"""The data protocol (SPEC.md, "Data protocol"): exact splits on hand-written tables, and
+"""The data protocol (docs: the evaluation protocol): exact splits on hand-written tables, and
 properties on random ones (hypothesis), checked against small reference implementations."""
 
 from __future__ import annotations
