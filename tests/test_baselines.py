@@ -182,6 +182,27 @@ def test_dense_trains_without_cold_items(name):
     assert torch.isfinite(model.eval().score(batch["history"], batch["user"])[:, 20:]).all()
 
 
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_sasrec_trains_without_cold_items(loss):
+    """SASRec leaves cold items out of its training softmax (CE) and its negatives (BCE),
+    as Dense and LIGER do: their ID embeddings get no gradient."""
+    model = build("sasrec", SASRecConfig(d_model=16, n_heads=2, max_len=10, loss=loss),
+                  cat=cold_tail_catalogue())
+    for seed in range(5):  # BCE draws negatives: several draws, none of them cold
+        torch.manual_seed(seed)
+        model.zero_grad()
+        model(tiny_batch(seed=seed))["loss"].backward()
+        grad = model.item_emb.weight.grad[1:]  # (24, d); row 0 is padding
+        assert grad[20:].abs().max() == 0 and grad[:20].abs().max() > 0
+
+
+def test_tiger_t_leaves_cold_item_tokens_out_of_training():
+    model = build("tiger-t", cat=cold_tail_catalogue())
+    model(tiny_batch())["loss"].backward()
+    grad = model.gen.out.weight.grad  # (24 item tokens, d)
+    assert grad[20:].abs().max() == 0 and grad[:20].abs().max() > 0
+
+
 def test_dense_text_scores_new_items_from_text_and_dense_refuses():
     cat = catalogue()
     text = build("dense-text", cat=cat).eval()

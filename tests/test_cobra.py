@@ -230,6 +230,29 @@ def test_trained_ablations_train_and_recommend(tokens):
     assert model.variants() == {"": model.inference}
 
 
+def test_without_dense_at_the_sparse_granularity_each_group_is_one_tied_block():
+    """cobra-no-dense-coarse: sequences of 1-level sparse IDs (4 groups of 6); every item
+    of a beam's group gets the beam's score, so the evaluator scores them as a block."""
+    from sidrec.models import get_model_class
+
+    cls = get_model_class("cobra-no-dense-coarse")
+    torch.manual_seed(0)
+    model = cls(cls.Config(d_model=32, n_heads=2, head_dim=16, d_ff=64, max_len=8,
+                           sparse_levels=1), catalogue()).eval()
+    assert model.levels == 1 and not model.has_dense
+    history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    items, scores = model.recommend(history, torch.tensor([0, 1]), 12, CobraInference(beam=2))
+    for row, row_scores in zip(items.tolist(), scores.tolist(), strict=True):
+        groups = [i % 4 for i in row]  # level 0 = item % 4
+        assert groups[:6] == [groups[0]] * 6 and groups[6:] == [groups[6]] * 6
+        assert len(set(row_scores[:6])) == 1 and row_scores[0] > row_scores[6]
+    masked = CobraInference(beam=2, exclude_history=True)
+    items, _ = model.recommend(history, torch.tensor([0, 1]), 8, masked,
+                               seen=torch.tensor([[7, 11, 0, 1, 2], [-1, 8, 4, 5, 6]]))
+    assert not set(items[0].tolist()) & {7, 11, 0, 1, 2}
+    assert not set(items[1].tolist()) & {8, 4, 5, 6}
+
+
 def test_group_sizes_are_reported_and_coarser_sparse_ids_hold_more_items():
     fine = small_model().diagnostics()
     coarse = small_model(sparse_levels=1).diagnostics()

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 from sidrec.data.dataset import Dataset
 from sidrec.errors import SidrecError
-from sidrec.evaluate import (
+from sidrec.evaluate import evaluate, top_k
+from sidrec.io import read_json
+from sidrec.metrics import (
     bootstrap_interval,
     coverage_at,
-    evaluate,
     expected_ndcg_at,
     expected_recall_at,
     ndcg_at,
@@ -27,9 +28,7 @@ from sidrec.evaluate import (
     subset_metrics,
     target_ranks,
     tied_block,
-    top_k,
 )
-from sidrec.io import read_json
 from sidrec.models import available_models, get_model_class
 from sidrec.models.base import (
     INVALID_ITEM,

@@ -32,9 +32,10 @@ from sidrec.run import ModelDir, RunDir
 # text-only Dense and the LIGER paper's controls, TIGER (T) and Dense (SID), add ~10 min a
 # seed on CPU: `paper` runs them, and `models=...` adds them to any profile.
 DEMO_MODELS = ("pop", "sasrec", "dense", "tiger", "liger", "cobra", "cobra-no-dense",
-               "cobra-no-sparse")
+               "cobra-no-dense-coarse", "cobra-no-sparse")
 ALL_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "tiger-t", "liger",
-              "dense-sid", "cobra", "cobra-no-dense", "cobra-no-sparse")
+              "dense-sid", "cobra", "cobra-no-dense", "cobra-no-dense-coarse",
+              "cobra-no-sparse")
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,8 @@ class CobraConfig:
     # What an item is in the sequence: [sparse ID, v] (COBRA), its full SID only (the
     # trained w/o-dense ablation), or v only (w/o sparse); see the module docstring.
     tokens: Tokens = "cascade"
-    # Leading SID levels that form the sparse ID (0: every level but the collision token).
+    # Leading SID levels that form the sparse ID (0: every level but the collision token;
+    # with `tokens: sparse`, 0 is the full SID, one item per sparse ID).
     sparse_levels: int = 0
 
 
@@ -130,14 +131,14 @@ class Cobra(Recommender):
     def __init__(self, cfg: CobraConfig, catalogue: Catalogue) -> None:
         super().__init__(cfg, catalogue)
         n_sid = len(catalogue.codebook_sizes) if cfg.tokens != "dense" else 0
-        if cfg.sparse_levels >= n_sid and cfg.tokens == "cascade":
+        if cfg.sparse_levels >= n_sid and cfg.tokens != "dense":
             raise SidrecError(
                 f"{self.name}: sparse_levels={cfg.sparse_levels} but the SIDs have "
                 f"{n_sid - 1} levels before the collision token; use 1..{n_sid - 1}"
             )
         # S sparse tokens and D (0 or 1) dense tokens per item
-        self.levels = {"cascade": cfg.sparse_levels or n_sid - 1, "sparse": n_sid,
-                       "dense": 0}[cfg.tokens]
+        self.levels = {"cascade": cfg.sparse_levels or n_sid - 1,
+                       "sparse": cfg.sparse_levels or n_sid, "dense": 0}[cfg.tokens]
         self.has_dense = cfg.tokens != "sparse"
         self.slots = self.levels + int(self.has_dense)
         self.sizes = tuple(catalogue.codebook_sizes[: self.levels])
@@ -331,21 +332,32 @@ class Cobra(Recommender):
             h = self.decoder.step(self._code_token(prev, t - 1, 0), state)  # (N, 1, d)
             return torch.log_softmax(self.sparse_heads[t](h[:, -1]), dim=-1), state
 
+        if not self.has_dense:
+            return self._groups_by_beam(step, cache, b, excluded, k, cfg, margin)
+        return self._fuse(step, cache, b, excluded, vectors, k, cfg, margin)
+
+    def _groups_by_beam(self, step: Any, cache: KVCache, b: int, seen: torch.Tensor | None,
+                        k: int, cfg: CobraInference, margin: int,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """W/o dense: the beam ranks sparse IDs and every item of a sparse ID gets its
+        beam's score (a tied block). With the full SID each group is one item: the beam
+        decodes items (decoder-only TIGER), and a seen item is banned inside the search."""
         groups, sparse_index = self.tables()
         allowed = sparse_index if cfg.constrained else None
-        if not self.has_dense:  # w/o dense: the beam decodes full SIDs (decoder-only TIGER)
-            exclude = None
-            if excluded is not None:
-                excluded = excluded.to(history.device)
-                exclude = self.sparse[excluded.clamp_min(0)].masked_fill(
-                    (excluded < 0)[..., None], -1)
-            result = beam_search(step, cache, b, max(cfg.beam, k), sparse_index, allowed,
-                                 exclude=exclude)
-            items = groups.members[result.items.clamp_min(0), 0].masked_fill(
-                result.items < 0, -1)  # each full SID is one item's group
-            items, logp = items[:, : k + margin], result.log_probs[:, : k + margin]
-            return items, logp.masked_fill(items < 0, float("-inf"))
-        return self._fuse(step, cache, b, excluded, vectors, k, cfg, margin)
+        full_sid = self.levels == len(self.catalogue.codebook_sizes)
+        exclude = None
+        if seen is not None and full_sid:
+            seen = seen.to(self.sparse.device)
+            exclude = self.sparse[seen.clamp_min(0)].masked_fill((seen < 0)[..., None], -1)
+        result = beam_search(step, cache, b, max(cfg.beam, k), sparse_index, allowed,
+                             exclude=exclude)
+        items = groups.members[result.items.clamp_min(0)]  # (B, M, G): -1 past a group
+        items = items.masked_fill((result.items < 0)[..., None], -1)
+        logp = result.log_probs[..., None].expand_as(items)
+        if seen is not None and exclude is None:
+            items = items.masked_fill(seen_in_history(items.flatten(1), seen.to(
+                items.device)).view_as(items), -1)
+        return merge_candidates(items.flatten(1), logp.flatten(1), k + margin)
 
     def _fuse(self, step: Any, cache: KVCache, b: int, seen: torch.Tensor | None,
               vectors: torch.Tensor, k: int, cfg: CobraInference, margin: int,

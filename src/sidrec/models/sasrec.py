@@ -95,6 +95,15 @@ class SASRec(Recommender):
         self.item_emb = nn.Embedding(n_items + 1, cfg.d_model, padding_idx=0)  # 0 = padding
         self.encoder = causal_encoder(cfg)
         self.apply(init_weights)
+        # Cold items are never a training target: out of the CE softmax and never a BCE
+        # negative, as Dense and LIGER leave them out (else training alone would learn to
+        # rank the items it never saw last, from knowing they are cold).
+        warm = torch.nonzero(~catalogue.cold.bool()).view(-1)
+        self.register_buffer("cold", catalogue.cold.bool().clone(), persistent=False)
+        self.register_buffer("warm", warm, persistent=False)  # (W,) warm item ids
+        rank = torch.full((n_items,), -1, dtype=torch.long).index_put_((warm,), torch.arange(
+            len(warm)))
+        self.register_buffer("warm_rank", rank, persistent=False)  # item -> row in `warm`
 
     @property
     def display_name(self) -> str:
@@ -114,12 +123,13 @@ class SASRec(Recommender):
         y = next_items(history, batch["target"])[real]  # [N]
         items = self.item_emb.weight[1:]  # [n_items, d]
         if self.cfg.loss == "ce":
-            logits = h @ items.T  # [N, n_items]
+            logits = (h @ items.T).masked_fill(self.cold, float("-inf"))  # [N, n_items]
             loss = F.cross_entropy(logits, y)
             return {"loss": loss, "loss_ce": loss.detach()}
-        # one negative per position, uniform over every item but the positive
-        n_items = items.shape[0]
-        neg = (y + torch.randint(1, n_items, y.shape, device=y.device)) % n_items  # [N]
+        # one negative per position, uniform over every warm item but the positive
+        n_warm = len(self.warm)
+        shift = torch.randint(1, max(n_warm, 2), y.shape, device=y.device)
+        neg = self.warm[(self.warm_rank[y] + shift) % n_warm]  # [N]
         pos_logit = (h * gather_rows(items, y)).sum(-1)  # [N]
         neg_logit = (h * gather_rows(items, neg)).sum(-1)  # [N]
         loss = F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()

@@ -270,6 +270,10 @@ class GenerativeSIDHead(nn.Module):
         level = torch.repeat_interleave(torch.arange(n_codes), torch.tensor(tokens.sizes))
         bias = torch.where(level[None, :] == torch.arange(n_codes)[:, None], 0.0, -torch.inf)
         self.register_buffer("level_bias", bias, persistent=False)  # (n_codes, n_code_tokens)
+        # Code tokens that are never a training target's (TIGER (T): the cold items' own
+        # tokens), left out of the training softmax as Dense and LIGER leave cold items out.
+        untrained = torch.zeros(tokens.n_code_tokens, dtype=torch.bool)
+        self.register_buffer("untrained", untrained, persistent=False)
         self.apply(init_weights)
         self.tokens = tokens  # shared with the encoder
         self.set_items(cold)
@@ -322,7 +326,7 @@ class GenerativeSIDHead(nn.Module):
     def loss(self, memory: torch.Tensor, pad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy on the SIDs of the target items [B] (`loss_gen`)."""
         codes = self.tokens.codes[target]  # (B, L)
-        logits = self.logits(memory, pad, codes)  # (B, L, n_code_tokens)
+        logits = self.logits(memory, pad, codes).masked_fill(self.untrained, float("-inf"))
         return F.cross_entropy(logits.flatten(0, 1), (self.tokens.offsets + codes).flatten())
 
     def _level_logp(self, hidden: torch.Tensor, level: int) -> torch.Tensor:

@@ -173,6 +173,12 @@ class TIGERT(TIGER):
     needs_sids: ClassVar[bool] = False
     supports_new_items: ClassVar[bool] = False  # an unseen item has no trained token
 
+    def __init__(self, cfg: TIGERTConfig, catalogue: Catalogue) -> None:
+        super().__init__(cfg, catalogue)
+        # A cold item's token is no training target: out of the softmax, as for Dense.
+        cold_tokens = self.tokens.offsets[0] + torch.nonzero(catalogue.cold.bool()).view(-1)
+        self.gen.untrained[cold_tokens] = True
+
     def item_codes(self, catalogue: Catalogue) -> tuple[torch.Tensor, tuple[int, ...]]:
         """One code per item, its dense id, from a codebook of n_items."""
         return torch.arange(catalogue.n_items)[:, None], (catalogue.n_items,)
