@@ -7,12 +7,8 @@ import torch
 
 from sidrec.errors import SidrecError
 from sidrec.models.base import Catalogue
-from sidrec.models.cobra import (
-    Cobra,
-    CobraConfig,
-    CobraInference,
-    beam_fusion,
-)
+from sidrec.models.cobra import Cobra, CobraConfig
+from sidrec.models.cobra_decode import CobraInference, beam_fusion
 from sidrec.models.retrieval import GroupedItems, merge_candidates
 
 SIZES = (4, 4, 3)  # 2 sparse levels x 4 codes + collision token
@@ -75,7 +71,7 @@ def test_grouped_neighbours_equal_brute_force():
 def _dense_prediction(model: Cobra, seq: torch.Tensor) -> torch.Tensor:
     """v̂ of the last item of `seq` as the training pass computes it (its last code token)."""
     v = model.item_encoder(seq.clamp_min(0))
-    x, pad = model._cascade(seq, v)
+    x, pad = model.cascade(seq, v)
     h = model.decoder(x, pad)
     return model.dense_head(h[:, -2])
 
@@ -97,9 +93,9 @@ def test_training_layout_matches_incremental_decoding():
     # same tokens: the training pass's prediction for the last item equals prefill + step.
     model = small_model().eval()
     history = torch.tensor([[-1, 3, 5, 7]])
-    x, pad = model._cascade(history, model.item_vectors()[history.clamp_min(0)], shift=1)
+    x, pad = model.cascade(history, model.item_vectors()[history.clamp_min(0)], shift=1)
     _, cache = model.decoder.prefill(x, pad)
-    h = model.decoder.step(model._sparse_tokens(model.sparse[9][None], 0), cache)
+    h = model.decoder.step(model.sparse_tokens(model.sparse[9][None], 0), cache)
     torch.testing.assert_close(model.dense_head(h[:, -1]),
                                _dense_prediction(model, torch.tensor([[-1, 3, 5, 7, 9]])))
 

@@ -17,7 +17,17 @@ decoder-only, one causal pass over a window supervises every item in it (as SASR
 an epoch covers every training interaction at the cost of one pass per `max_history`.
 
 Item encoder (`item_encoder`, `models/item_encoder.py`): a light transformer over the
-item's text tokens, as in the paper, or a trainable MLP over the frozen sentence embedding.
+item's text tokens, trained end to end as in the paper (`paper` preset), or a trainable
+MLP over the frozen sentence embedding (`cpu` preset, the cheap one; its rows are
+labelled "cobra (MLP items)").
+
+NOTE deviations, each stated beside the rows (`diagnostics()`): the sparse loss is the
+mean of the per-level cross-entropies, not their sum (a constant factor 1/S on
+L_sparse, i.e. on its weight against L_dense); BeamFusion's item softmax runs within
+each beam (our reading of Eq. 6: an item alone in its group gets its beam's whole
+weight); under torchrun each process's InfoNCE draws its negatives from its own shard of
+the batch, so P processes train with P times fewer negatives than one process on the
+same global batch.
 
 Inference is coarse-to-fine (Sec. 3.3): beam search the top-M sparse IDs, generate v̂_k
 for each, take the items under that sparse ID (or the global nearest neighbours) and fuse
@@ -33,7 +43,6 @@ One trained COBRA's inference-time switches (`variants`) are labelled "(inferenc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -46,24 +55,19 @@ from sidrec.models import register
 from sidrec.models.base import (
     Batch,
     Catalogue,
-    InferenceConfig,
     Recommender,
     excluded_items,
     init_weights,
 )
-from sidrec.models.beam import SidIndex, beam_search
+from sidrec.models.beam import SidIndex
+from sidrec.models.cobra_decode import CobraInference, decode
 from sidrec.models.heads import gather_rows, info_nce, mlp
 from sidrec.models.item_encoder import ItemEncoder
 from sidrec.models.retrieval import (
     GroupedItems,
-    ItemIndex,
-    merge_candidates,
-    nearest,
-    seen_in_history,
 )
-from sidrec.models.transformer import Decoder, KVCache, StackConfig
+from sidrec.models.transformer import Decoder, StackConfig
 
-Mode = Literal["fusion", "no-dense", "no-sparse", "no-beamfusion"]
 Tokens = Literal["cascade", "sparse", "dense"]
 
 
@@ -87,35 +91,6 @@ class CobraConfig:
     # Leading SID levels that form the sparse ID (0: every level but the collision token;
     # with `tokens: sparse`, 0 is the full SID, one item per sparse ID).
     sparse_levels: int = 0
-
-
-@dataclass(frozen=True)
-class CobraInference(InferenceConfig):
-    """How a trained COBRA decodes (not part of what was trained)."""
-
-    mode: Mode = "fusion"  # the others are inference-time ablation switches
-    beam: int = 20  # M sparse IDs kept by the beam
-    neighbours: int = 10  # N items per sparse ID (mode no-dense: all of them)
-    tau: float = 0.9  # BeamFusion: sharpness over beams
-    psi: float = 16.0  # BeamFusion: sharpness over items within a beam
-    retrieval: Literal["group", "global"] = "group"  # items under the sparse ID, or all
-    constrained: bool = True  # beam only over sparse IDs that exist in the catalogue
-
-
-def beam_fusion(
-    beam_logp: torch.Tensor, cos: torch.Tensor, tau: float, psi: float
-) -> torch.Tensor:
-    """BeamFusion (COBRA Eq. 6): Score(a) = Softmax(τ·φ(ID_k))_k · Softmax(ψ·cos(v̂_k, v_a))_a.
-
-    beam_logp [B, M]: beam score φ of the M sparse IDs; cos [B, M, N]: cosine between each
-    beam's generated v̂_k and its N candidate items v_a (-inf where there is no candidate).
-    Returns [B, M, N]. ψ = 0 spreads a beam's mass evenly over its items (sparse only);
-    τ → ∞ keeps only the best beam; ψ → ∞ keeps only each beam's nearest item.
-    """
-    w = torch.softmax(tau * beam_logp, dim=1).nan_to_num(0.0)  # (B, M)
-    logits = torch.where(torch.isfinite(cos), psi * cos, torch.full_like(cos, float("-inf")))
-    p = torch.softmax(logits, dim=2).nan_to_num(0.0)  # (B, M, N); empty beams -> 0
-    return w[:, :, None] * p
 
 
 @register
@@ -186,13 +161,30 @@ class Cobra(Recommender):
             self._tables = (groups, index.to(device))
         return self._tables
 
+    @property
+    def display_name(self) -> str:
+        if self.has_dense and self.cfg.item_encoder == "projection":
+            return f"{self.name} (MLP items)"  # not the paper's end-to-end text encoder
+        return self.name
+
     def diagnostics(self) -> dict[str, Any]:
-        """How many items share a sparse ID: BeamFusion needs groups of several."""
+        """What the rows rest on: the item encoder, the loss and fusion readings (module
+        NOTE), and how many items share a sparse ID (BeamFusion needs groups of several)."""
+        facts: dict[str, Any] = {}
+        if self.has_dense:
+            facts["item_encoder"] = (
+                "MLP over frozen sentence embeddings (cpu preset)"
+                if self.cfg.item_encoder == "projection"
+                else f"{self.cfg.text_layers}-layer text transformer, end to end (paper)")
+        if self.levels:
+            facts["sparse_loss"] = f"mean over {self.levels} levels (paper: sum)"
+        if self.has_dense and self.levels:
+            facts["beamfusion"] = "item softmax within each beam"
         if not self.levels:
-            return {}
+            return facts
         groups, _ = self.tables()
         sizes = (groups.members >= 0).sum(dim=1).float()  # (G,)
-        return {"sparse_id": f"{self.levels} levels of {list(self.sizes)} codes",
+        return {**facts, "sparse_id": f"{self.levels} levels of {list(self.sizes)} codes",
                 "groups": len(sizes), "items_per_group_mean": round(sizes.mean().item(), 2),
                 "items_per_group_median": sizes.median().item(),
                 "items_per_group_max": int(sizes.max()),
@@ -212,7 +204,7 @@ class Cobra(Recommender):
 
     # ----------------------------------------------------------------- embedding
 
-    def _cascade(
+    def cascade(
         self, items: torch.Tensor, vectors: torch.Tensor | None, shift: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """items [B, n] (-1 = padding), their v [B, n, d] -> (tokens [B, n*T, d], padding),
@@ -236,7 +228,7 @@ class Cobra(Recommender):
         x = x.view(b, n * self.slots, -1)
         return self.drop(x), pad.repeat_interleave(self.slots, dim=1)
 
-    def _sparse_tokens(self, codes: torch.Tensor, position: int) -> torch.Tensor:
+    def sparse_tokens(self, codes: torch.Tensor, position: int) -> torch.Tensor:
         """codes [N, t] of the next item (levels 0..t-1) -> tokens [N, t, d]."""
         t = codes.shape[1]
         x = self.code_emb(codes + self.offsets[:t]) + self.type_emb.weight[:t]
@@ -261,7 +253,7 @@ class Cobra(Recommender):
         # v of each distinct item once: the in-batch InfoNCE candidates and the inputs.
         uniq, inverse = torch.unique(items, return_inverse=True)  # (U,), (B, m)
         v = self.item_encoder(uniq) if self.has_dense else None  # (U, d)
-        x, pad = self._cascade(seq, gather_rows(v, inverse) if v is not None else None)
+        x, pad = self.cascade(seq, gather_rows(v, inverse) if v is not None else None)
         h = self.decoder(x, pad).view(b, m, T, -1)  # (B, m, T, d)
         is_target = real[:, :-1]  # s_i (i >= 1) whose predecessor is real
         terms: dict[str, torch.Tensor] = {}
@@ -313,95 +305,10 @@ class Cobra(Recommender):
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
         margin: int = 0, seen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coarse-to-fine decoding with BeamFusion (`models/cobra_decode.py`)."""
         cfg = self._inference(inference)
-        excluded = excluded_items(cfg, history, seen)
-        history = history[:, -self.cfg.max_len :]
-        b = len(history)
-        vectors = self.item_vectors() if self.has_dense else None
-        x, pad = self._cascade(
-            history, vectors[history.clamp_min(0)] if vectors is not None else None, shift=1)
-        hidden, cache = self.decoder.prefill(x, pad)
-        if not self.levels:  # w/o sparse: the next item's v̂ from the last dense token
-            v_hat = self.dense_head(hidden[:, -1])
-            return nearest(v_hat, vectors, k + margin, excluded)
-        first = torch.log_softmax(self.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
+        return decode(self, history, k + margin, cfg, excluded_items(cfg, history, seen))
 
-        def step(prev: torch.Tensor, t: int, state: KVCache):
-            if t == 0:
-                return first, state
-            h = self.decoder.step(self._code_token(prev, t - 1, 0), state)  # (N, 1, d)
-            return torch.log_softmax(self.sparse_heads[t](h[:, -1]), dim=-1), state
-
-        if not self.has_dense:
-            return self._groups_by_beam(step, cache, b, excluded, k, cfg, margin)
-        return self._fuse(step, cache, b, excluded, vectors, k, cfg, margin)
-
-    def _groups_by_beam(self, step: Any, cache: KVCache, b: int, seen: torch.Tensor | None,
-                        k: int, cfg: CobraInference, margin: int,
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """W/o dense: the beam ranks sparse IDs and every item of a sparse ID gets its
-        beam's score (a tied block). With the full SID each group is one item: the beam
-        decodes items (decoder-only TIGER), and a seen item is banned inside the search."""
-        groups, sparse_index = self.tables()
-        allowed = sparse_index if cfg.constrained else None
-        full_sid = self.levels == len(self.catalogue.codebook_sizes)
-        exclude = None
-        if seen is not None and full_sid:
-            seen = seen.to(self.sparse.device)
-            exclude = self.sparse[seen.clamp_min(0)].masked_fill((seen < 0)[..., None], -1)
-        result = beam_search(step, cache, b, max(cfg.beam, k), sparse_index, allowed,
-                             exclude=exclude)
-        items = groups.members[result.items.clamp_min(0)]  # (B, M, G): -1 past a group
-        items = items.masked_fill((result.items < 0)[..., None], -1)
-        logp = result.log_probs[..., None].expand_as(items)
-        if seen is not None and exclude is None:
-            items = items.masked_fill(seen_in_history(items.flatten(1), seen.to(
-                items.device)).view_as(items), -1)
-        return merge_candidates(items.flatten(1), logp.flatten(1), k + margin)
-
-    def _fuse(self, step: Any, cache: KVCache, b: int, seen: torch.Tensor | None,
-              vectors: torch.Tensor, k: int, cfg: CobraInference, margin: int,
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coarse to fine: top-M sparse IDs, v̂_k for each, candidates, BeamFusion."""
-        mode, n_nb = cfg.mode, cfg.neighbours
-        width = max(cfg.beam, math.ceil(k / n_nb))  # M grows with K
-        groups, sparse_index = self.tables()
-        allowed = sparse_index if cfg.constrained else None
-        result = beam_search(step, cache, b, width, sparse_index, allowed)
-        m = result.sids.shape[1]
-        # v̂_k: the history prefix (shared, cached) + the beam's S sparse tokens.
-        fresh = KVCache(own_k=[None] * len(self.decoder.blocks),
-                        own_v=[None] * len(self.decoder.blocks), prefix_k=cache.prefix_k,
-                        prefix_v=cache.prefix_v, prefix_pad=cache.prefix_pad)
-        codes = result.sids.reshape(b * m, self.levels)
-        h = self.decoder.step(self._sparse_tokens(codes, 0), fresh)  # (B*M, S, d)
-        v_hat = self.dense_head(h[:, -1])  # (B*M, d)
-        seen = seen.to(v_hat.device) if seen is not None else None
-        if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
-            return nearest(v_hat.view(b, m, -1)[:, 0], vectors, k + margin, seen)
-        valid = torch.isfinite(result.log_probs).view(-1)
-        if cfg.retrieval == "global" and mode != "no-dense":  # (B*M, N + room for seen)
-            cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb + (0 if seen is None
-                                                                     else seen.shape[1]))
-        else:  # the items under each beam's sparse ID (-1: no catalogue sparse ID)
-            cand, cos = groups.neighbours(v_hat, sparse_index.lookup(codes), vectors)
-        if seen is not None:  # seen items are no candidates, before the N nearest are kept
-            cos = cos.masked_fill(seen_in_history(cand.view(b, -1), seen).view_as(cand),
-                                  float("-inf"))
-        if cand.shape[1] > n_nb and mode != "no-dense":  # w/o dense: whole groups, no cosine
-            cos, top = cos.topk(n_nb, dim=1)
-            cand = cand.gather(1, top)
-        cos = cos.masked_fill(~valid[:, None] | (cand < 0), float("-inf"))
-        cand, cos = cand.view(b, m, -1), cos.view(b, m, -1)
-        if mode == "no-beamfusion":
-            scores = cos  # rank the beams' candidates by cosine alone
-        else:
-            psi = 0.0 if mode == "no-dense" else cfg.psi
-            scores = beam_fusion(result.log_probs, cos, cfg.tau, psi)
-            # a dead beam's or a missing candidate's item is no recommendation
-            scores = scores.masked_fill(~torch.isfinite(cos), float("-inf"))
-        return merge_candidates(cand.view(b, -1), scores.view(b, -1), k + margin)
-
-    def _code_token(self, prev: torch.Tensor, level: int, position: int) -> torch.Tensor:
+    def code_token(self, prev: torch.Tensor, level: int, position: int) -> torch.Tensor:
         x = self.code_emb(prev + self.offsets[level]) + self.type_emb.weight[level]
         return (x + self.pos_emb.weight[position])[:, None]  # (N, 1, d)

@@ -1,0 +1,151 @@
+"""COBRA's inference (Sec. 3.3): coarse-to-fine decoding and BeamFusion.
+
+Beam search the top-M sparse IDs with the sparse head, generate v̂_k for each beam (the
+history prefix's cached keys and values plus the beam's sparse tokens), take the items
+under that sparse ID (or the global nearest neighbours, `retrieval: global`) and fuse
+beam and cosine scores with BeamFusion (`beam_fusion`, Eq. 6). The trained ablations
+decode with the parts they have: w/o dense the beam ranks sparse IDs (`_groups_by_beam`),
+w/o sparse v̂ comes from the last dense token (nearest items). The inference-time
+switches (`CobraInference.mode`) turn one part off in a trained COBRA.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from sidrec.models.base import InferenceConfig
+from sidrec.models.beam import beam_search
+from sidrec.models.retrieval import ItemIndex, merge_candidates, nearest, seen_in_history
+from sidrec.models.transformer import KVCache
+
+Mode = Literal["fusion", "no-dense", "no-sparse", "no-beamfusion"]
+
+
+@dataclass(frozen=True)
+class CobraInference(InferenceConfig):
+    """How a trained COBRA decodes (not part of what was trained)."""
+
+    mode: Mode = "fusion"  # the others are inference-time ablation switches
+    beam: int = 20  # M sparse IDs kept by the beam
+    neighbours: int = 10  # N items per sparse ID (mode no-dense: all of them)
+    tau: float = 0.9  # BeamFusion: sharpness over beams
+    psi: float = 16.0  # BeamFusion: sharpness over items within a beam
+    retrieval: Literal["group", "global"] = "group"  # items under the sparse ID, or all
+    constrained: bool = True  # beam only over sparse IDs that exist in the catalogue
+
+
+def beam_fusion(
+    beam_logp: torch.Tensor, cos: torch.Tensor, tau: float, psi: float
+) -> torch.Tensor:
+    """BeamFusion (COBRA Eq. 6): Score(a) = Softmax(τ·φ(ID_k))_k · Softmax(ψ·cos(v̂_k, v_a))_a.
+
+    beam_logp [B, M]: beam score φ of the M sparse IDs; cos [B, M, N]: cosine between each
+    beam's generated v̂_k and its N candidate items v_a (-inf where there is no candidate).
+    Returns [B, M, N]. ψ = 0 spreads a beam's mass evenly over its items (sparse only);
+    τ → ∞ keeps only the best beam; ψ → ∞ keeps only each beam's nearest item.
+    """
+    w = torch.softmax(tau * beam_logp, dim=1).nan_to_num(0.0)  # (B, M)
+    logits = torch.where(torch.isfinite(cos), psi * cos, torch.full_like(cos, float("-inf")))
+    p = torch.softmax(logits, dim=2).nan_to_num(0.0)  # (B, M, N); empty beams -> 0
+    return w[:, :, None] * p
+
+
+def decode(
+    model: nn.Module, history: torch.Tensor, n: int, cfg: CobraInference,
+    excluded: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top n items of each history [B, L] (`Recommender.recommend`'s k + margin),
+    leaving out the `excluded` items [B, S]: one decoder pass over the history's
+    cascades, then the sparse head's beam (w/o sparse: the nearest items to v̂)."""
+    history = history[:, -model.cfg.max_len :]
+    b = len(history)
+    vectors = model.item_vectors() if model.has_dense else None
+    x, pad = model.cascade(
+        history, vectors[history.clamp_min(0)] if vectors is not None else None, shift=1)
+    hidden, cache = model.decoder.prefill(x, pad)
+    if not model.levels:  # w/o sparse: the next item's v̂ from the last dense token
+        v_hat = model.dense_head(hidden[:, -1])
+        return nearest(v_hat, vectors, n, excluded)
+    first = torch.log_softmax(model.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
+
+    def step(prev: torch.Tensor, t: int, state: KVCache):
+        if t == 0:
+            return first, state
+        h = model.decoder.step(model.code_token(prev, t - 1, 0), state)  # (N, 1, d)
+        return torch.log_softmax(model.sparse_heads[t](h[:, -1]), dim=-1), state
+
+    if not model.has_dense:
+        return _groups_by_beam(model, step, cache, b, excluded, n, cfg)
+    return _fuse(model, step, cache, b, excluded, vectors, n, cfg)
+
+def _groups_by_beam(model: nn.Module, step: Any, cache: KVCache, b: int,
+                    seen: torch.Tensor | None, n: int, cfg: CobraInference,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """W/o dense: the beam ranks sparse IDs and every item of a sparse ID gets its
+    beam's score (a tied block). With the full SID each group is one item: the beam
+    decodes items (decoder-only TIGER), and a seen item is banned inside the search."""
+    groups, sparse_index = model.tables()
+    allowed = sparse_index if cfg.constrained else None
+    full_sid = model.levels == len(model.catalogue.codebook_sizes)
+    exclude = None
+    if seen is not None and full_sid:
+        seen = seen.to(model.sparse.device)
+        exclude = model.sparse[seen.clamp_min(0)].masked_fill((seen < 0)[..., None], -1)
+    result = beam_search(step, cache, b, max(cfg.beam, n), sparse_index, allowed,
+                         exclude=exclude)
+    items = groups.members[result.items.clamp_min(0)]  # (B, M, G): -1 past a group
+    items = items.masked_fill((result.items < 0)[..., None], -1)
+    logp = result.log_probs[..., None].expand_as(items)
+    if seen is not None and exclude is None:
+        items = items.masked_fill(seen_in_history(items.flatten(1), seen.to(
+            items.device)).view_as(items), -1)
+    return merge_candidates(items.flatten(1), logp.flatten(1), n)
+
+def _fuse(model: nn.Module, step: Any, cache: KVCache, b: int, seen: torch.Tensor | None,
+          vectors: torch.Tensor, n: int, cfg: CobraInference,
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coarse to fine: top-M sparse IDs, v̂_k for each, candidates, BeamFusion."""
+    mode, n_nb = cfg.mode, cfg.neighbours
+    width = max(cfg.beam, math.ceil(n / n_nb))  # M grows with K
+    groups, sparse_index = model.tables()
+    allowed = sparse_index if cfg.constrained else None
+    result = beam_search(step, cache, b, width, sparse_index, allowed)
+    m = result.sids.shape[1]
+    # v̂_k: the history prefix (shared, cached) + the beam's S sparse tokens.
+    fresh = KVCache(own_k=[None] * len(model.decoder.blocks),
+                    own_v=[None] * len(model.decoder.blocks), prefix_k=cache.prefix_k,
+                    prefix_v=cache.prefix_v, prefix_pad=cache.prefix_pad)
+    codes = result.sids.reshape(b * m, model.levels)
+    h = model.decoder.step(model.sparse_tokens(codes, 0), fresh)  # (B*M, S, d)
+    v_hat = model.dense_head(h[:, -1])  # (B*M, d)
+    seen = seen.to(v_hat.device) if seen is not None else None
+    if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
+        return nearest(v_hat.view(b, m, -1)[:, 0], vectors, n, seen)
+    valid = torch.isfinite(result.log_probs).view(-1)
+    if cfg.retrieval == "global" and mode != "no-dense":  # (B*M, N + room for seen)
+        cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb + (0 if seen is None
+                                                                 else seen.shape[1]))
+    else:  # the items under each beam's sparse ID (-1: no catalogue sparse ID)
+        cand, cos = groups.neighbours(v_hat, sparse_index.lookup(codes), vectors)
+    if seen is not None:  # seen items are no candidates, before the N nearest are kept
+        cos = cos.masked_fill(seen_in_history(cand.view(b, -1), seen).view_as(cand),
+                              float("-inf"))
+    if cand.shape[1] > n_nb and mode != "no-dense":  # w/o dense: whole groups, no cosine
+        cos, top = cos.topk(n_nb, dim=1)
+        cand = cand.gather(1, top)
+    cos = cos.masked_fill(~valid[:, None] | (cand < 0), float("-inf"))
+    cand, cos = cand.view(b, m, -1), cos.view(b, m, -1)
+    if mode == "no-beamfusion":
+        scores = cos  # rank the beams' candidates by cosine alone
+    else:
+        psi = 0.0 if mode == "no-dense" else cfg.psi
+        scores = beam_fusion(result.log_probs, cos, cfg.tau, psi)
+        # a dead beam's or a missing candidate's item is no recommendation
+        scores = scores.masked_fill(~torch.isfinite(cos), float("-inf"))
+    return merge_candidates(cand.view(b, -1), scores.view(b, -1), n)
+
