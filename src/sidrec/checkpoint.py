@@ -304,7 +304,10 @@ def load_model(
         )
     run = run.with_sids(str(record.get("sid_set") or ""))  # the SIDs it was trained on
     cls = get_model_class(record["model"])
-    model_cfg = from_dict(cls.Config, record["model_config"], f"{md.config}: model_config")
+    # A Config may say what the settings an older record lacks meant then (LIGER's input
+    # options: such a record holds sidrec's old input, not the new defaults).
+    stored_cfg = getattr(cls.Config, "stored", lambda data: data)(record["model_config"])
+    model_cfg = from_dict(cls.Config, stored_cfg, f"{md.config}: model_config")
     stored = (_read_json_file(md.inference, "delete it to use the model's default inference "
                               "settings") if md.inference.is_file() else {})
     ds = dataset if dataset is not None else Dataset.load(run.root)

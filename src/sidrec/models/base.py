@@ -23,6 +23,7 @@ most recent part of it: masking the window alone leaves older seen items in the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -176,6 +177,12 @@ class Recommender(nn.Module):
         The first is the model's own (`self.inference`); training selects epochs on it.
         """
         return {"": self.inference}
+
+    def sharing_variants(self) -> contextlib.AbstractContextManager:
+        """A context in which the evaluator runs every variant over the same batches: a
+        model may keep the work its variants share until it closes (LIGER: one beam for
+        all its K rows). Default: nothing is kept."""
+        return contextlib.nullcontext()
 
     def set_catalogue(self, catalogue: Catalogue) -> None:
         """Swap in a grown catalogue (items added after training)."""

@@ -35,12 +35,17 @@ dense head only (no decoder) and dense scoring.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from sidrec.errors import SidrecError
 from sidrec.models import register
 from sidrec.models.base import (
     Batch,
@@ -53,12 +58,11 @@ from sidrec.models.base import (
 from sidrec.models.beam import BeamResult
 from sidrec.models.heads import DenseHead
 from sidrec.models.item_vectors import ItemVectors
+from sidrec.models.liger_input import SIDREC_BEFORE, text_sid_encoder
 from sidrec.models.retrieval import merge_candidates, seen_in_history
 from sidrec.models.sid_parts import (
     GenerativeSIDHead,
-    SIDEncoder,
     SIDEncoderConfig,
-    SIDTokens,
     catalogue_sids,
     catalogue_text,
     eval_mode,
@@ -75,12 +79,35 @@ class LIGERConfig(TIGERConfig):
     temperature: float = 0.07  # τ of the dense softmax
     gen_weight: float = 1.0
     dense_weight: float = 1.0
+    # The official code's choices (defaults); `SIDREC_BEFORE` holds what sidrec did until
+    # they were options, and a stored model without them loads with those (`stored`).
+    shared_text_proj: bool = True  # one item_proj for the input text and the dense targets
+    user_proj: bool = False  # a Linear on the user state before the cosine
+    input_norm: bool = True  # LayerNorm on the summed input embeddings
+    input_dropout: float = 0.5  # dropout on the inputs (the stack's `dropout` elsewhere)
+    item_positions: bool = True  # every code of an item at the item's position
+
+    @classmethod
+    def stored(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A stored model_config written before these options existed means sidrec's old
+        input, not the official one: its missing settings are filled from SIDREC_BEFORE
+        (its weights have that shape), never from the new defaults."""
+        if any(name in data for name in SIDREC_BEFORE):
+            return data
+        return {**SIDREC_BEFORE, "input_dropout": data.get("dropout", 0.1), **data}
+
+
 
 
 @dataclass(frozen=True)
 class LIGERInference(TIGERInference):
     mode: Mode = "hybrid"
     hybrid_k: int = 20  # K beam candidates joined with the cold items
+    # The beam every hybrid K takes its top K from (width at least K): the official code
+    # takes every K from one 100-wide unconstrained beam, so K = 10 .. 100 see one search.
+    hybrid_beam: int = 100
+    hybrid_constrained: bool = False
+    hybrid_ks: tuple[int, ...] = (10, 20, 50, 100)  # K rows reported beside hybrid_k
     # Cold pools of at least this many items are searched with a faiss index (hybrid mode);
     # smaller ones are scored whole, every item for every user (see the module docstring).
     cold_index_min: int = 50_000
@@ -123,18 +150,6 @@ def liger_rerank(
     return top_scored(scores, k)
 
 
-def _text_sid_encoder(cfg: Any, catalogue: Catalogue, text: torch.Tensor,
-                      name: str) -> tuple[SIDTokens, SIDEncoder]:
-    """LIGER's input (Sec. 4.1), shared with Dense (SID): SID tokens + projected item text."""
-    codes, sizes = catalogue_sids(catalogue, name)
-    tokens = SIDTokens(codes, sizes, cfg.d_model, cfg.user_buckets,
-                       anonymous_user=cfg.user_dropout > 0)
-    encoder = SIDEncoder(tokens, cfg.stack(cfg.n_encoder_layers), cfg.max_history,
-                         d_text=text.shape[1], text_hidden=cfg.text_hidden,
-                         user_dropout=cfg.user_dropout)
-    return tokens, encoder
-
-
 @register
 class LIGER(Recommender):
     """SIDEncoder (SID + text input) + GenerativeSIDHead + DenseHead; hybrid inference."""
@@ -150,12 +165,15 @@ class LIGER(Recommender):
         super().__init__(cfg, catalogue)
         text = catalogue_text(catalogue, self.name)  # (n_items, d_text)
         d_text = text.shape[1]
-        self.tokens, self.encoder = _text_sid_encoder(cfg, catalogue, text, self.name)
+        self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature,
+                               user_proj=cfg.user_proj)
+        shared = self.dense.item_proj if cfg.shared_text_proj else None
+        self.tokens, self.encoder = text_sid_encoder(cfg, catalogue, text, self.name, shared)
         self.gen = GenerativeSIDHead(self.tokens, cfg.stack(cfg.n_decoder_layers), catalogue.cold)
-        self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
         self.register_buffer("text_emb", text, persistent=False)
         self.register_buffer("cold", catalogue.cold.bool(), persistent=False)
         self.dense_items = ItemVectors(self.dense.project_items, self.dense.item_proj.parameters)
+        self._shared: dict[bytes, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         memory, pad = self.encoder(batch["history"], batch["user"], self.text_emb)
@@ -223,6 +241,44 @@ class LIGER(Recommender):
         return self._hybrid(history, users, k + margin, inference,
                             excluded_items(inference, history, seen))
 
+    @contextlib.contextmanager
+    def sharing_variants(self) -> Iterator[None]:
+        """While it is open, hybrid rows whose beams are alike (every K of `variants()`)
+        reuse one encoder pass and one beam per batch of users: the evaluator runs each
+        variant over the same batches. It holds [U, beam] items and [U, d] states."""
+        self._shared = {}
+        try:
+            yield
+        finally:
+            self._shared = None
+
+    def _beam_and_state(
+        self, history: torch.Tensor, users: torch.Tensor, inference: LIGERInference,
+        seen: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder pass and one beam of width max(hybrid_beam, hybrid_k): (its items
+        best first [B, W], the user states [B, d]); a K takes the first K items. Inside
+        `sharing_variants` a batch seen before with the same beam settings is not rerun."""
+        width = max(inference.hybrid_beam, inference.hybrid_k)
+        key = None
+        if self._shared is not None:
+            digest = hashlib.blake2b(repr((width, inference.hybrid_constrained,
+                                           inference.include_cold)).encode())
+            for t in (history, users, seen):  # the batch itself, by value
+                arr = torch.empty(0) if t is None else t.detach().cpu()
+                digest.update(repr((tuple(arr.shape), t is None)).encode())
+                digest.update(arr.numpy().tobytes())
+            key = digest.digest()
+            if key in self._shared:
+                return self._shared[key]
+        memory, pad = self.encode(history, users)
+        out = self.gen.generate(memory, pad, width, inference.hybrid_constrained,
+                                inference.include_cold, seen)
+        result = (self.gen.top_k(out, width)[0], memory[:, -1])  # (B, W), (B, d)
+        if key is not None:
+            self._shared[key] = result
+        return result
+
     def _hybrid(
         self, history: torch.Tensor, users: torch.Tensor, k: int, inference: LIGERInference,
         seen: torch.Tensor | None,
@@ -230,14 +286,10 @@ class LIGER(Recommender):
         """LIGER's rule: one encoder pass gives the beam's K items and the user state. The
         dense scores are every item's (a [B, n_items] matrix) below `cold_index_min` cold
         items, else those of the beam's K items and the cold index's best."""
-        kk = inference.hybrid_k
         with eval_mode(self):
-            memory, pad = self.encode(history, users)
-            seen = seen.to(memory.device) if seen is not None else None
-            out = self.gen.generate(memory, pad, max(inference.beam, kk), inference.constrained,
-                                    inference.include_cold, seen)
-            beam_items, _ = self.gen.top_k(out, kk)  # (B, K)
-            state = memory[:, -1]  # (B, d)
+            seen = seen.to(self.text_emb.device) if seen is not None else None
+            beam_all, state = self._beam_and_state(history, users, inference, seen)
+            beam_items = beam_all[:, : inference.hybrid_k]  # (B, K)
             if int(self.cold.sum()) < inference.cold_index_min:  # exact: score every item
                 dense = self.dense.scores(state, self.dense_items(self.text_emb))
                 if seen is not None:
@@ -274,13 +326,30 @@ class LIGER(Recommender):
             return self.gen.exact_scores(memory, pad, chunk or self.inference.score_chunk)
 
     def variants(self) -> dict[str, Any]:
-        """Hybrid at the configured K (trained models are selected on it) and at the
-        paper's K = 20, then the two single-head modes."""
+        """Hybrid at the configured K (trained models are selected on it), then at every K
+        of `hybrid_ks` and the paper's K = 20, all from one beam as wide as the largest K
+        (the official code's; `sharing_variants` runs it once), then the two single-head
+        modes."""
         own = self.inference
-        ks = dict.fromkeys((own.hybrid_k, 20))
-        hybrid = {f"hybrid K={k}": replace(own, mode="hybrid", hybrid_k=k) for k in ks}
+        ks = dict.fromkeys((own.hybrid_k, *own.hybrid_ks, 20))
+        width = max(own.hybrid_beam, *ks)
+        hybrid = {f"hybrid K={k}": replace(own, mode="hybrid", hybrid_k=k, hybrid_beam=width)
+                  for k in ks}
         return {**hybrid, "generative": replace(own, mode="generative"),
                 "dense": replace(own, mode="dense")}
+
+
+def best_hybrid_k(metrics: dict[str, Any], key: str = "ndcg@10") -> int:
+    """The K of the hybrid row with the best *overall* `key` on the validation split: the
+    headline K. Not in-set: a larger K lets fewer cold items into the top 10, so in-set
+    favours the largest K by construction, whatever it costs the cold targets."""
+    if metrics.get("split") != "valid":
+        raise SidrecError(f"K is chosen on the valid split, not {metrics.get('split')!r}")
+    rows = {int(m[1]): float(r[key]) for r in metrics["rows"]
+            if r["subset"] == "overall" and (m := re.fullmatch(r"hybrid K=(\d+)", r["variant"]))}
+    if not rows:
+        raise SidrecError("no hybrid K rows in these metrics")
+    return max(rows, key=lambda k: (rows[k], -k))  # a tie goes to the smaller K
 
 
 @dataclass(frozen=True)
@@ -303,7 +372,7 @@ class DenseSID(Recommender):
         super().__init__(cfg, catalogue)
         text = catalogue_text(catalogue, self.name)  # (n_items, d_text)
         d_text = text.shape[1]
-        self.tokens, self.encoder = _text_sid_encoder(cfg, catalogue, text, self.name)
+        self.tokens, self.encoder = text_sid_encoder(cfg, catalogue, text, self.name)
         self.dense = DenseHead(d_text, cfg.text_hidden, cfg.d_model, cfg.temperature)
         self.register_buffer("text_emb", text, persistent=False)
         self.register_buffer("cold", catalogue.cold.bool(), persistent=False)
