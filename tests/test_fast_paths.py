@@ -255,7 +255,8 @@ def test_liger_one_encoder_pass_is_bit_identical_to_generate_plus_score():
     model = LIGER(TINY, cat).eval()
     b = sid_batch(cat)
     for exclude in (False, True):
-        inference = LIGERInference(beam=6, hybrid_k=6, exclude_history=exclude)
+        inference = LIGERInference(beam=6, hybrid_k=6, hybrid_beam=6, exclude_history=exclude,
+                                   constrained=False)  # `generate` = the hybrid's beam
         dense = model.score(b["history"], b["user"])
         if exclude:
             dense = dense.index_put((torch.arange(8)[:, None].expand(8, 5)[b["history"] >= 0],
