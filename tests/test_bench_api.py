@@ -305,9 +305,12 @@ def test_cli_bench_names_the_report_it_wrote(cli: Callable, monkeypatch: pytest.
     from sidrec.io import write_text
     from sidrec.run import RunDir
 
-    def run_bench(cfg: BenchConfig) -> dict:  # the stages are tested above: here, the words
+    commands = []
+
+    def run_bench(cfg: BenchConfig, command: str) -> dict:  # the stages: above; here, words
+        commands.append(command)
         run = RunDir(tmp_path / "run")
-        run.root.mkdir()
+        run.root.mkdir(exist_ok=True)
         write_text(run.bench_report, "| model |")
         return {"run_dir": str(run.root), "report": "| model |", "plots": ["recall.png"]}
 
@@ -316,3 +319,7 @@ def test_cli_bench_names_the_report_it_wrote(cli: Callable, monkeypatch: pytest.
     assert result.code == 0, result.err
     wrote = result.out.splitlines()[-1]
     assert wrote == f"wrote {tmp_path / 'run' / 'bench.md'} and recall.png"
+    # the report names the command, retypable (a value with a space stays one word)
+    assert commands == ["sidrec bench ml-100k --profile demo"]
+    assert cli("bench", "ml-100k", "seeds=[0, 1]").code == 0
+    assert commands[-1] == "sidrec bench ml-100k --profile demo 'seeds=[0, 1]'"

@@ -71,3 +71,18 @@ def test_stats_of_a_run_prepared_before_names_were_recorded(run: Path) -> None:
     manifest["source"] = {"format": "amazon", "reviews": "/d/reviews_Toys_and_Games_5.json.gz"}
     manifest_path.write_text(json.dumps(manifest))
     assert dataset_stats(run)["dataset"] == "amazon-2014/Toys_and_Games"
+
+
+def test_stats_into_a_closed_pipe_ends_quietly(run: Path) -> None:
+    # `sidrec data stats RUN | head`: the reader is gone before the lines are flushed.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sidrec", "data", "stats", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the interpreter has even imported sidrec
+    _, err = proc.communicate(timeout=120)
+    assert err.decode() == "", err.decode()[-2000:]  # no BrokenPipeError traceback
+    assert proc.returncode == 141  # 128 + SIGPIPE, as the shell reports a cut-off command

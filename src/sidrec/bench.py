@@ -5,10 +5,14 @@ prepare -> embed -> tokenize -> (train -> evaluate) per model and seed -> `resul
 already holds when its settings and inputs are unchanged, so a re-run only does new work.
 
 Profiles (`BenchConfig` presets, see `PROFILES`):
-- `demo`: MovieLens-100k, holdout cold start (5 %), CPU presets, 1 seed (README's `make demo`);
+- `demo`: MovieLens-100k, holdout cold start (5 %), CPU presets, 1 seed (`make demo`,
+  docs/getting-started.md);
 - `full`: the same with 3 seeds, each with its own holdout draw (seed s > 0 prepares,
   embeds and tokenizes `<run_dir>-split<s>`), so the ± covers which items went cold as
   well as training noise;
+- `beauty-cpu`: the papers' Amazon protocol (5-core, natural cold start) for SASRec (CE),
+  TIGER, LIGER and COBRA on 2 CPU cores, one model at a time, resumable; any Amazon
+  2014 5-core dump by path (Beauty, Sports, Toys), with the published rows beside;
 - `paper`: TIGER-paper settings for Amazon 2014 Beauty / Sports / Toys on one GPU.
 """
 
@@ -25,7 +29,7 @@ from sidrec.config import to_dict
 from sidrec.data.prepare import PrepareConfig
 from sidrec.embed import EmbedConfig
 from sidrec.errors import SidrecError
-from sidrec.io import write_json, write_text
+from sidrec.io import read_json, write_json, write_text
 from sidrec.run import ModelDir, RunDir
 
 # The demo's bench takes ~12 min on 2 cores (2026-11-23), `full` (3 seeds) ~35. The
@@ -76,6 +80,13 @@ class BenchConfig:
 
 PAPER_PREPARE = PrepareConfig(kcore=5, cold_mode="natural")
 PROFILES: dict[str, BenchConfig] = {
+    # The papers' Amazon protocol on 2 CPU cores, each model within an hour (model presets
+    # `beauty-cpu` in configs/*.yaml); TIGER's 3 x 256 SIDs, COBRA fits its own 3 x 32.
+    "beauty-cpu": BenchConfig(prepare=PAPER_PREPARE,
+                              tokenize=TokenizeSettings(preset="paper",
+                                                        options={"balanced": True}),
+                              models=("sasrec", "tiger", "liger", "cobra"),
+                              preset="beauty-cpu", workers=1),
     "demo": BenchConfig(),
     "full": BenchConfig(seeds=(0, 1, 2), vary_split=True),
     "paper": BenchConfig(prepare=PAPER_PREPARE,
@@ -95,12 +106,14 @@ def log(msg: str) -> None:
     tqdm.write(msg)
 
 
-def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, progress: bool = True, command: str = "") -> dict[str, Any]:
+    """Run the bench; `command` (the command line that asked for it) goes into the
+    report, so a results table says how to make it again."""
     from sidrec.data import prepare, summary
     from sidrec.embed import embed
     from sidrec.models import get_model_class
     from sidrec.presets import resolve_config
-    from sidrec.report import aggregate, format_table, render_report, write_plots
+    from sidrec.report import aggregate, format_table, render_bench, write_plots
     from sidrec.tokenize import diagnostics_markdown, run_tokenize, tokenizer_config
 
     if cfg.workers < 0:
@@ -193,23 +206,19 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         per_model[name] = {"seeds": list(cfg.seeds), "runs": runs, "aggregate": agg}
 
     total = time.perf_counter() - started
-    table = format_table(results)
-    settings = (
-        f"Encoder `{cfg.embed.encoder}`, tokenizer `{cfg.tokenize.method}` "
-        f"(`{cfg.tokenize.preset}`), model presets `{cfg.preset}`, seeds "
-        f"{', '.join(map(str, cfg.seeds))} (mean ± sd when more than one)"
-        + ("; each seed draws its own holdout cold items (its own run directory), so the "
-           "± covers which items went cold." if len(manifests) > 1 else ".")
-    )
-    report = render_report(manifest, cfg.prepare.cold_mode, settings, results, table, timings,
-                           total, workers, _parallelism_text(workers, threads))
-    write_json(run.bench_record, {"config": to_dict(cfg), "models": per_model,
-                                  "timings": timings, "total_seconds": total,
-                                  "workers": workers, "threads": threads})
+    # Everything the report says is recorded, so `sidrec report` renders it from
+    # bench.json alone (docs/results/ keeps a copy of each published run's).
+    record = {"config": to_dict(cfg), "models": per_model, "timings": timings,
+              "total_seconds": total, "workers": workers, "threads": threads,
+              "dataset": {"name": manifest["name"], "counts": manifest["counts"],
+                          "splits": len(manifests)},
+              "run": _run_facts(command)}
+    write_json(run.bench_record, record)
+    report = render_bench(read_json(run.bench_record))  # as `sidrec report` will see it
     write_text(run.bench_report, report)
     plots = write_plots(run, results)
-    return {"run_dir": str(run_dir), "table": table, "report": report, "plots": plots,
-            "total_seconds": total}
+    return {"run_dir": str(run_dir), "table": format_table(results), "report": report,
+            "plots": plots, "total_seconds": total}
 
 
 def split_dir(cfg: BenchConfig, run_dir: Path, seed: int) -> Path:
@@ -255,6 +264,22 @@ def _result(future: Any) -> dict[str, Any]:
 
 def _parallelism_text(workers: int, threads: int) -> str:
     return f"{workers} at a time" + (f", {threads} CPU thread(s) each" if threads else "")
+
+
+def _run_facts(command: str) -> dict[str, str]:
+    """When, where and how the bench ran: a published table names all three."""
+    import os
+    import platform
+
+    import torch
+
+    from sidrec import __version__
+
+    machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
+    if torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name(0)}"
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
+            "version": __version__, "command": command}
 
 
 def _job_label(out: dict[str, Any]) -> str:

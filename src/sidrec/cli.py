@@ -95,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     over = split_overrides(args.model, args.overrides)
     summary = train(args.model, args.run_dir, over["model"], over["train"], preset=args.preset,
                     inference_overrides=over["inference"], runtime_overrides=over["runtime"],
-                    name=args.name, resume=not args.restart)
+                    tokenizer_overrides=over["tokenizer"], name=args.name,
+                    resume=not args.restart)
     if _rank() == 0:  # under torchrun every process trains; one reports
         print(f"{summary['model_dir']}: best valid {summary['metric']} = "
               f"{summary['best_valid']:.4f} at epoch {summary['best_epoch']} "
@@ -134,20 +135,6 @@ def _ks(text: str) -> tuple[int, ...]:
     if min(ks) < 1:
         raise SidrecError(f"--ks {text!r}: every cut-off must be >= 1, e.g. 5,10,20")
     return ks
-
-
-def cmd_bench(args: argparse.Namespace) -> None:
-    from sidrec.bench import bench_config, run_bench
-
-    source, pairs = args.source, list(args.overrides)
-    if source and "=" in source:  # `sidrec bench seeds=[0,1]`: no source given
-        source, pairs = None, [source, *pairs]
-    cfg = bench_config(args.profile, source, parse_overrides(pairs))
-    from sidrec.run import RunDir
-
-    out = run_bench(cfg)
-    print(out["report"])
-    print(f"wrote {RunDir(out['run_dir']).bench_report} and {', '.join(out['plots'])}")
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
@@ -231,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_sub.add_parser("prepare", help="raw input -> RUN_DIR/dataset/")
     p.add_argument("source", help="`ml-100k`, or a folder/file (MovieLens, Amazon 2014/2023, "
-                   "Steam, RecBole, CSV/Parquet; README: Datasets)")
+                   "Steam, RecBole, CSV/TSV/Parquet/JSON lines; docs/datasets.md)")
     p.add_argument("--run-dir", help="output run directory (default: runs/<source name>)")
     p.add_argument("--format", choices=["auto", "ml-100k", "grouplens", "movielens", "recbole",
                                         "amazon", "amazon-2014", "amazon-2023", "steam",
@@ -259,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("stats", help="users, items, interactions, density, lengths, cold")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    p.set_defaults(func=cmd_data_stats)
+    p.set_defaults(func=cmd_data_stats, read_only=True)
 
     p = sub.add_parser("embed", help="item text -> RUN_DIR/embeddings.npy")
     p.add_argument("run_dir")
@@ -282,7 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sidrec.models import available_models
 
-    p = sub.add_parser("train", help="train a model into RUN_DIR/models/NAME/")
+    p = sub.add_parser("train", help="train a model into RUN_DIR/models/NAME/",
+                       description="key=value: a model/train/inference/runtime setting. "
+                       "tokenizer.key=value (SID models only) edits the preset's own tokenizer "
+                       "(cobra), or else fits the model its own SIDs, naming the method: "
+                       "tokenizer.method=rqkmeans tokenizer.codebook_size=64 [tokenizer.preset=]")
     p.add_argument("run_dir")
     p.add_argument("--model", required=True, choices=available_models())
     p.add_argument("--preset", default="cpu", help="cpu (default) or paper")
@@ -302,11 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference settings for this evaluation, e.g. beam=50 (no retraining)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("bench", help="the whole pipeline for every model, with a report")
-    p.add_argument("source", nargs="?", help="dataset (default: the profile's, ml-100k)")
-    p.add_argument("--profile", default="demo", help="demo (1 seed), full (3 seeds), paper")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_bench)
+    from sidrec import cli_results
+
+    cli_results.add_parsers(sub)  # bench, report
 
     p = sub.add_parser("recommend", help="top-k for one history of original item ids",
                        description="Prints one line per item: id, score and title, "
@@ -362,13 +351,17 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        if getattr(args, "run_dir", None) and args.func is not cmd_data_stats:
+        if getattr(args, "run_dir", None) and not getattr(args, "read_only", False):
             from sidrec.run import RunDir
 
             RunDir(args.run_dir).check_writable()  # a file, or read-only: before any work
         with warnings.catch_warnings():  # a library warning is one line, not source code
             warnings.showwarning = _one_line_warning
             func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:  # `sidrec data stats RUN | head`: the reader has had enough
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, what the shell reports for a command cut off so
     except SidrecError as e:
         print(f"sidrec: error: {e}", file=sys.stderr)
         return 2
@@ -382,6 +375,16 @@ def main(argv: list[str] | None = None) -> int:
         print("sidrec: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of the lines still
+    buffered for the closed pipe raises nothing (the recipe of Python's signal docs)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout with no file behind it (captured): no flush
+        pass
 
 
 def _one_line_warning(message: Warning | str, *_: object, **__: object) -> None:

@@ -2,8 +2,9 @@
 markdown tables, the results files and the figures.
 
 `sidrec evaluate` records every evaluation in `metrics.json` and writes their table to
-`results.md`; `sidrec bench` writes its own report to `bench.md` (with its settings and
-timings), so neither overwrites the other.
+`results.md`; `sidrec bench` records its run in `bench.json` and writes its report,
+rendered from that record alone (`render_bench`, also `sidrec report`), to `bench.md`, so
+neither overwrites the other.
 """
 
 from __future__ import annotations
@@ -182,13 +183,41 @@ def _column_order(name: str) -> tuple[int, int, int]:
     return (group, int(k) if k.isdigit() else 0, within)
 
 
-def render_report(manifest: dict, cold_mode: str, settings: str,
-                  results: list[dict[str, Any]], table: str, timings: dict[str, float],
-                  total: float, workers: int, parallelism: str) -> str:
-    """The bench's report (`bench.md`): dataset, settings, the table, speeds, timings."""
-    c = manifest["counts"]
+def render_bench(record: dict[str, Any]) -> str:
+    """The bench's report (`bench.md`) from its record (`bench.json`) alone: `sidrec bench`
+    writes it with this, `sidrec report` re-renders it, and docs/results/ holds both.
+
+    Raises a SidrecError when `record` is not a bench.json this version writes (one from
+    before `sidrec report` lacks the dataset and run records)."""
+    try:
+        return _render_bench(record)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        raise SidrecError(
+            f"not a bench record this sidrec can render (missing or malformed {e}); re-run "
+            "`sidrec bench` with the same settings (it reuses every finished stage)") from None
+
+
+def _render_bench(record: dict[str, Any]) -> str:
+    cfg, data, made = record["config"], record["dataset"], record["run"]
+    results = [m["aggregate"] for m in record["models"].values()]
+    c, cold_mode = data["counts"], cfg["prepare"]["cold_mode"]
+    tok, embed = cfg["tokenize"], cfg["embed"]
+    vectors = embed.get("vectors")  # given vectors replace the encoder (`embed --vectors`)
+    settings = (
+        (f"Item vectors from `{Path(vectors).name}`" if vectors
+         else f"Encoder `{embed['encoder']}`") + f", tokenizer `{tok['method']}` "
+        f"(`{tok['preset']}`), model presets `{cfg['preset']}`, seeds "
+        f"{', '.join(map(str, cfg['seeds']))} (mean ± sd when more than one)"
+        + ("; each seed draws its own holdout cold items (its own run directory), so the "
+           "± covers which items went cold." if data["splits"] > 1 else ".")
+    )
+    workers, threads = record["workers"], record["threads"]
+    parallelism = f"{workers} at a time" + (f", {threads} CPU thread(s) each" if threads else "")
+    command = f": `{made['command']}`" if made.get("command") else ""
     lines = [
-        f"# sidrec bench: {manifest['name']}",
+        f"# sidrec bench: {data['name']}",
+        "",
+        f"Run {made['date']} on {made['machine']}, sidrec {made['version']}{command}.",
         "",
         f"Dataset: {c['users']:,} users, {c['items']:,} items, {c['interactions']:,} "
         f"interactions; leave-one-out, full ranking over all items; cold start "
@@ -208,7 +237,7 @@ def render_report(manifest: dict, cold_mode: str, settings: str,
         "chance level for the cold rows. Variants marked `(inference)` switch a part off "
         "in one trained model; the trained ablations are models of their own.",
         "",
-        table,
+        format_table(results),
         "",
         "How sure each row is (95 % intervals: bootstrap over the row's users, 1,000 "
         "resamples; with several seeds, each bound is the mean over seeds):",
@@ -228,8 +257,9 @@ def render_report(manifest: dict, cold_mode: str, settings: str,
         ups = r["users_per_s"]
         lines.append(f"| {r['display_name']} | {r['train_seconds']:.0f} | "
                      f"{'∞' if math.isinf(ups) else f'{ups:,.0f}'} |")
+    timings = record["timings"]
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
-              f"Total wall time: {total / 60:.1f} min.", ""]
+              f"Total wall time: {record['total_seconds'] / 60:.1f} min.", ""]
     return "\n".join(lines)
 
 

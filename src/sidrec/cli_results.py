@@ -1,0 +1,75 @@
+"""The CLI's results verbs: `sidrec bench` (the whole pipeline, with its report) and
+`sidrec report` (that report again, rendered from the run's bench.json alone, as the docs'
+results pages are). `sidrec.cli` registers them beside the stage verbs."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from sidrec.config import parse_overrides
+from sidrec.errors import SidrecError
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from sidrec.bench import bench_config, run_bench
+    from sidrec.run import RunDir
+
+    source, pairs = args.source, list(args.overrides)
+    if source and "=" in source:  # `sidrec bench seeds=[0,1]`: no source given
+        source, pairs = None, [source, *pairs]
+    cfg = bench_config(args.profile, source, parse_overrides(pairs))
+    # The report names the command that made it, as a newcomer would retype it.
+    command = shlex.join(["sidrec", "bench", *([source] if source else []), "--profile",
+                          args.profile, *pairs])
+    out = run_bench(cfg, command=command)
+    print(out["report"])
+    print(f"wrote {RunDir(out['run_dir']).bench_report} and {', '.join(out['plots'])}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sidrec.io import write_text
+    from sidrec.report import render_bench
+
+    text = render_bench(read_record(Path(args.run)))
+    if args.out:
+        write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A run directory's bench.json (or that file itself), or a SidrecError in one line."""
+    from sidrec.io import read_json
+
+    file = path if path.is_file() or path.suffix == ".json" else path / "bench.json"
+    if not file.is_file():
+        raise SidrecError(f"{file}: no such file; `sidrec bench` writes it into its run "
+                          "directory")
+    try:
+        record = read_json(file)
+    except (OSError, ValueError) as e:
+        raise SidrecError(f"{file}: unreadable JSON ({e}); copy the run's bench.json again, "
+                          "or re-run `sidrec bench`") from None
+    if not isinstance(record, dict):
+        raise SidrecError(f"{file}: not a bench record (a JSON object)")
+    return record
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("bench", help="the whole pipeline for every model, with a report")
+    p.add_argument("source", nargs="?", help="dataset (default: the profile's, ml-100k)")
+    p.add_argument("--profile", default="demo", help="demo (1 seed), full (3 seeds), paper")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="a bench's report again, from its bench.json alone",
+                       description="Render the report of `sidrec bench` (the text of its "
+                       "bench.md) from RUN's bench.json, or from a copy of it, such as "
+                       "docs/results/*.json. Nothing is trained or evaluated.")
+    p.add_argument("run", metavar="RUN", help="a run directory, or a bench.json file")
+    p.add_argument("--out", help="write the markdown here instead of printing it")
+    p.set_defaults(func=cmd_report, read_only=True)
