@@ -40,7 +40,7 @@ browser:
 	    $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # bench_scale.py (10k -> 1M items, about an hour on 2 cores) runs at its 10k size here;
-# run it alone for the whole curve (README: Scale).
+# run it alone for the whole curve (docs/benchmarks.md, "Scale: 10k to 1M items").
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do \
 		if [ $$script = benchmarks/bench_scale.py ]; then set -- --max-items 10000 --work runs/scale-10k --plot runs/scale-10k/scale.png; else set --; fi; \

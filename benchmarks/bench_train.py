@@ -25,7 +25,7 @@ TIGER's time to its final validation NDCG@10.
    trained from scratch: wall time until its validation NDCG@10 first reaches the value
    it ends with; `--levers` adds the same run with 2 processes x 1 thread (torchrun).
 
-Results of this script on 2026-11-30 are in the README (Benchmarks).
+Results of this script on 2026-11-30 are in docs/benchmarks.md (Training speed).
 """
 
 from __future__ import annotations

