@@ -1,6 +1,7 @@
 """Wall time of the data and embed stages on MovieLens-100k, against the project's goals.
 
     .venv/bin/python benchmarks/bench_prepare_embed.py [--threads 2] [--device cpu]
+    .venv/bin/python benchmarks/bench_prepare_embed.py --smoke   # 40 items, no download
 
 Goals: `prepare` + `embed` under 60 s on 2 CPU cores with an empty cache, and a second
 `embed` of the same catalogue under 2 s. The cache starts empty (SIDREC_CACHE points at a
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tiny_data import movielens_table
+
 T = TypeVar("T")
 
 GOAL_FIRST_S = 60.0
@@ -36,20 +39,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (goal: 2)")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size (seconds): a 40-item MovieLens-format table "
+                             "instead of MovieLens-100k (nothing fetched)")
     args = parser.parse_args()
 
-    from sidrec.data import readers
-
-    wheel = readers.recbole_wheel()  # the user's cache; downloads once if absent
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         (cache / "wheels").mkdir(parents=True)
-        shutil.copy2(wheel, cache / "wheels" / wheel.name)
+        if args.smoke:
+            source = movielens_table(Path(tmp) / "tiny", n_users=30, n_items=40)
+        else:
+            from sidrec.data import readers
+
+            wheel = readers.recbole_wheel()  # the user's cache; downloads once if absent
+            shutil.copy2(wheel, cache / "wheels" / wheel.name)
+            source = "ml-100k"
         os.environ["SIDREC_CACHE"] = str(cache)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        rows = run(Path(tmp), args.threads, args.device)
+        rows = run(Path(tmp), args.threads, args.device, source)
 
-    print(f"\nMovieLens-100k, {args.threads} torch threads on {os.cpu_count()} CPUs, "
+    data = "a tiny MovieLens-format table" if args.smoke else "MovieLens-100k"
+    print(f"\n{data}, {args.threads} torch threads on {os.cpu_count()} CPUs, "
           f"device {args.device}\n")
     print("| step | seconds | CPU seconds | goal s | ratio (seconds / goal) |")
     print("|---|---|---|---|---|")
@@ -73,7 +84,8 @@ def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float, fl
     return out, time.perf_counter() - w0, cpu() - c0
 
 
-def run(tmp: Path, threads: int, device: str) -> list[tuple[str, float, float, float | None]]:
+def run(tmp: Path, threads: int, device: str,
+        source: str) -> list[tuple[str, float, float, float | None]]:
     import torch
 
     torch.set_num_threads(threads)
@@ -82,13 +94,14 @@ def run(tmp: Path, threads: int, device: str) -> list[tuple[str, float, float, f
 
     cfg = EmbedConfig(device=device)
     run_dir = tmp / "runs" / "ml-100k"
-    manifest, t_prepare, c_prepare = timed(prepare, run_dir, PrepareConfig(source="ml-100k"))
+    manifest, t_prepare, c_prepare = timed(prepare, run_dir, PrepareConfig(source=source))
     info, t_embed, c_embed = timed(embed, run_dir, cfg, progress=False)
     assert not info["cached"], "the embedding cache was not empty"
     c = manifest["counts"]
     print(f"prepared {c['users']} users, {c['items']} items, {c['interactions']} interactions; "
           f"embedded {info['items']} x {info['dim']}")
 
+    n_items = info["items"]
     info, t_same, c_same = timed(embed, run_dir, cfg, progress=False)
     assert info["cached"]
 
@@ -106,7 +119,7 @@ def run(tmp: Path, threads: int, device: str) -> list[tuple[str, float, float, f
 
     return [
         ("prepare (cold, wheel cached)", t_prepare, c_prepare, None),
-        ("embed (cold: import, load MiniLM, encode 1,682)", t_embed, c_embed, None),
+        (f"embed (cold: import, load MiniLM, encode {n_items:,})", t_embed, c_embed, None),
         ("prepare + embed", t_prepare + t_embed, c_prepare + c_embed, GOAL_FIRST_S),
         ("embed again, same run dir", t_same, c_same, GOAL_SECOND_S),
         ("embed, new run dir (sidrec cache)", t_new_dir, c_new_dir, GOAL_SECOND_S),

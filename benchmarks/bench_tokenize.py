@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_tokenize.py            # both sizes
     .venv/bin/python benchmarks/bench_tokenize.py --sizes 1682
+    .venv/bin/python benchmarks/bench_tokenize.py --smoke     # 500 items, 1 RQ-VAE epoch
 
 Data: clustered Gaussian vectors, d=384 (all-MiniLM-L6-v2's width), unit-normalised like
 sentence embeddings. Reference row: RQ-KMeans (small preset); `ratio` = fit time / the
@@ -33,7 +34,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1682, 100_000])
     ap.add_argument("--vae-epochs-100k", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true",
+                    help="smallest size that runs every tokenizer (seconds): 500 items, "
+                         "RQ-VAE capped at 1 epoch")
     args = ap.parse_args()
+    capped_from = 20_000  # items from which RQ-VAE's epochs are capped
+    if args.smoke:
+        args.sizes, args.vae_epochs_100k, capped_from = [500], 1, 0
 
     print(f"torch threads: {torch.get_num_threads()}\n")
     print("| items | method | fit s | ratio vs rqkmeans | L1 usage | collisions |")
@@ -44,7 +51,7 @@ def main() -> None:
             ("rqkmeans (reference)", tokenizer_config("rqkmeans", "small")),
             ("rqkmeans balanced", tokenizer_config("rqkmeans", "small", {"balanced": True})),
         ]
-        vae_over = {} if n <= 20_000 else {"epochs": args.vae_epochs_100k}
+        vae_over = {} if n <= capped_from else {"epochs": args.vae_epochs_100k}
         label = "rqvae small" + (f" ({args.vae_epochs_100k} epochs)" if vae_over else "")
         runs.append((label, tokenizer_config("rqvae", "small", vae_over)))
         reference = None

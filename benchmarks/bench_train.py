@@ -4,6 +4,7 @@ TIGER's time to its final validation NDCG@10.
     .venv/bin/python benchmarks/bench_train.py                 # ~25 min on 2 busy cores
     .venv/bin/python benchmarks/bench_train.py --quick         # throughput only, a few min
     .venv/bin/python benchmarks/bench_train.py --quick --compile --models tiger
+    .venv/bin/python benchmarks/bench_train.py --smoke         # every step, tiny data: seconds
 
 1. Throughput. One optimiser step is the trainer's own `train_epoch` (forward, backward,
    gradient clipping, AdamW), for TIGER and SASRec at the `cpu` and `paper` model sizes,
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tiny_data import movielens_table
 
 from sidrec.data import PrepareConfig, prepare
 from sidrec.data.dataset import Dataset
@@ -60,17 +62,22 @@ BEAUTY = Path("../shared/data/amazon-beauty-2014")
 # ---------------------------------------------------------------- data
 
 
-def demo_run(root: Path) -> Path:
-    """The demo's run directory (prepared, embedded, tokenized as `sidrec bench` does)."""
+def demo_run(root: Path, smoke: bool = False) -> Path:
+    """The demo's run directory (prepared, embedded, tokenized as `sidrec bench` does);
+    `smoke`: the same stages on a 60-user, 48-item table with 8 codes per SID level."""
     from sidrec.bench import PROFILES
     from sidrec.embed import embed
     from sidrec.tokenize import run_tokenize, tokenizer_config
 
     demo = PROFILES["demo"]
-    prepare(root, demo.prepare)
+    config, options = demo.prepare, dict(demo.tokenize.options)
+    if smoke:
+        table = movielens_table(root.parent / "tiny-table", n_users=60, n_items=48)
+        config = dataclasses.replace(config, source=table)
+        options["codebook_size"] = 8
+    prepare(root, config)
     embed(root, demo.embed, progress=False)
-    tok = demo.tokenize
-    run_tokenize(root, tokenizer_config(tok.method, tok.preset, dict(tok.options)),
+    run_tokenize(root, tokenizer_config(demo.tokenize.method, demo.tokenize.preset, options),
                  progress=False)
     return root
 
@@ -337,17 +344,29 @@ def main() -> None:
     parser.add_argument("--models", default="tiger,sasrec", help="throughput rows")
     parser.add_argument("--quick", action="store_true", help="throughput only")
     parser.add_argument("--levers", action="store_true", help="time to quality with 2 processes")
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size (seconds): every step on a tiny table in a "
+                             "temporary run (cpu size, 1 step, 1 round; no Amazon Beauty "
+                             "lever)")
     args = parser.parse_args()
     resolve_device("cpu", args.threads)
     threads = torch.get_num_threads()
-    run = demo_run(args.run_dir)
+    if args.smoke:
+        args.steps, args.rounds, args.beauty = 1, 1, None
+        with tempfile.TemporaryDirectory() as tmp:
+            report(demo_run(Path(tmp) / "run", smoke=True), args, threads)
+    else:
+        report(demo_run(args.run_dir), args, threads)
+
+
+def report(run: Path, args: argparse.Namespace, threads: int) -> None:
     ds = Dataset.load(run)
     sids = np.load(run / "sids.npy")
     print(f"{time.strftime('%Y-%m-%d')}, {threads} CPU thread(s), torch {torch.__version__}; "
           f"data: {run} ({len(ds.train_examples()[1]):,} prefixes)")
 
-    rows = [throughput(m, s, ds, sids, args) for m in args.models.split(",")
-            for s in ("cpu", "paper")]
+    sizes = ("cpu",) if args.smoke else ("cpu", "paper")  # the same code at either size
+    rows = [throughput(m, s, ds, sids, args) for m in args.models.split(",") for s in sizes]
     twin = {"tiger": "HF T5", "sasrec": "HF GPT-2"}
     ours = f"ours ({args.precision}{', compiled' if args.compile else ''})"
     bf16 = args.precision == "bf16"
@@ -364,7 +383,7 @@ def main() -> None:
     print(f"\nTIGER (cpu size) on the demo's batches: the encoder takes {share:.0%} of a "
           "training step's forward + backward")
     beauty_dir = Path("runs/beauty")
-    if args.beauty.exists():
+    if args.beauty and args.beauty.exists():
         prepare(beauty_dir, PrepareConfig(source=str(args.beauty)))
         beauty = Dataset.load(beauty_dir)
         print("\n| TIGER size | batches on Amazon Beauty | encoder tokens / example | ex/s |")

@@ -1,6 +1,7 @@
 """Training and evaluation throughput of the baselines on a synthetic ML-100k-sized run.
 
     .venv/bin/python benchmarks/bench_train_eval.py [--epochs 2] [--device auto] [--threads 0]
+    .venv/bin/python benchmarks/bench_train_eval.py --smoke   # 60 users, 1 epoch: seconds
 
 Synthetic data of MovieLens-100k's size (943 users, 1,682 items, 100,000 interactions,
 384-d random "text" embeddings) so that the numbers need no download. Prints, per model:
@@ -107,9 +108,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--models", default="pop,sasrec,dense,dense-text")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: min(4, cores))")
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size (seconds): 60 users, 200 items, 1 epoch")
     args = parser.parse_args()
-
-    ds = synthetic_dataset()
+    if args.smoke:
+        args.epochs = 1
+    ds = synthetic_dataset(60, 200, 2_000) if args.smoke else synthetic_dataset()
     device = resolve_device(args.device, args.threads)
     print(
         f"synthetic ML-100k: {ds.n_users} users, {ds.n_items} items, "

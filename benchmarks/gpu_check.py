@@ -4,6 +4,7 @@ H100/H200 (the defaults: 60 s of training per model).
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py                 # on a GPU machine
     .venv/bin/python benchmarks/gpu_check.py --budget 5 --users 300  # CPU smoke (degraded)
+    .venv/bin/python benchmarks/gpu_check.py --smoke     # CPU, a tiny table, no pytest: seconds
 
 What it prints (and writes as JSON to --out, default $OUT/gpu_check.json or
 <run-dir>/gpu_check.json):
@@ -40,6 +41,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -205,7 +207,18 @@ def main() -> None:
     parser.add_argument("--prepare-only", action="store_true",
                         help="prepare, embed and tokenize --run-dir, then stop")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size (seconds): CPU, no pytest, 1 s of training per "
+                             "model on 2 users of a 300-item table in a temporary run")
     args = parser.parse_args()
+    if args.smoke:
+        from tiny_data import movielens_table
+
+        tmp = Path(tempfile.mkdtemp(prefix="gpu_check."))
+        args.device, args.skip_tests, args.budget, args.users = "cpu", True, 1.0, 2
+        args.data = Path(movielens_table(tmp / "table", n_users=120, n_items=300,
+                                         per_user=20))
+        args.run_dir, args.out = tmp / "run", args.out or tmp / "gpu_check.json"
     from sidrec.device import pick_device
 
     device = pick_device(args.device)

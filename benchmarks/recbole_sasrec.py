@@ -4,6 +4,7 @@
     /tmp/recbole-venv/bin/pip install CPU_TORCH_WHEEL recbole==1.2.1  # a +cpu torch wheel
     /tmp/recbole-venv/bin/pip install "numpy<2" "pandas<2.3" "scipy<1.15"  # RecBole: numpy 1
     .venv/bin/python benchmarks/recbole_sasrec.py --recbole-python /tmp/recbole-venv/bin/python
+    .venv/bin/python benchmarks/recbole_sasrec.py --smoke   # our side only, a tiny table
 
 Reference: RecBole 1.2.1 (Zhao et al., CIKM 2021/2022), `recbole.model.sequential_recommender.
 SASRec` with loss_type CE, run in its own interpreter (it needs numpy 1, pandas 2) on the
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tiny_data import movielens_table
 
 from sidrec.checkpoint import load_model
 from sidrec.data import Dataset, PrepareConfig, prepare
@@ -245,6 +247,8 @@ def run_recbole(python: str, work: Path, settings: dict) -> dict:
 def run_ours(run_dir: Path, name: str, args: argparse.Namespace, matched: bool) -> dict:
     model_over: dict = {}
     train_over: dict = {"device": "cpu", "num_threads": 1, "seed": args.seed}
+    if args.smoke:
+        train_over["max_epochs"] = 1
     if matched:
         model_over = {**MODEL, "max_len": args.max_len}
         train_over.update(
@@ -303,7 +307,12 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size (seconds): our side only (RecBole reads its own "
+                             "ml-100k files in its own venv), a 48-item table, 1 epoch")
     args = parser.parse_args()
+    if args.smoke:
+        args.max_epochs = 1
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -313,32 +322,36 @@ def main() -> None:
             "max_epochs": args.max_epochs, "patience": args.patience, "seed": args.seed,
             "budget_s": args.recbole_budget_s, "exact_order": args.exact_order,
         }
-        if args.recbole_result:
-            rb = json.loads(Path(args.recbole_result).read_text())
+        if args.smoke:
+            rb = None
+            source = movielens_table(work / "tiny", n_users=60, n_items=48)
         else:
-            rb = run_recbole(args.recbole_python, work / "recbole", settings)
+            source = "ml-100k"
+            rb = (json.loads(Path(args.recbole_result).read_text()) if args.recbole_result
+                  else run_recbole(args.recbole_python, work / "recbole", settings))
 
         run_dir = work / "ours"
-        prepare(run_dir, PrepareConfig(source="ml-100k", max_history=args.max_len))
+        prepare(run_dir, PrepareConfig(source=source, max_history=args.max_len))
         ds = Dataset.load(run_dir)
-        diffs = split_differences(ds, rb, args.max_len)
+        diffs = split_differences(ds, rb, args.max_len) if rb else {}
         matched = run_ours(run_dir, "sasrec-matched", args, matched=True)
         plain = run_ours(run_dir, "sasrec-cpu", args, matched=False)
 
-    rb["steps"] = rb["epochs"] * rb["steps_per_epoch"]
-    print(
-        f"ML-100k: ours {ds.n_users} users, {ds.n_items} items; RecBole {rb['users']} users, "
-        f"{rb['items']} items, {rb['train_sequences']} training sequences "
-        f"(RecBole {rb['versions']['recbole']}, torch {rb['versions']['torch']})"
-    )
+    rows = [("ours sasrec (CE), matched", matched), ("ours sasrec (CE), cpu preset", plain)]
+    if rb is None:
+        print(f"a tiny table: ours {ds.n_users} users, {ds.n_items} items; no RecBole run")
+        rb = {"recall@10": float("nan"), "ndcg@10": float("nan")}
+    else:
+        rb["steps"] = rb["epochs"] * rb["steps_per_epoch"]
+        print(
+            f"ML-100k: ours {ds.n_users} users, {ds.n_items} items; RecBole {rb['users']} "
+            f"users, {rb['items']} items, {rb['train_sequences']} training sequences "
+            f"(RecBole {rb['versions']['recbole']}, torch {rb['versions']['torch']})"
+        )
+        stopped = " (time budget hit)" if rb["out_of_time"] else ""
+        rows.insert(0, (f"RecBole SASRec (CE){stopped}", rb))
     for split, (targets, histories) in diffs.items():
         print(f"{split}: {targets} users' targets and {histories} users' histories differ")
-    stopped = " (time budget hit)" if rb["out_of_time"] else ""
-    rows = [
-        (f"RecBole SASRec (CE){stopped}", rb),
-        ("ours sasrec (CE), matched", matched),
-        ("ours sasrec (CE), cpu preset", plain),
-    ]
     print("\n| model | R@10 | N@10 | valid N@10 | R@10 / RecBole | N@10 / RecBole "
           "| best epoch | epochs | steps | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
