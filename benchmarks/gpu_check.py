@@ -110,29 +110,31 @@ def log_of(model_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (model_dir / "train_log.jsonl").read_text().splitlines()]
 
 
-def step_seconds(name: str, run: Path, ds: Dataset, over: dict, steps: int) -> float:
+def step_seconds(name: str, run: Path, ds: Dataset, over: dict, steps: int,
+                 preset: str) -> float:
     """Seconds per optimiser step: two epochs of `steps` steps, timed on the second, so
     that CUDA's one-off costs (cuBLAS start-up, lazy kernel loading) paid by the first
     probe of the run do not count against it (fp32's, measured before bf16's)."""
-    cfg = resolve_config(name, "paper").train
+    cfg = resolve_config(name, preset).train
     probe = first_users(ds, PROBE_USERS)
     train_over = {**over, "max_epochs": 2, "eval_every": 2,
                   "examples_per_epoch": steps * cfg.batch_size, "warmup_steps": 1}
-    summary = train_model(name, run, probe, train_over, f"probe-{name}")
+    summary = train_model(name, run, probe, train_over, f"probe-{name}", preset)
     first, second = log_of(Path(summary["model_dir"]))[-2:]
     return second["train_seconds"] / max(1, second["step"] - first["step"])
 
 
-def train_model(name: str, run: Path, ds: Dataset, over: dict, label: str) -> dict:
+def train_model(name: str, run: Path, ds: Dataset, over: dict, label: str,
+                preset: str) -> dict:
     from sidrec.train import train
 
-    return train(name, run, None, over, "paper", name=label, dataset=ds, resume=False,
+    return train(name, run, None, over, preset, name=label, dataset=ds, resume=False,
                  progress=False, tokenizer_overrides=OWN_SIDS)
 
 
-def plan(name: str, ds: Dataset, budget: float, seconds_per_step: float) -> dict:
+def plan(name: str, ds: Dataset, budget: float, seconds_per_step: float, preset: str) -> dict:
     """Training settings that fill `budget` seconds of steps."""
-    settings = resolve_config(name, "paper")
+    settings = resolve_config(name, preset)
     cfg = settings.train
     if settings.cls.trains_every_position:
         from sidrec.train import window_examples
@@ -161,19 +163,19 @@ def check_model(name: str, run: Path, ds: Dataset, eval_ds: Dataset, args, devic
 
     runtime = {"device": args.device, "eval_batch_size": args.eval_batch_size}
     probe_steps = PROBE_STEPS if device.type == "cuda" else 2
-    per_step = per_step or step_seconds(name, run, ds, runtime, probe_steps)
-    over = {**runtime, **plan(name, ds, args.budget, per_step)}
+    per_step = per_step or step_seconds(name, run, ds, runtime, probe_steps, args.preset)
+    over = {**runtime, **plan(name, ds, args.budget, per_step, args.preset)}
     log(f"{name}: {per_step * 1000:.1f} ms/step in the probe -> {over}")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    summary = train_model(name, run, ds, over, f"gpu-check-{name}")
+    summary = train_model(name, run, ds, over, f"gpu-check-{name}", args.preset)
     wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     entries = log_of(Path(summary["model_dir"]))
     steps = entries[-1]["step"]
     train_s = sum(e["train_seconds"] for e in entries)
-    batch = resolve_config(name, "paper").train.batch_size
+    batch = resolve_config(name, args.preset).train.batch_size
     model = load_model(summary["model_dir"], run, dataset=ds).to(device)
     first = next(iter(model.variants()))
     t0 = time.perf_counter()
@@ -201,6 +203,7 @@ def main() -> None:
                         help="train and evaluate on the first N users (default all on CUDA, "
                         "300 on CPU)")
     parser.add_argument("--models", default="tiger,liger,cobra")
+    parser.add_argument("--preset", default="paper", help="the models' size (cpu: smaller)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--eval-batch-size", type=int, default=None)
     parser.add_argument("--skip-tests", action="store_true")
@@ -208,14 +211,16 @@ def main() -> None:
                         help="prepare, embed and tokenize --run-dir, then stop")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--smoke", action="store_true",
-                        help="smallest size (seconds): CPU, no pytest, 1 s of training per "
-                             "model on 2 users of a 300-item table in a temporary run")
+                        help="smallest size (seconds): CPU, no pytest, the cpu preset, 1 s "
+                             "of training per model on 2 users of a 300-item table in a "
+                             "temporary run")
     args = parser.parse_args()
     if args.smoke:
         from tiny_data import movielens_table
 
         tmp = Path(tempfile.mkdtemp(prefix="gpu_check."))
         args.device, args.skip_tests, args.budget, args.users = "cpu", True, 1.0, 2
+        args.preset = "cpu"
         args.data = Path(movielens_table(tmp / "table", n_users=120, n_items=300,
                                          per_user=20))
         args.run_dir, args.out = tmp / "run", args.out or tmp / "gpu_check.json"
@@ -248,9 +253,9 @@ def main() -> None:
     runtime = {"device": args.device, "eval_batch_size": args.eval_batch_size}
     probe_steps = PROBE_STEPS if cuda else 2
     precision = {p: step_seconds("tiger", args.run_dir, ds, {**runtime, "precision": p},
-                                 probe_steps) for p in ("fp32", "bf16")}
+                                 probe_steps, args.preset) for p in ("fp32", "bf16")}
     report["tiger_step_ms"] = {p: round(s * 1000, 2) for p, s in precision.items()}
-    log(f"TIGER paper step: fp32 {precision['fp32'] * 1000:.1f} ms, bf16 "
+    log(f"TIGER {args.preset} step: fp32 {precision['fp32'] * 1000:.1f} ms, bf16 "
         f"{precision['bf16'] * 1000:.1f} ms ({precision['fp32'] / precision['bf16']:.2f}x)")
 
     own = precision["bf16" if cuda else "fp32"]  # TIGER's probe at its default precision

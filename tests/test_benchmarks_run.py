@@ -47,7 +47,7 @@ SMOKE: dict[str, tuple[list[str], list[str]]] = {
     "bench_train": (["--smoke"], [
         "| tiger | cpu |", "| sasrec | cpu |", "the encoder takes", "| preset cpu, fp32 |"]),
     "bench_train_eval": (["--smoke"], ["| pop |", "| sasrec |", "| dense |", "| dense-text |"]),
-    "gpu_check": (["--smoke"], ["TIGER paper step: fp32", "| tiger |", "| liger |",
+    "gpu_check": (["--smoke"], ["TIGER cpu step: fp32", "| tiger |", "| liger |",
                                 "| cobra |", "wrote "]),
     "recbole_sasrec": (["--smoke"], ["| ours sasrec (CE), matched |",
                                      "| ours sasrec (CE), cpu preset |"]),
