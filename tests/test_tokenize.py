@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,53 @@ def test_rqvae_training_reduces_reconstruction_loss():
     assert tok.fit_log["final"]["recon"] < 0.5 * tok.fit_log["first"]["recon"]
 
 
+def test_rqvae_stops_when_the_validation_loss_plateaus():
+    # 320 items on 40 clusters: the held-out loss stops falling after ~150 epochs (measured).
+    cfg = replace(TINY_VAE, epochs=1000, eval_every=5, patience=3)
+    x = clustered(n=400, clusters=40)
+    tok = build_tokenizer(cfg, "cpu").fit(x)
+    stop = tok.fit_log["early_stopping"]
+    assert stop["stopped_early"] and stop["epochs_run"] < 400
+    assert stop["n_valid"] == 80 == len(tok.valid_rows)  # max(5 %, 256) capped at a fifth
+    assert tok.fit_log["n_fit"] == 320  # the held-out items are not trained on
+    curve = tok.fit_log["curve"]
+    assert [r["epoch"] for r in curve[-4:]] == [stop["epochs_run"] - 5 * i for i in (3, 2, 1, 0)]
+    best = min(curve, key=lambda r: r["valid"])
+    assert (best["epoch"], best["valid"]) == (stop["best_epoch"], stop["best_valid_loss"])
+    assert stop["best_epoch"] < stop["epochs_run"] and curve[-1]["valid"] > best["valid"]
+    assert "3 evaluations" in stop["why"]
+    # the weights kept are the best epoch's, not the last one's
+    held_out = torch.from_numpy(tok.scaler(x[tok.valid_rows]))
+    assert tok._valid_loss(held_out) == pytest.approx(stop["best_valid_loss"], rel=1e-5)
+    again = build_tokenizer(cfg, "cpu").fit(x)  # deterministic, stopping point included
+    assert again.fit_log["early_stopping"] == stop
+    np.testing.assert_array_equal(again.encode(x), tok.encode(x))
+
+
+def test_rqvae_patience_0_runs_every_epoch_on_every_item():
+    x = clustered(n=400, clusters=40)
+    tok = build_tokenizer(replace(TINY_VAE, epochs=30, patience=0), "cpu").fit(x)
+    stop = tok.fit_log["early_stopping"]
+    assert (stop["epochs_run"], stop["n_valid"], stop["stopped_early"]) == (30, 0, False)
+    assert tok.fit_log["n_fit"] == 400 and tok.fit_log["curve"][-1]["epoch"] == 30
+    assert "valid" not in tok.fit_log["curve"][-1] and "patience 0" in stop["why"]
+
+
+def test_rqvae_holdout_size():
+    cfg = tokenizer_config("rqvae", "small")  # 5 %, at least 256, at most a fifth
+    assert [cfg.holdout_size(n) for n in (12_000, 1_682, 400, 300)] == [600, 256, 80, 60]
+    assert cfg.holdout_size(150) == 0  # 30 rows would be too noisy: all epochs, all items
+    assert replace(cfg, codebook_size=256).holdout_size(300) == 44  # k-means keeps 256
+    assert replace(cfg, patience=0).holdout_size(12_000) == 0
+    tok = build_tokenizer(replace(TINY_VAE, epochs=3), "cpu").fit(clustered(n=100))
+    stop = tok.fit_log["early_stopping"]
+    assert stop["n_valid"] == 0 and stop["epochs_run"] == 3 and "too few" in stop["why"]
+    for bad in ({"patience": -1}, {"eval_every": 0}, {"valid_fraction": 1.0},
+                {"min_improvement": -0.1}):
+        with pytest.raises(SidrecError, match=next(iter(bad))):
+            tokenizer_config("rqvae", "small", bad)
+
+
 def test_dead_codes_are_reset_onto_live_residuals():
     tok = RQVAETokenizer(TINY_VAE, "cpu")
     tok.input_dim = 16
@@ -158,6 +206,23 @@ def test_stage_fits_on_warm_items_only(cfg, tmp_path):
     far_sids, _ = RunDir(tmp_path / "far").load_sids()
     near_sids, _ = RunDir(tmp_path / "near").load_sids()
     np.testing.assert_array_equal(far_sids[~cold], near_sids[~cold])
+
+
+def test_stage_records_early_stopping_and_refits_under_new_stopping_rules(tmp_path):
+    x = clustered(n=200)
+    run = make_run(tmp_path, x, np.zeros(len(x), dtype=bool))
+    cfg = replace(TINY_VAE, epochs=20)
+    info = run_tokenize(run, cfg, device="cpu", progress=False)
+    saved = json.loads((run / "tokenizer.json").read_text())
+    assert saved["fit"]["early_stopping"] == info["fit"]["early_stopping"]
+    assert saved["fit"]["early_stopping"]["n_valid"] == 40 and saved["config"]["patience"] == 5
+    assert "curve" not in saved["fit"]
+    assert run_tokenize(run, cfg, device="cpu", progress=False)["cached"]
+    # a tokenizer fitted under other stopping rules is not reused (the config hash has them)
+    for changed in ({"patience": 0}, {"eval_every": 5}, {"valid_fraction": 0.1},
+                    {"valid_min_items": 100}, {"min_improvement": 0.01}):
+        again = run_tokenize(run, replace(cfg, **changed), device="cpu", progress=False)
+        assert not again["cached"], changed
 
 
 def test_stage_outputs_unique_sids_and_cache(tmp_path):
