@@ -10,6 +10,9 @@ Profiles (`BenchConfig` presets, see `PROFILES`):
 - `full`: the same with 3 seeds, each with its own holdout draw (seed s > 0 prepares,
   embeds and tokenizes `<run_dir>-split<s>`), so the ± covers which items went cold as
   well as training noise;
+- `beauty-cpu`: the papers' Amazon protocol (5-core, natural cold start) for SASRec (CE),
+  TIGER, LIGER and COBRA on 2 CPU cores, one model at a time, resumable; any Amazon
+  2014 5-core dump by path (Beauty, Sports, Toys), with the published rows beside;
 - `paper`: TIGER-paper settings for Amazon 2014 Beauty / Sports / Toys on one GPU.
 """
 
@@ -77,6 +80,13 @@ class BenchConfig:
 
 PAPER_PREPARE = PrepareConfig(kcore=5, cold_mode="natural")
 PROFILES: dict[str, BenchConfig] = {
+    # The papers' Amazon protocol on 2 CPU cores, each model within an hour (model presets
+    # `beauty-cpu` in configs/*.yaml); TIGER's 3 x 256 SIDs, COBRA fits its own 3 x 32.
+    "beauty-cpu": BenchConfig(prepare=PAPER_PREPARE,
+                              tokenize=TokenizeSettings(preset="paper",
+                                                        options={"balanced": True}),
+                              models=("sasrec", "tiger", "liger", "cobra"),
+                              preset="beauty-cpu", workers=1),
     "demo": BenchConfig(),
     "full": BenchConfig(seeds=(0, 1, 2), vary_split=True),
     "paper": BenchConfig(prepare=PAPER_PREPARE,

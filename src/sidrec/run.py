@@ -80,6 +80,14 @@ class ModelDir:
     def log(self) -> Path:  # one JSON line per epoch
         return self.root / "train_log.jsonl"
 
+    @property
+    def curve(self) -> Path:  # the learning curve (`sidrec.curves`): curve.csv, curve.png
+        return self.root / "curve"
+
+    @property
+    def tensorboard(self) -> Path:  # the same scalars, when the tensorboard extra is installed
+        return self.root / "tensorboard"
+
     def require(self) -> ModelDir:
         """This directory, or a SidrecError when no trained model is here."""
         if not self.config.is_file():

@@ -61,6 +61,7 @@ from sidrec.checkpoint import (
     write_state,
 )
 from sidrec.config import to_dict
+from sidrec.curves import write_curves
 from sidrec.data.dataset import Dataset, pad_histories
 from sidrec.errors import SidrecError
 from sidrec.evaluate import evaluate
@@ -231,7 +232,8 @@ def train(
             stepper, optimizer, examples, perm, cfg, state.step, total_steps, ctx
         )
         state.epoch += 1
-        entry: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "lr": lr}
+        entry: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "lr": lr,
+                                 "examples_seen": state.epoch * per_epoch}
         entry.update({f"train_{k}": v for k, v in means.items()})
         if not math.isfinite(entry["train_loss"]):
             bar.leave = False  # the error is the one line the user sees
@@ -242,8 +244,10 @@ def train(
             )
         entry["train_seconds"] = time.perf_counter() - t0
         if state.epoch % cfg.eval_every == 0 or state.epoch == max_epochs:
+            t0 = time.perf_counter()
             have_weights |= _evaluate_epoch(model, ds, cfg, runtime, ctx, out, state, entry,
                                             have_weights)
+            entry["valid_seconds"] = time.perf_counter() - t0
         if state.epoch >= max_epochs or state.bad_evals >= cfg.patience:
             state.done = True
             state.stopped_early = state.epoch < max_epochs
@@ -318,6 +322,7 @@ def _write_progress(out: ModelDir, log: list[dict[str, Any]], model: Recommender
     if not ctx.main:
         return
     write_text(out.log, "".join(json.dumps(e) + "\n" for e in log))
+    write_curves(out, log, model.display_name)
     write_checkpoint(out.checkpoint, model, optimizer, shuffle, state, rng)
     write_state(out, state)
     settle_weights(out, state)
