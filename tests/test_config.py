@@ -3,6 +3,7 @@ handling of settings."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,3 +193,52 @@ def test_cli_rejects_stray_arguments(cli: Callable, tmp_path: Path) -> None:
         cli("data", "prepare", "ml-100k", "--bogus", "1")
     assert e.value.code == 2
     assert not (tmp_path / "r").exists()
+
+
+def _toy_sid_run(tmp_path: Path) -> Path:
+    """A toy run with item vectors and no `sids.npy`: a SID model needs its own SIDs."""
+    import numpy as np
+    from conftest import toy_dataset, write_run
+
+    run = tmp_path / "run"
+    ds = toy_dataset()
+    write_run(ds, run)
+    rng = np.random.default_rng(0)
+    np.save(run / "embeddings.npy", rng.normal(size=(ds.n_items, 8)).astype(np.float32))
+    return run
+
+
+def test_cli_train_takes_tokenizer_settings(cli: Callable, tmp_path: Path) -> None:
+    """`tokenizer.key=value` gives TIGER (whose cpu preset reads the run's sids.npy) its own
+    SID set, fitted with those settings."""
+    from sidrec.checkpoint import load_model
+    from sidrec.run import ModelDir
+
+    run = _toy_sid_run(tmp_path)
+    result = cli("train", run, "--model", "tiger", "tokenizer.method=rqkmeans",
+                 "tokenizer.levels=2", "tokenizer.codebook_size=3", "max_epochs=1",
+                 "device=cpu", "num_threads=1", "d_model=16", "d_ff=16")
+    assert result.code == 0, result.err
+    assert not (run / "sids.npy").exists()
+    tagged = ModelDir(run / "models" / "tiger").run
+    info = json.loads(tagged.tokenizer_info.read_text())
+    assert (info["method"], info["levels"], info["codebook_size"]) == ("rqkmeans", 2, 3)
+    assert load_model(run / "models" / "tiger").tokens.sizes[:2] == (3, 3)
+
+
+@pytest.mark.parametrize(("model", "pairs", "message"), [
+    ("sasrec", ["tokenizer.method=rqkmeans"], "'sasrec' reads no semantic IDs; they apply to "
+                                              "the SID models (cobra, "),
+    ("tiger", ["tokenizer.codebook_size=3"], "name its method too, e.g. tokenizer.method="),
+    ("tiger", ["tokenizer.method=rqkmeans", "tokenizer.codebok_size=3"],
+     "unknown setting 'codebok_size'"),
+    ("cobra", ["tokenizer.method=kmeans"], "unknown tokenizer method 'kmeans'"),
+])
+def test_cli_train_refuses_bad_tokenizer_settings(cli: Callable, tmp_path: Path, model: str,
+                                                  pairs: list[str], message: str) -> None:
+    run = _toy_sid_run(tmp_path)
+    result = cli("train", run, "--model", model, *pairs, "max_epochs=1", "device=cpu")
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith("sidrec: error: ") and result.err.count("\n") == 1
+    assert message in result.err
+    assert not (run / "models").exists() and not (run / "sid_sets").exists()

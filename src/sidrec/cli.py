@@ -95,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     over = split_overrides(args.model, args.overrides)
     summary = train(args.model, args.run_dir, over["model"], over["train"], preset=args.preset,
                     inference_overrides=over["inference"], runtime_overrides=over["runtime"],
-                    name=args.name, resume=not args.restart)
+                    tokenizer_overrides=over["tokenizer"], name=args.name,
+                    resume=not args.restart)
     if _rank() == 0:  # under torchrun every process trains; one reports
         print(f"{summary['model_dir']}: best valid {summary['metric']} = "
               f"{summary['best_valid']:.4f} at epoch {summary['best_epoch']} "

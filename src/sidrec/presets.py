@@ -30,10 +30,10 @@ from typing import Any, Literal
 from sidrec.config import check_ranges, from_dict, load_yaml, merge, parse_overrides
 from sidrec.distributed import TIMEOUT_S
 from sidrec.errors import SidrecError
-from sidrec.models import get_model_class
+from sidrec.models import available_models, get_model_class
 from sidrec.models.base import Recommender
 
-SECTIONS = ("model", "train", "inference", "runtime")
+SECTIONS = ("model", "train", "inference", "runtime", "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,9 @@ def resolve_config(
     `configs/<model>.yaml[preset]`, then the overrides. `train_overrides` may also name
     runtime settings (device, num_threads, eval_batch_size): they go to `runtime`.
     `tokenizer_overrides` change a preset's own tokenizer settings (e.g. {"method":
-    "rqkmeans"} for COBRA's paper preset, whose RQ-VAE takes 20k epochs).
+    "rqkmeans"} for COBRA's paper preset); for a SID model whose preset has none (TIGER,
+    LIGER) they give the model its own SID set instead of the run's, and must then name
+    the method. A model that reads no SIDs refuses them.
     """
     cls = get_model_class(model_name)
     own: dict[str, Any] = {}
@@ -171,8 +173,7 @@ def resolve_config(
                             merge(own.get("inference") or {}, inference_overrides or {}),
                             f"{where}.inference"),
         runtime=from_dict(RuntimeConfig, runtime_over, f"{where}.runtime"),
-        tokenizer=(merge(own["tokenizer"], tokenizer_overrides or {})
-                   if cls.needs_sids and own.get("tokenizer") is not None else None),
+        tokenizer=_own_tokenizer(cls, model_name, own.get("tokenizer"), tokenizer_overrides),
     )
     check_train_config(settings.train)
     check_runtime_config(settings.runtime)
@@ -181,11 +182,39 @@ def resolve_config(
     return settings
 
 
+def _own_tokenizer(cls: type[Recommender], model_name: str, preset: dict[str, Any] | None,
+                   overrides: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The model's own tokenizer settings ({"method", "preset", overrides...}) or None (the
+    run's SIDs), checked now so a mistyped key fails before any work."""
+    if overrides and not cls.needs_sids:
+        takers = ", ".join(m for m in available_models() if get_model_class(m).needs_sids)
+        raise SidrecError(
+            f"tokenizer.* settings: {model_name!r} reads no semantic IDs; they apply to the "
+            f"SID models ({takers})"
+        )
+    if not cls.needs_sids or (preset is None and not overrides):
+        return None
+    settings = merge(preset or {}, overrides or {})
+    if "method" not in settings:
+        raise SidrecError(
+            f"tokenizer.* settings for {model_name!r}, whose preset uses the run's SIDs, make "
+            "the model its own SID set: name its method too, e.g. tokenizer.method=rqkmeans "
+            "(or rqvae)"
+        )
+    from sidrec.tokenize.config import tokenizer_config
+
+    options = {k: v for k, v in settings.items() if k not in ("method", "preset")}
+    tokenizer_config(settings["method"], settings.get("preset", "small"), options)
+    return settings
+
+
 def split_overrides(model_name: str, pairs: list[str] | tuple[str, ...]) -> dict[str, dict]:
-    """CLI `key=value` pairs -> {"model": .., "train": .., "inference": .., "runtime": ..}.
+    """CLI `key=value` pairs -> {"model": .., "train": .., "inference": .., "runtime": ..,
+    "tokenizer": ..}.
 
     `SECTION.KEY=` goes where it says; a bare `KEY=` goes to the one section that has a
-    field of that name, and is an error if several or none have it.
+    field of that name, and is an error if several or none have it. `tokenizer.KEY=` is
+    never bare (its keys are checked by `resolve_config`).
     """
     cls = get_model_class(model_name)
     known = {
