@@ -36,9 +36,11 @@ directory, and carry faiss-cpu (sidrec.tokenize imports it) as a wheel.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -219,6 +221,7 @@ def main() -> None:
         from tiny_data import movielens_table
 
         tmp = Path(tempfile.mkdtemp(prefix="gpu_check."))
+        atexit.register(shutil.rmtree, tmp, True)  # what it wrote was printed
         args.device, args.skip_tests, args.budget, args.users = "cpu", True, 1.0, 2
         args.preset = "cpu"
         args.data = Path(movielens_table(tmp / "table", n_users=120, n_items=300,
