@@ -211,7 +211,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, command: str = "") -> dic
     record = {"config": to_dict(cfg), "models": per_model, "timings": timings,
               "total_seconds": total, "workers": workers, "threads": threads,
               "dataset": {"name": manifest["name"], "counts": manifest["counts"],
-                          "splits": len(manifests)},
+                          "splits": len(manifests),
+                          "reader": manifest.get("dataset", "")},  # e.g. amazon-2014/Toys
               "run": _run_facts(command)}
     write_json(run.bench_record, record)
     report = render_bench(read_json(run.bench_record))  # as `sidrec report` will see it

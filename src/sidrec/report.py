@@ -18,6 +18,7 @@ import numpy as np
 
 from sidrec.errors import SidrecError
 from sidrec.io import atomic_path, exclusive, read_json, write_json, write_text
+from sidrec.published import published_table
 from sidrec.run import RunDir
 
 
@@ -239,6 +240,7 @@ def _render_bench(record: dict[str, Any]) -> str:
         "",
         format_table(results),
         "",
+        *_published_lines(results, f"{data.get('reader', '')} {data['name']}"),
         "How sure each row is (95 % intervals: bootstrap over the row's users, 1,000 "
         "resamples; with several seeds, each bound is the mean over seeds):",
         "",
@@ -261,6 +263,14 @@ def _render_bench(record: dict[str, Any]) -> str:
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()),
               f"Total wall time: {record['total_seconds'] / 60:.1f} min.", ""]
     return "\n".join(lines)
+
+
+def _published_lines(results: list[dict[str, Any]], dataset: str) -> list[str]:
+    table = published_table(results, dataset)
+    if not table:
+        return []
+    return ["Beside the published rows (Amazon 2014 5-core, leave-one-out, full ranking, no "
+            "history mask; the published SASRec used the BCE loss):", "", table, ""]
 
 
 def diagnostics_lines(results: list[dict[str, Any]]) -> list[str]:
