@@ -67,8 +67,9 @@ def test_bench_writes_report_and_plots(bench_run: dict) -> None:
     run = Path(bench_run["run_dir"])
     report = (run / "bench.md").read_text()
     for label in ("pop", "sasrec (CE)", "dense-text", "tiger", "liger [hybrid K=20]",
-                  "liger [generative]", "liger [dense]", "cobra", "cobra [no-dense (inference)]",
-                  "cobra [excl. history]"):
+                  "liger [generative]", "liger [dense]", "cobra (MLP items)",
+                  "cobra (MLP items) [no-dense (inference)]",
+                  "cobra (MLP items) [excl. history]"):
         assert f"| {label} " in report, label
     assert "| cold |" in report and "| in-set |" in report
     for plot in ("recall_at_k.png", "inset_vs_cold.png", "codebook_usage.png"):
