@@ -332,6 +332,8 @@ def test_presets():
     assert paper.hidden == (512, 256, 128)
     assert small.codebook_size**small.levels > 10 * 1682 > 10 * small.codebook_size
     assert tokenizer_config("rqkmeans", "small", {"balanced": True}).balanced
+    # both stop early; the paper's slow, noisy Adagrad descent gets a longer patience
+    assert small.patience * small.eval_every == 50 < paper.patience * paper.eval_every == 300
 
 
 @pytest.mark.slow
