@@ -135,6 +135,9 @@ def test_presets_load_into_the_configs():
     # overall validation NDCG@10 (docs/selection-liger.md)
     assert loaded["liger", "paper"]["inference"].hybrid_k == 20
     assert loaded["liger", "cpu"]["inference"].hybrid_k == 50
+    # the one deviation validation chose for cpu; the paper preset keeps the official 0.5
+    assert loaded["liger", "cpu"]["model"].input_dropout == 0.1
+    assert loaded["liger", "paper"]["model"].input_dropout == 0.5
     for model in ("liger", "dense-sid"):  # the paper sizes, not the cpu ones
         assert loaded[model, "paper"]["model"].d_model == 128
         assert loaded[model, "cpu"]["model"].d_model == 64

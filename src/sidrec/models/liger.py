@@ -34,10 +34,11 @@ dropout 0.5 on the summed inputs; every code of an item at the item's position; 
 from one 100-wide unconstrained beam. Each is a `LIGERConfig` / `LIGERInference` option;
 sidrec's earlier choices (`liger_input.SIDREC_BEFORE`, constrained beam) stay named rows.
 Measured on ML-100k holdout valid (seed 0, cpu preset, 3 epochs; overall NDCG@10 at the
-best K, 95 % intervals about +-0.008; docs/selection-liger.md): official 0.0303 (K=50);
-sidrec's input 0.0288 (K=100), 0.0294 with its constrained beam; no deviation wins, so
-the defaults stay official. Its input dropout 0.5 learns slower on this 3-epoch budget
-(epoch-1 valid 0.0143 against 0.0269) and catches up by epoch 2 (0.0280 against 0.0271).
+best K, 95 % intervals about +-0.009; docs/selection-liger.md): official 0.0303 (K=50);
+sidrec's old input 0.0288 (K=100), 0.0294 with its constrained beam; official with input
+dropout 0.1 0.0376 (K=50), and 0.0361 (K=100) without the LayerNorm as well. So the cpu
+preset deviates in `input_dropout` alone (0.1: at 0.5 the 3-epoch budget is not enough,
+epoch-1 valid 0.0143 against 0.0269); the dataclass and the paper preset keep 0.5.
 
 Dense (SID), the LIGER paper's diagnostic, is `dense-sid`: the same encoder input with the
 dense head only (no decoder) and dense scoring.
