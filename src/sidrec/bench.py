@@ -35,11 +35,11 @@ from sidrec.run import ModelDir, RunDir
 # The demo's bench takes ~12 min on 2 cores (2026-11-23), `full` (3 seeds) ~35. The
 # text-only Dense and the LIGER paper's controls, TIGER (T) and Dense (SID), add ~10 min a
 # seed on CPU: `paper` runs them, and `models=...` adds them to any profile.
-DEMO_MODELS = ("pop", "sasrec", "dense", "tiger", "liger", "cobra", "cobra-no-dense",
-               "cobra-no-dense-coarse", "cobra-no-sparse")
+DEMO_MODELS = ("pop", "sasrec", "dense", "tiger", "liger", "liger-official", "cobra",
+               "cobra-no-dense", "cobra-no-dense-coarse", "cobra-no-sparse")
 ALL_MODELS = ("pop", "sasrec", "dense", "dense-text", "tiger", "tiger-t", "liger",
-              "dense-sid", "cobra", "cobra-no-dense", "cobra-no-dense-coarse",
-              "cobra-no-sparse")
+              "liger-official", "dense-sid", "cobra", "cobra-no-dense",
+              "cobra-no-dense-coarse", "cobra-no-sparse")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ def _import_all() -> None:
 
 
 MODEL_MODULES: list[str] = [
-    "pop", "sasrec", "dense", "tiger", "liger", "cobra", "cobra_ablations"]
+    "pop", "sasrec", "dense", "tiger", "liger", "liger_official", "cobra",
+    "cobra_ablations"]
 
 __all__ = ["Batch", "Catalogue", "Recommender", "register", "get_model_class", "available_models"]
