@@ -38,7 +38,13 @@ from sidrec.models.base import (
     excluded_items,
     mask_history,
 )
-from sidrec.report import aggregate, format_table, save_metrics
+from sidrec.report import (
+    aggregate,
+    format_intervals,
+    format_summary,
+    format_table,
+    save_metrics,
+)
 
 
 @dataclass(frozen=True)
@@ -461,6 +467,20 @@ def test_aggregate_mean_sd_and_table():
     assert math.isnan(aggregate([_run(0.1)])["rows"][0]["recall@10_sd"])
     with pytest.raises(SidrecError):
         aggregate([])
+
+
+def test_summary_and_interval_tables_state_the_cold_rows_chance_and_interval():
+    # items 4..7 never occur in training (cold); the test targets 6, 7 are listed first,
+    # and all 4 cold items fill 4 of the 8 slots: chance would find them as often
+    ds = make_dataset([[0, 1], [2, 3]], [4, 5], [6, 7], n_items=8)
+    scores = torch.tensor([[0.0, 0, 0, 0, 0, 0, 9, 8], [0.0, 0, 0, 0, 0, 0, 8, 9]])
+    result = evaluate(FixedScores(scores, ds), ds, "test", ks=(10,))
+    summary = format_summary(result)
+    assert "| fixed | 1.0000 | – | – | 1.0000 [1.0000, 1.0000] | 1.0000 | 4.00 |" in summary
+    assert "| fixed [excl. history] |" in summary
+    intervals = format_intervals(result)
+    assert "| fixed | cold | 2 | 1.0000 [1.0000, 1.0000] |" in intervals
+    assert "| 4 | 4.00 | 1.0000 |" in intervals  # cold pool, cold slots@10, random_cold@10
 
 
 def test_save_metrics_keeps_every_model(tmp_path):

@@ -96,6 +96,29 @@ def format_table(metrics: dict[str, Any] | Sequence[dict[str, Any]], digits: int
     return "\n".join(lines) + "\n"
 
 
+def format_summary(metrics: dict[str, Any] | Sequence[dict[str, Any]], k: int = 10,
+                   digits: int = 4) -> str:
+    """One line per (model, variant): NDCG@k overall and in-set, in-set Recall@k, cold
+    Recall@k with its 95 % interval and its chance level, and cold items per top k (the
+    README's table; `format_table` and `format_intervals` hold every row)."""
+    runs = [metrics] if isinstance(metrics, dict) else list(metrics)
+    header = ["model", f"N@{k}", f"N@{k} in-set", f"R@{k} in-set",
+              f"R@{k} cold [95 % CI]", f"random_cold@{k}", f"cold slots@{k}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        by = {(row["variant"], row["subset"]): row for row in run["rows"]}
+        for variant in dict.fromkeys(row["variant"] for row in run["rows"]):
+            overall, inset, cold = (by[(variant, s)] for s in ("overall", "in-set", "cold"))
+            name = run["display_name"] + (f" [{variant}]" if variant else "")
+            lines.append("| " + " | ".join([
+                name, _cell(overall[f"ndcg@{k}"], None, digits),
+                _cell(inset[f"ndcg@{k}"], None, digits), _cell(inset[f"recall@{k}"], None, digits),
+                _cell(cold[f"recall@{k}"], None, digits) + _interval(cold, f"recall@{k}", digits),
+                _cell(cold.get(f"random_cold@{k}"), None, digits),
+                _cell(cold.get(f"cold_slots@{k}"), None, 2)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def format_intervals(metrics: dict[str, Any] | Sequence[dict[str, Any]], k: int = 10,
                      digits: int = 4) -> str:
     """How sure each row is: a markdown table of its users, Recall@k and NDCG@k with their
@@ -237,6 +260,10 @@ def _render_bench(record: dict[str, Any]) -> str:
         f"{results[0].get('cold_pool', 0) if results else 0:,} cold items would reach, the "
         "chance level for the cold rows. Variants marked `(inference)` switch a part off "
         "in one trained model; the trained ablations are models of their own.",
+        "",
+        "At a glance (every row and metric follows):",
+        "",
+        format_summary(results),
         "",
         format_table(results),
         "",
