@@ -62,7 +62,9 @@ def read_record(path: Path) -> dict[str, Any]:
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("bench", help="the whole pipeline for every model, with a report")
     p.add_argument("source", nargs="?", help="dataset (default: the profile's, ml-100k)")
-    p.add_argument("--profile", default="demo", help="demo (1 seed), full (3 seeds), paper")
+    p.add_argument("--profile", default="demo",
+                   help="demo (1 seed), full (3 seeds and 3 holdout draws), beauty-cpu "
+                   "(the papers' Amazon protocol on 2 CPU cores), paper (one GPU)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_bench)
 
