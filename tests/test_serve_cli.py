@@ -45,7 +45,9 @@ def test_odd_ids_stay_unambiguous(served_run: Path, cli: Callable, tmp_path: Pat
     text = cli("recommend", model, "i02", "i04", "-k", "49")
     assert text.code == 0, text.err
     lines = text.out.splitlines()
-    assert len(lines) == 49 and all(len(line.split("\t")) == 3 for line in lines)
+    # LIGER's hybrid takes its candidates from an unconstrained beam (the official code's):
+    # this barely trained model generates many SIDs that are no item, so the list is short
+    assert 1 <= len(lines) <= 49 and all(len(line.split("\t")) == 3 for line in lines)
     assert "tab\\there\\nnewline\t" in text.out
     assert "Odd\\tOne [new item]" in text.out
     listed = json.loads(cli("recommend", model, "i02", "i04", "-k", "49", "--json").out)
