@@ -56,8 +56,9 @@ import torch  # noqa: E402
 from sidrec.data import PrepareConfig, prepare  # noqa: E402
 from sidrec.data.dataset import Dataset  # noqa: E402
 from sidrec.presets import resolve_config  # noqa: E402
+from sidrec.published import PUBLISHED as PUBLISHED_ROWS  # noqa: E402
 
-PUBLISHED = {"tiger": (0.0648, 0.0384), "cobra": (0.0725, 0.0456)}  # Beauty R@10, N@10
+PUBLISHED = PUBLISHED_ROWS["beauty"]  # R@10, N@10 of the papers' Beauty rows
 PROBE_STEPS, PROBE_USERS = 50, 4096
 # COBRA's paper preset fits its own 3 x 32 SIDs with TIGER's RQ-VAE recipe (20k epochs:
 # 100 of them took 262 s on 2 CPU cores, hours in all): balanced RQ-KMeans instead, 3 x 32.
