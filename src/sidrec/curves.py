@@ -62,7 +62,8 @@ def _plot(model_dir: ModelDir, rows: list[dict[str, Any]], title: str) -> None:
 
     from sidrec.report import save_figure
 
-    metrics = [k for k in rows[-1] if k.startswith("valid_")]
+    # the ranking metrics only: coverage or filled@ (near 1) would flatten them to the axis
+    metrics = [k for k in rows[-1] if k.startswith(("valid_recall@", "valid_ndcg@"))]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, x, label in ((axes[0], "wall_seconds", "wall seconds (training + validation)"),
                          (axes[1], "sequences", "training sequences seen")):
