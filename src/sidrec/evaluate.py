@@ -135,12 +135,13 @@ def evaluate(
     device: str | torch.device | None = None,
     coverage_k: int = 10,
     variants: Iterable[str] | None = None,
+    intervals: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `model` on `split` of `dataset` for every variant in `model.variants()`.
 
     `device` defaults to the device of the model's parameters or buffers (else CPU).
     `variants` restricts the evaluation to the named variant labels (the trainer uses the
-    first one). Returns a JSON-ready dict:
+    first one); `intervals=False` leaves out the bootstrap bounds. Returns a JSON-ready dict:
     `{"model", "display_name", "split", "ks", "rows": [{"variant", "subset", "n",
     "recall@K", "ndcg@K", ..., "coverage@C", "filled@Kmax"}], "inference": {variant:
     its inference config}, "users_per_s"}`.
@@ -192,7 +193,8 @@ def evaluate(
                     row = {"variant": label, "subset": subset}
                     row.update(
                         subset_metrics(items[mask], scores[mask], targets_t[mask], ks,
-                                       dataset.n_items, coverage_k, cold=cold)
+                                       dataset.n_items, coverage_k, cold=cold,
+                                       intervals=intervals)
                     )
                     rows.append(row)
     finally:

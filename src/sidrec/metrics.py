@@ -49,17 +49,7 @@ def target_ranks(items: torch.Tensor, scores: torch.Tensor, targets: torch.Tenso
     Ties are pessimistic within the row: the rank is the last position holding the
     target's score (NaN scores never tie, so they keep their listed position).
     """
-    if items.shape[1] == 0:
-        return torch.zeros_like(targets)
-    hit = (items == targets[:, None]) & (targets[:, None] >= 0)  # [U, k]
-    found = hit.any(dim=1)  # [U]
-    first = hit.int().argmax(dim=1)  # [U] position of the target (0 where not found)
-    target_score = scores.gather(1, first[:, None])  # [U, 1]
-    pos = torch.arange(1, items.shape[1] + 1, device=items.device)  # [k]
-    tied = (scores == target_score) & (items >= 0)  # [U, k]
-    last_tied = torch.where(tied, pos, 0).amax(dim=1)  # [U]
-    rank = torch.maximum(first + 1, last_tied)  # [U]
-    return torch.where(found, rank, torch.zeros_like(rank))
+    return tied_block(items, scores, targets)[1]
 
 
 def tied_block(items: torch.Tensor, scores: torch.Tensor,
@@ -139,10 +129,12 @@ def subset_metrics(
     n_items: int,
     coverage_k: int = 10,
     cold: torch.Tensor | None = None,
+    intervals: bool = True,
 ) -> dict[str, float]:
     """Recall@K, NDCG@K for each K, coverage@coverage_k, filled@ and invalid@max(ks) of
     one user set; with the catalogue's `cold` [n_items] bool, also cold_slots@ and
-    random_cold@coverage_k (see the module docstring)."""
+    random_cold@coverage_k (see the module docstring). `intervals=False` skips the
+    bootstrap (the trainer's per-epoch validation reads the point values only)."""
     n = int(targets.shape[0])
     out: dict[str, float] = {"n": n}
     kmax = max(ks)
@@ -161,10 +153,12 @@ def subset_metrics(
         per_user[f"recall@{k}"] = expected_recall_at(first, last, k)
         per_user[f"ndcg@{k}"] = expected_ndcg_at(first, last, k)
     values = torch.stack(list(per_user.values()), dim=1).double().numpy()  # [n, 2 * |ks|]
-    lo, hi = bootstrap_interval(values)
     for j, name in enumerate(per_user):
         out[name] = float(values[:, j].mean())
-        out[f"{name}_lo"], out[f"{name}_hi"] = float(lo[j]), float(hi[j])
+    if intervals:
+        lo, hi = bootstrap_interval(values)
+        for j, name in enumerate(per_user):
+            out[f"{name}_lo"], out[f"{name}_hi"] = float(lo[j]), float(hi[j])
     for k in ks:  # `last` is the pessimistic rank (`target_ranks`)
         out[f"recall@{k}_ties_last"] = recall_at(last, k).mean().item()
         out[f"ndcg@{k}_ties_last"] = ndcg_at(last, k).mean().item()

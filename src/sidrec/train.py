@@ -383,6 +383,7 @@ def validate(
         batch_size=batch_size,
         device=device,
         variants=[first_variant],
+        intervals=False,  # the bootstrap is for reported rows, not every epoch's check
     )
     overall = next(r for r in metrics["rows"] if r["subset"] == "overall")
     return {k: v for k, v in overall.items() if is_point_metric(k)}
