@@ -122,7 +122,7 @@ def test_a_local_encoder_changed_in_place_is_not_served_from_the_cache(
     changed in place (here: its normalisation module removed) encodes again, and a run
     embedded with the old one refuses to encode new items with the new one."""
     from sidrec.added_items import Encoder
-    from sidrec.embed import resolve_encoder
+    from sidrec.encoders import resolve_encoder
 
     monkeypatch.setenv("SIDREC_CACHE", str(tmp_path / "cache"))
     encoder = tmp_path / "enc"

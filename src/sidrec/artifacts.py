@@ -3,6 +3,8 @@
 `RunDir.load_embeddings` and `RunDir.load_sids` call these; every stage, model and
 analysis reads the files through them, so a missing, truncated or stale file is the same
 one-line SidrecError (naming the file and the command that rewrites it) wherever it is met.
+Item embeddings are also written through one function (`save_embeddings`, for `sidrec
+embed` and the synthetic catalogue alike), so every `embeddings.json` can be checked.
 
 Stale means: the record a stage wrote beside its array (`embeddings.json`, `tokenizer.json`)
 holds the hash of the array as written and the hashes of the inputs it was made from;
@@ -20,7 +22,15 @@ from typing import Any
 import numpy as np
 
 from sidrec.errors import SidrecError
-from sidrec.io import hash_array, hash_file, hash_folder, hash_obj, read_json
+from sidrec.io import (
+    hash_array,
+    hash_file,
+    hash_folder,
+    hash_obj,
+    read_json_object,
+    save_npy,
+    write_json,
+)
 
 
 def require_file(path: Path, what: str, command: str) -> None:
@@ -41,13 +51,24 @@ def read_npy(path: Path, command: str, mmap: bool = False) -> np.ndarray:
 
 
 def read_record(path: Path, command: str) -> dict[str, Any]:
-    """A stage's JSON record (`embeddings.json`, `tokenizer.json`); unreadable: SidrecError."""
-    try:
-        record = read_json(path)
-    except (OSError, ValueError) as e:
-        raise SidrecError(f"{path}: unreadable JSON ({e}); re-run `{command}`") from None
-    if not isinstance(record, dict):
-        raise SidrecError(f"{path}: expected a JSON object; re-run `{command}`")
+    """A stage's JSON record (`embeddings.json`, `tokenizer.json`); unreadable: a SidrecError
+    saying to re-run `command`, the stage that writes it."""
+    return read_json_object(path, f"re-run `{command}`")
+
+
+def save_embeddings(path: Path, info: Path, vectors: np.ndarray,
+                    record: dict[str, Any]) -> dict[str, Any]:
+    """Write item vectors [n_items, d] to `path` (`embeddings.npy`), then their record to
+    `info` (`embeddings.json`): `record` (what made them: encoder, `text_hash`, ...) plus
+    their shape and the hash of the array as written. Returns the record written."""
+    # The hash is of the bytes this call wrote (a concurrent writer's array never passes
+    # for this one), and the record goes last: a writer killed between the two writes
+    # leaves a record that no longer matches, so `load_embeddings` refuses the array and
+    # `sidrec embed` never reuses it.
+    written = save_npy(path, vectors)
+    record = {**record, "dim": int(vectors.shape[1]), "items": len(vectors),
+              "embeddings_hash": written}
+    write_json(info, record)
     return record
 
 

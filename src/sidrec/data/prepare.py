@@ -17,25 +17,22 @@ from sidrec.data.dataset import FORMAT_VERSION, Dataset
 from sidrec.data.protocol import split
 from sidrec.data.sources import LEGACY_COLUMNS, load_raw
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_dir, hash_array, hash_obj, read_json, write_json
+from sidrec.io import atomic_dir, hash_array, hash_obj, reusable_record, write_json
 from sidrec.run import RunDir
 
 
 def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dict:
     """Run the data stage; returns the manifest. Reuses an identical earlier run."""
     check_prepare_config(cfg)
-    run_dir = RunDir(run_dir).check_writable().root
-    out = run_dir / "dataset"
+    run = RunDir(run_dir).check_writable()
+    out = run.dataset
     # The input files' stamps are part of the key: an edited input is never reused stale.
     config_hash = hash_obj([_hashed_settings(cfg), _input_stamp(cfg)])
-    if not force and (out / "manifest.json").is_file():
-        try:
-            manifest = read_json(out / "manifest.json")
-        except (OSError, ValueError):  # damaged: rebuilt below, never reused
-            manifest = None
-        if isinstance(manifest, dict) and manifest.get("config_hash") == config_hash and (
-                manifest.get("format_version") == FORMAT_VERSION) and _unchanged(manifest):
-            return manifest
+    manifest = None if force else reusable_record(
+        out / "manifest.json", {"config_hash": config_hash, "format_version": FORMAT_VERSION},
+        unchanged=_unchanged)
+    if manifest is not None:
+        return manifest
     start = time.perf_counter()
     raw = load_raw(cfg)
     if raw.interactions.empty:
@@ -74,7 +71,7 @@ def prepare(run_dir: str | Path, cfg: PrepareConfig, force: bool = False) -> dic
     cold_ids = np.flatnonzero(result.cold)
     manifest = {
         "format_version": FORMAT_VERSION,
-        "name": run_dir.name,
+        "name": run.root.name,
         "dataset": cfg.dataset or raw.source.get("dataset", ""),
         "config_hash": config_hash,
         "protocol": to_dict(cfg),

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from sidrec.data.dataset import Dataset
 from sidrec.data.readers.recbole import KNOWN
+from sidrec.run import RunDir
 
 QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.99)
 
@@ -23,7 +24,7 @@ QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.99)
 def dataset_stats(run_dir: str | Path) -> dict[str, Any]:
     ds = Dataset.load(run_dir)
     m = ds.manifest
-    sequences = pq.read_table(Path(run_dir) / "dataset" / "sequences.parquet", columns=["items"])
+    sequences = pq.read_table(RunDir(run_dir).dataset / "sequences.parquet", columns=["items"])
     lengths = pc.list_value_length(sequences["items"]).to_numpy(zero_copy_only=False)
     counts = m["counts"]
     users, items, interactions = counts["users"], counts["items"], counts["interactions"]

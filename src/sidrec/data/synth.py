@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from sidrec.config import to_dict
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_path, hash_obj, read_json, save_npy, write_json
+from sidrec.io import atomic_path, hash_obj, reusable_record, save_npy, write_json
 
 SYNTH_ENCODER = "synthetic"
 VERSION = 2  # bump when the generator changes what a seed gives: cached folders are redone
@@ -235,12 +235,11 @@ def write_synth(out: str | Path, cfg: SynthConfig, force: bool = False) -> dict[
     out = Path(out)
     record_path = out / "synth.json"
     key = hash_obj([VERSION, to_dict(cfg)])
-    if not force and record_path.is_file():
-        record = read_json(record_path)
-        if record.get("config_hash") == key and all(
-                (out / f).is_file() for f in ("interactions.parquet", "items.parquet",
-                                              "vectors.npy")):
-            return {**record, "cached": True}
+    record = None if force else reusable_record(
+        record_path, {"config_hash": key},
+        needs=[out / f for f in ("interactions.parquet", "items.parquet", "vectors.npy")])
+    if record is not None:
+        return {**record, "cached": True}
     start = time.perf_counter()
     data = generate(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,8 +278,9 @@ def attach_embeddings(run_dir: str | Path, synth_dir: str | Path) -> dict[str, A
 
     The run's items are the synthetic items that survived `sidrec data prepare`, in its
     dense order; row i of `embeddings.npy` is the vector of dense item i. The record names
-    the encoder "synthetic" and the text hash of the run's items, as `sidrec embed` does,
-    so `sidrec embed` with a real encoder later re-embeds instead of reusing these.
+    the encoder "synthetic", the text hash of the run's items and the array's hash, written
+    as `sidrec embed` writes them (`RunDir.save_embeddings`): the array is checked on every
+    load, and `sidrec embed` with a real encoder later re-embeds instead of reusing it.
     """
     from sidrec.data.dataset import Dataset
     from sidrec.run import RunDir
@@ -297,11 +297,9 @@ def attach_embeddings(run_dir: str | Path, synth_dir: str | Path) -> dict[str, A
         raise SidrecError(f"{run.root}: item ids outside {synth_dir}/vectors.npy's "
                           f"{len(vectors)} rows; prepare the run from this synthetic folder")
     emb = np.ascontiguousarray(vectors[rows], dtype=np.float32)
-    info = {"encoder": SYNTH_ENCODER, "dim": int(emb.shape[1]), "items": len(emb),
-            "text_hash": hash_obj(dataset.item_text), "source": str(synth_dir / "vectors.npy")}
-    save_npy(run.embeddings, emb)
-    write_json(run.embeddings_info, info)
-    return info
+    return run.save_embeddings(emb, {"encoder": SYNTH_ENCODER,
+                                     "text_hash": hash_obj(dataset.item_text),
+                                     "source": str(synth_dir / "vectors.npy")})
 
 
 def prepare_synthetic(run_dir: str | Path, synth_dir: str | Path, cold_fraction: float = 0.0,

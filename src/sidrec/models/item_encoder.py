@@ -63,6 +63,6 @@ class ItemEncoder(nn.Module):
 def _wordpiece_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    from sidrec.embed import DEFAULT_ENCODER, resolve_encoder
+    from sidrec.encoders import DEFAULT_ENCODER, resolve_encoder
 
     return AutoTokenizer.from_pretrained(resolve_encoder(DEFAULT_ENCODER))

@@ -38,6 +38,7 @@ from sidrec.io import (
     hash_folder,
     hash_obj,
     read_json,
+    reusable_record,
     save_npy,
     write_json,
 )
@@ -102,8 +103,13 @@ def run_tokenize(
 
     config_hash = hash_obj({"format": FORMAT_VERSION, "method": cfg.method, "config": to_dict(cfg)})
     inputs = {"embeddings": hash_file(run.embeddings), "cold": hash_array(cold)}
-    cached = _cached(run, config_hash, inputs)
-    if cached is not None and not force:
+    # reused when the files it records are on disk unchanged (verified by hash); a record
+    # without their hashes (an older sidrec) never is: the tokenizer is fitted again
+    cached = None if force else reusable_record(
+        run.tokenizer_info, {"config_hash": config_hash, "inputs": inputs},
+        needs=(run.sids, run.tokenizer / "model.safetensors"),
+        unchanged=lambda record: record.get("outputs") == outputs(run))
+    if cached is not None:
         return {**cached, "cached": True}
     warm = emb[~cold]  # [n_warm, d]: the only rows the tokenizer ever sees while fitting
 
@@ -167,21 +173,3 @@ def outputs(run: RunDir) -> dict[str, str]:
     rewrites them (e.g. to add items) records these anew in `tokenizer.json`."""
     return {"sids": hash_file(run.sids), "tokenizer": hash_folder(run.tokenizer)}
 
-
-def _cached(run: RunDir, config_hash: str, inputs: dict[str, str]) -> dict[str, Any] | None:
-    """`tokenizer.json` if it was made with this config from these inputs and the files
-    it records are on disk unchanged (verified by hash), else None."""
-    if not run.tokenizer_info.is_file() or not run.sids.is_file():
-        return None
-    if not (run.tokenizer / "model.safetensors").is_file():
-        return None
-    try:
-        record = read_json(run.tokenizer_info)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("config_hash") != config_hash or (
-            record.get("inputs") != inputs):
-        return None
-    if record.get("outputs") != outputs(run):  # none recorded (older sidrec): refit
-        return None
-    return record
