@@ -51,9 +51,10 @@ from tiny_data import movielens_table
 from sidrec.data import PrepareConfig, prepare
 from sidrec.data.dataset import Dataset
 from sidrec.device import resolve_device
+from sidrec.epoch import group_by_length, make_optimizer, train_epoch, window_examples
 from sidrec.models.base import Catalogue
 from sidrec.presets import resolve_config
-from sidrec.train import group_by_length, make_optimizer, train, train_epoch, window_examples
+from sidrec.train import train
 
 DEMO_RUN = Path("runs/ml-100k-holdout")  # what `make demo` prepares (sidrec bench)
 BEAUTY = Path("../shared/data/amazon-beauty-2014")
@@ -313,8 +314,8 @@ def _train_demo_tiger(rank: int, run: Path, threads: int, ends: Path,
                 f.write(json.dumps({"seconds": time.perf_counter() - start,
                                     "ndcg": entry["valid_ndcg@10"]}) + "\n")
 
-    train("tiger", run, None, {"num_threads": threads, "precision": precision}, "cpu",
-          progress=False, on_epoch_end=mark)
+    over = {"num_threads": threads, "precision": precision}
+    train(resolve_config("tiger", "cpu", None, over), run, progress=False, on_epoch_end=mark)
 
 
 def _ddp_worker(rank: int, world: int, port: int, run: Path, ends: Path,

@@ -24,10 +24,11 @@ import torch
 from sidrec.checkpoint import load_model
 from sidrec.data.dataset import Dataset
 from sidrec.device import resolve_device
+from sidrec.epoch import window_examples
 from sidrec.evaluate import evaluate
 from sidrec.io import save_npy
 from sidrec.presets import resolve_config
-from sidrec.train import train, window_examples
+from sidrec.train import train
 
 
 def synthetic_dataset(
@@ -80,7 +81,8 @@ def bench_model(name: str, ds: Dataset, run_dir: Path, args: argparse.Namespace)
         "num_threads": args.threads,
     }
     t0 = time.perf_counter()
-    summary = train(name, run_dir, train_overrides=overrides, dataset=ds, progress=False)
+    summary = train(resolve_config(name, "cpu", None, overrides), run_dir, dataset=ds,
+                    progress=False)
     wall = time.perf_counter() - t0
     device = resolve_device(args.device, args.threads)
     model = load_model(summary["model_dir"], run_dir, dataset=ds).to(device)

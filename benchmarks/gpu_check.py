@@ -131,8 +131,8 @@ def train_model(name: str, run: Path, ds: Dataset, over: dict, label: str,
                 preset: str) -> dict:
     from sidrec.train import train
 
-    return train(name, run, None, over, preset, name=label, dataset=ds, resume=False,
-                 progress=False, tokenizer_overrides=OWN_SIDS)
+    settings = resolve_config(name, preset, None, over, tokenizer_overrides=OWN_SIDS)
+    return train(settings, run, name=label, dataset=ds, resume=False, progress=False)
 
 
 def plan(name: str, ds: Dataset, budget: float, seconds_per_step: float, preset: str) -> dict:
@@ -140,7 +140,7 @@ def plan(name: str, ds: Dataset, budget: float, seconds_per_step: float, preset:
     settings = resolve_config(name, preset)
     cfg = settings.train
     if settings.cls.trains_every_position:
-        from sidrec.train import window_examples
+        from sidrec.epoch import window_examples
 
         n = len(window_examples(ds)[1])
     else:

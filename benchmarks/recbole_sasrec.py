@@ -48,6 +48,7 @@ from tiny_data import movielens_table
 from sidrec.checkpoint import load_model
 from sidrec.data import Dataset, PrepareConfig, prepare
 from sidrec.evaluate import evaluate
+from sidrec.presets import resolve_config
 from sidrec.train import train
 
 # Runs inside the RecBole interpreter: this process's numpy/pandas are too new for it.
@@ -257,7 +258,7 @@ def run_ours(run_dir: Path, name: str, args: argparse.Namespace, matched: bool) 
             schedule="constant",
         )
     t0 = time.perf_counter()
-    summary = train("sasrec", run_dir, model_over, train_over, preset="cpu", name=name,
+    summary = train(resolve_config("sasrec", "cpu", model_over, train_over), run_dir, name=name,
                     resume=False, progress=False)
     ds = Dataset.load(run_dir)
     model = load_model(summary["model_dir"], run_dir, dataset=ds)

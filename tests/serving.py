@@ -52,6 +52,7 @@ def train_tiny_run(folder: Path) -> Path:
     presets: the pipeline's stages called one by one (no evaluation, report or plots)."""
     from sidrec.data.prepare import PrepareConfig, prepare
     from sidrec.embed import EmbedConfig, embed
+    from sidrec.presets import resolve_config
     from sidrec.tokenize import run_tokenize, tokenizer_config
     from sidrec.train import train
 
@@ -64,7 +65,7 @@ def train_tiny_run(folder: Path) -> Path:
                                        {"codebook_size": 4, "balanced": True}),
                  device="cpu", progress=False)
     for model in MODELS:
-        train(model, run, train_overrides={"max_epochs": 1}, progress=False)
+        train(resolve_config(model, "cpu", None, {"max_epochs": 1}), run, progress=False)
     return run
 
 

@@ -251,6 +251,7 @@ def test_sasrec_beats_pop_on_ml100k(request, tmp_path):
     from sidrec.checkpoint import load_model
     from sidrec.data.dataset import Dataset
     from sidrec.evaluate import evaluate
+    from sidrec.presets import resolve_config
     from sidrec.train import train
 
     ds = Dataset.load(run_dir)
@@ -260,7 +261,7 @@ def test_sasrec_beats_pop_on_ml100k(request, tmp_path):
         # 10 epochs of the preset's ~24 clear the bar (NDCG@10 0.040 vs Pop's 0.022; 6 gave
         # 0.035, too close) in less than half the CI time.
         settings = {"num_threads": 1, "max_epochs": 10}
-        summary = train(name, tmp_path, None, settings, preset="cpu", dataset=ds,
+        summary = train(resolve_config(name, "cpu", None, settings), tmp_path, dataset=ds,
                         progress=False)
         model = load_model(summary["model_dir"], tmp_path, dataset=ds)
         ndcg[name] = evaluate(model, ds, "test", ks=(10,))["rows"][0]["ndcg@10"]

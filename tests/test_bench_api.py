@@ -289,7 +289,7 @@ def test_a_model_can_ask_for_its_own_tokenizer(bench_run: dict, tmp_path: Path,
     shutil.copytree(bench_run["run_dir"], run, ignore=shutil.ignore_patterns("models"))
     fast = {"max_epochs": 1, "num_threads": 1}
     for name in ("own", "own-again"):
-        train("tiger", run, None, fast, name=name, progress=False)
+        train(presets.resolve_config("tiger", "cpu", None, fast), run, name=name, progress=False)
     tagged = ModelDir(run / "models" / "own").run
     assert tagged.sid_set and tagged.sids.parent.parent == run / "sid_sets"
     assert sorted(p.name for p in (run / "sid_sets").iterdir()) == [tagged.sid_set]  # once

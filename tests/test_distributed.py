@@ -147,9 +147,10 @@ def test_the_global_batch_is_split_and_weighted():
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(ddp_run):
+    from sidrec.presets import resolve_config
     from sidrec.train import train
 
-    train("tiger", ddp_run, MODEL, TRAIN, "cpu", name="single", progress=False)
+    train(resolve_config("tiger", "cpu", MODEL, TRAIN), ddp_run, name="single", progress=False)
     ddp, single = ddp_run / "models/tiger", ddp_run / "models/single"
     a, b = weights(ddp), weights(single)
     assert a.keys() == b.keys()
@@ -168,24 +169,27 @@ def test_two_processes_train_like_one_with_the_same_global_batch(ddp_run):
 
 
 def _train_and_die(rank: int, run: Path, model: dict, train_cfg: dict, die_at: int) -> None:
-    import sidrec.train as trainer
+    import sidrec.epoch
+    from sidrec.presets import resolve_config
+    from sidrec.train import train
 
-    lr_at = trainer.lr_at
+    lr_at = sidrec.epoch.lr_at
 
     def dying_lr_at(step, cfg, total):  # called before every optimiser step
         if step == die_at and rank == 1:
             os._exit(3)  # killed: no cleanup, no exception, mid-epoch
         return lr_at(step, cfg, total)
 
-    trainer.lr_at = dying_lr_at
-    trainer.train("tiger", run, model, train_cfg, "cpu", progress=False)
+    sidrec.epoch.lr_at = dying_lr_at
+    train(resolve_config("tiger", "cpu", model, train_cfg), run, progress=False)
 
 
 def _train(rank: int, runs: list[Path], model: dict, train_cfg: dict) -> None:
+    from sidrec.presets import resolve_config
     from sidrec.train import train
 
     for run in runs:
-        train("tiger", run, model, train_cfg, "cpu", progress=False)
+        train(resolve_config("tiger", "cpu", model, train_cfg), run, progress=False)
 
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
@@ -208,6 +212,7 @@ def _train_every_model(rank: int, run: Path) -> None:
     from dataclasses import fields
 
     from sidrec.models import available_models, get_model_class
+    from sidrec.presets import resolve_config
     from sidrec.train import train
 
     small = {"d_model": 16, "n_heads": 2, "head_dim": 8, "d_ff": 32, "n_layers": 1,
@@ -215,7 +220,8 @@ def _train_every_model(rank: int, run: Path) -> None:
     for name in available_models():
         names = {f.name for f in fields(get_model_class(name).Config)}
         over = {k: v for k, v in small.items() if k in names}
-        summary = train(name, run, over, {**TRAIN, "max_epochs": 1}, "cpu", progress=False)
+        settings = resolve_config(name, "cpu", over, {**TRAIN, "max_epochs": 1})
+        summary = train(settings, run, progress=False)
         assert np.isfinite(summary["best_valid"]), name
 
 

@@ -17,14 +17,20 @@ from test_distributed import MODEL as TINY_TIGER
 from test_distributed import toy_run
 
 from sidrec.checkpoint import load_model
+from sidrec.epoch import lr_at, window_examples
 from sidrec.errors import SidrecError
 from sidrec.evaluate import evaluate, evaluate_run
 from sidrec.io import read_json, save_npy
-from sidrec.presets import TrainConfig, resolve_config, split_overrides
-from sidrec.train import lr_at, train, window_examples
+from sidrec.presets import RunSettings, TrainConfig, resolve_config, split_overrides
+from sidrec.train import train
 
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 1, "d_ff": 16, "max_len": 8}
 FAST = {"batch_size": 16, "warmup_steps": 2, "device": "cpu", "num_threads": 1}
+
+
+def tiny_sasrec(train_overrides: dict) -> RunSettings:
+    """SASRec at size TINY, on the built-in defaults (no preset) and `train_overrides`."""
+    return resolve_config("sasrec", None, TINY, train_overrides)
 
 
 def read_log(model_dir) -> list[dict]:
@@ -97,10 +103,11 @@ def test_split_overrides():
 
 def test_inference_settings_are_not_part_of_the_model_identity(tmp_path):
     ds = toy_dataset()
-    first = train("pop", tmp_path, None, FAST, dataset=ds, progress=False)
+    first = train(resolve_config("pop", "cpu", None, FAST), tmp_path, dataset=ds, progress=False)
     config = (tmp_path / "models/pop/config.json").read_text()
-    again = train("pop", tmp_path, None, {**FAST, "num_threads": 2, "eval_batch_size": 7},
-                  dataset=ds, progress=False)
+    runtime = {**FAST, "num_threads": 2, "eval_batch_size": 7}
+    again = train(resolve_config("pop", "cpu", None, runtime), tmp_path, dataset=ds,
+                  progress=False)
     assert again["resumed"] and first["best_valid"] == again["best_valid"]
     assert (tmp_path / "models/pop/config.json").read_text() == config
 
@@ -138,9 +145,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     ds = toy_dataset()
     cfg = {**FAST, "max_epochs": 4, "patience": 100}
 
-    straight = train(
-        "sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds, progress=False
-    )
+    straight = train(tiny_sasrec(cfg), tmp_path, name="straight", dataset=ds, progress=False)
 
     class Killed(Exception):
         pass
@@ -150,19 +155,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        train(
-            "sasrec",
-            tmp_path,
-            TINY,
-            cfg,
-            None,
-            name="killed",
-            dataset=ds,
-            progress=False,
-            on_epoch_end=kill_after_two,
-        )
+        train(tiny_sasrec(cfg), tmp_path, name="killed", dataset=ds, progress=False,
+              on_epoch_end=kill_after_two)
     assert json.loads((tmp_path / "models/killed/state.json").read_text())["epoch"] == 2
-    resumed = train("sasrec", tmp_path, TINY, cfg, None, name="killed", dataset=ds, progress=False)
+    resumed = train(tiny_sasrec(cfg), tmp_path, name="killed", dataset=ds, progress=False)
     assert resumed["resumed"] and resumed["epochs"] == 4
     assert resumed["best_valid"] == straight["best_valid"]
     assert resumed["best_epoch"] == straight["best_epoch"]
@@ -184,36 +180,28 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert {"train_loss", "train_loss_ce", "valid_ndcg@10", "valid_recall@10"} <= set(log[0])
 
     # a finished run is not retrained; a changed setting starts over
-    again = train("sasrec", tmp_path, TINY, cfg, None, name="straight", dataset=ds, progress=False)
+    again = train(tiny_sasrec(cfg), tmp_path, name="straight", dataset=ds, progress=False)
     assert again["resumed"] and again["best_valid"] == straight["best_valid"]
-    changed = train(
-        "sasrec",
-        tmp_path,
-        TINY,
-        {**cfg, "max_epochs": 1},
-        None,
-        name="straight",
-        dataset=ds,
-        progress=False,
-    )
+    changed = train(tiny_sasrec({**cfg, "max_epochs": 1}), tmp_path, name="straight",
+                    dataset=ds, progress=False)
     assert not changed["resumed"] and len(read_log(tmp_path / "models/straight")) == 1
 
 
 def test_a_failed_retrain_keeps_the_trained_model(tmp_path):
     ds = toy_dataset()
     cfg = {**FAST, "max_epochs": 2}
-    train("sasrec", tmp_path, TINY, cfg, None, dataset=ds, progress=False)
+    train(tiny_sasrec(cfg), tmp_path, dataset=ds, progress=False)
     weights = load_file(tmp_path / "models/sasrec/model.safetensors")
     config = (tmp_path / "models/sasrec/config.json").read_text()
     diverging = {**cfg, "lr": 1e30, "grad_clip": 0.0, "warmup_steps": 0}
     with pytest.raises(SidrecError, match="lower lr"):
-        train("sasrec", tmp_path, TINY, diverging, None, dataset=ds, progress=False)
+        train(tiny_sasrec(diverging), tmp_path, dataset=ds, progress=False)
     assert (tmp_path / "models/sasrec/config.json").read_text() == config
     after = load_file(tmp_path / "models/sasrec/model.safetensors")
     assert all(torch.equal(weights[k], after[k]) for k in weights)
     load_model(tmp_path / "models/sasrec", tmp_path, dataset=ds)  # still loads
     # a retrain that completes replaces it, and leaves no staging directory behind
-    train("sasrec", tmp_path, TINY, {**cfg, "max_epochs": 1}, None, dataset=ds, progress=False)
+    train(tiny_sasrec({**cfg, "max_epochs": 1}), tmp_path, dataset=ds, progress=False)
     assert len(read_log(tmp_path / "models/sasrec")) == 1
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["sasrec"]
 
@@ -242,7 +230,8 @@ def test_a_best_written_after_the_last_checkpoint_is_kept_only_if_that_checkpoin
 
 def test_an_inference_file_edited_out_of_range_is_refused_at_load(tmp_path):
     run = toy_run(tmp_path / "run")
-    summary = train("tiger", run, TINY_TIGER, {**FAST, "max_epochs": 1}, "cpu", progress=False)
+    summary = train(resolve_config("tiger", "cpu", TINY_TIGER, {**FAST, "max_epochs": 1}), run,
+                    progress=False)
     path = Path(summary["model_dir"]) / "inference.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "beam": -3}))
     with pytest.raises(SidrecError, match=r"inference.json.beam=-3: must be a finite number"):
@@ -251,7 +240,7 @@ def test_an_inference_file_edited_out_of_range_is_refused_at_load(tmp_path):
 
 def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path):
     ds = toy_dataset()
-    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)
+    train(tiny_sasrec({**FAST, "max_epochs": 1}), tmp_path, dataset=ds, progress=False)
     path = tmp_path / "models/sasrec/model.safetensors"
     weights = load_file(path)
     name = sorted(weights)[0]
@@ -268,7 +257,7 @@ def test_a_retrain_stopped_after_its_last_epoch_is_published_when_run_again(tmp_
     it again moves it into place instead of reporting the staging directory."""
     ds = toy_dataset()
     cfg = {**FAST, "max_epochs": 1}
-    train("sasrec", tmp_path, TINY, cfg, None, dataset=ds, progress=False)
+    train(tiny_sasrec(cfg), tmp_path, dataset=ds, progress=False)
 
     class Killed(Exception):
         pass
@@ -278,11 +267,10 @@ def test_a_retrain_stopped_after_its_last_epoch_is_published_when_run_again(tmp_
 
     retrain = {**cfg, "lr": 5e-4}
     with pytest.raises(Killed):
-        train("sasrec", tmp_path, TINY, retrain, None, dataset=ds, progress=False,
-              on_epoch_end=kill)
+        train(tiny_sasrec(retrain), tmp_path, dataset=ds, progress=False, on_epoch_end=kill)
     first_lr = read_json(tmp_path / "models/sasrec/config.json")["train_config"]["lr"]
     assert first_lr != 5e-4
-    again = train("sasrec", tmp_path, TINY, retrain, None, dataset=ds, progress=False)
+    again = train(tiny_sasrec(retrain), tmp_path, dataset=ds, progress=False)
     assert again["resumed"] and again["model_dir"] == str(tmp_path / "models/sasrec")
     assert read_json(tmp_path / "models/sasrec/config.json")["train_config"]["lr"] == 5e-4
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["sasrec"]
@@ -290,21 +278,15 @@ def test_a_retrain_stopped_after_its_last_epoch_is_published_when_run_again(tmp_
 
 def test_model_names_stay_inside_the_run_dir(tmp_path):
     with pytest.raises(SidrecError, match="plain directory name"):
-        train("pop", tmp_path, None, FAST, name="../..", dataset=toy_dataset(), progress=False)
+        train(resolve_config("pop", "cpu", None, FAST), tmp_path, name="../..",
+              dataset=toy_dataset(), progress=False)
     assert not (tmp_path / "models").exists()
 
 
 def test_training_learns_and_early_stops(tmp_path):
     ds = toy_dataset(n_users=40)
-    summary = train(
-        "sasrec",
-        tmp_path,
-        TINY,
-        {**FAST, "lr": 0.01, "max_epochs": 60, "patience": 3},
-        None,
-        dataset=ds,
-        progress=False,
-    )
+    summary = train(tiny_sasrec({**FAST, "lr": 0.01, "max_epochs": 60, "patience": 3}),
+                    tmp_path, dataset=ds, progress=False)
     log = read_log(tmp_path / "models/sasrec")
     assert log[-1]["train_loss"] < 0.8 * log[0]["train_loss"]
     assert summary["stopped_early"] and summary["epochs"] < 60
@@ -320,7 +302,7 @@ def test_training_learns_and_early_stops(tmp_path):
 
 def test_pop_is_saved_without_training_and_reloads(tmp_path):
     ds = toy_dataset()
-    summary = train("pop", tmp_path, None, FAST, dataset=ds, progress=False)
+    summary = train(resolve_config("pop", "cpu", None, FAST), tmp_path, dataset=ds, progress=False)
     assert summary["epochs"] == 0
     model = load_model(summary["model_dir"], tmp_path, dataset=ds)
     items, _ = model.recommend(torch.full((1, 4), -1), torch.zeros(1, dtype=torch.long), 3)
@@ -331,7 +313,8 @@ def test_load_model_refuses_changed_inputs(tmp_path):
     ds = toy_dataset()
     emb = np.random.default_rng(0).normal(size=(ds.n_items, 8)).astype(np.float32)
     save_npy(tmp_path / "embeddings.npy", emb)
-    train("dense-text", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)
+    train(resolve_config("dense-text", None, TINY, {**FAST, "max_epochs": 1}), tmp_path,
+          dataset=ds, progress=False)
     load_model(tmp_path / "models/dense-text", tmp_path, dataset=ds)
     save_npy(tmp_path / "embeddings.npy", emb + 1.0)
     with pytest.raises(SidrecError, match="embeddings changed"):
@@ -343,22 +326,15 @@ def test_load_model_refuses_changed_inputs(tmp_path):
 def test_nan_loss_is_reported(tmp_path):
     ds = toy_dataset()
     with pytest.raises(SidrecError, match="lower lr"):
-        train(
-            "sasrec",
-            tmp_path,
-            TINY,
-            {**FAST, "lr": 1e30, "grad_clip": 0.0, "warmup_steps": 0, "max_epochs": 3},
-            None,
-            dataset=ds,
-            progress=False,
-        )
+        diverging = {**FAST, "lr": 1e30, "grad_clip": 0.0, "warmup_steps": 0, "max_epochs": 3}
+        train(tiny_sasrec(diverging), tmp_path, dataset=ds, progress=False)
 
 
 def test_train_then_evaluate_run_from_disk(tmp_path):
     ds = toy_dataset()
     write_run(ds, tmp_path)
-    train("pop", tmp_path, None, FAST, progress=False)
-    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 2}, None, progress=False)
+    train(resolve_config("pop", "cpu", None, FAST), tmp_path, progress=False)
+    train(tiny_sasrec({**FAST, "max_epochs": 2}), tmp_path, progress=False)
     for name in ("pop", "sasrec"):
         metrics = evaluate_run(tmp_path, name, "test", ks=(5, 10), device="cpu")
         assert [r["subset"] for r in metrics["rows"]] == ["overall", "in-set", "cold"] * 2
@@ -374,7 +350,7 @@ def test_train_then_evaluate_run_from_disk(tmp_path):
 def test_evaluate_takes_inference_settings_and_records_them(tmp_path, cli):
     ds = toy_dataset()
     write_run(ds, tmp_path)
-    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, progress=False)
+    train(tiny_sasrec({**FAST, "max_epochs": 1}), tmp_path, progress=False)
     metrics = evaluate_run(tmp_path, "sasrec", "test", ks=(5,), device="cpu")
     assert metrics["inference"] == {"": {"exclude_history": False},
                                     "excl. history": {"exclude_history": True}}
@@ -390,7 +366,7 @@ def test_evaluate_takes_inference_settings_and_records_them(tmp_path, cli):
 
 def test_damaged_model_files_are_one_line_errors(tmp_path):
     ds = toy_dataset()
-    train("sasrec", tmp_path, TINY, {**FAST, "max_epochs": 1}, None, dataset=ds, progress=False)
+    train(tiny_sasrec({**FAST, "max_epochs": 1}), tmp_path, dataset=ds, progress=False)
     md = tmp_path / "models/sasrec"
     weights = (md / "model.safetensors").read_bytes()
     (md / "model.safetensors").write_bytes(weights[: len(weights) // 2])
@@ -420,7 +396,8 @@ def test_out_of_range_model_settings_are_errors(override, message):
 
 def test_tied_weights_are_stored_once_and_load_back(tmp_path):
     run = toy_run(tmp_path / "run")
-    summary = train("tiger", run, TINY_TIGER, {**FAST, "max_epochs": 1}, "cpu", progress=False)
+    summary = train(resolve_config("tiger", "cpu", TINY_TIGER, {**FAST, "max_epochs": 1}), run,
+                    progress=False)
     path = tmp_path / "run/models/tiger/model.safetensors"
     stored = load_file(path)
     # the token table is one tensor in three modules: stored once

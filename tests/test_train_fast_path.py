@@ -15,10 +15,11 @@ from safetensors.torch import load_file
 from test_distributed import MODEL, toy_run
 
 from sidrec.checkpoint import load_model
+from sidrec.epoch import group_by_length
 from sidrec.io import save_npy
 from sidrec.models import available_models, get_model_class
-from sidrec.presets import TrainConfig, for_device
-from sidrec.train import group_by_length, train
+from sidrec.presets import TrainConfig, for_device, resolve_config
+from sidrec.train import train
 
 FAST = {"batch_size": 16, "warmup_steps": 2, "device": "cpu", "num_threads": 1,
         "eval_batch_size": 64}
@@ -38,8 +39,8 @@ def test_precision_is_resolved_per_device_and_is_part_of_the_model(tmp_path):
     assert for_device(TrainConfig(precision="fp32"), "cuda").precision == "fp32"
     run = toy_run(tmp_path / "run")
     cfg = {**FAST, "max_epochs": 2}
-    train("tiger", run, MODEL, cfg, "cpu", progress=False)
-    train("tiger", run, MODEL, {**cfg, "precision": "bf16"}, "cpu", name="bf16",
+    train(resolve_config("tiger", "cpu", MODEL, cfg), run, progress=False)
+    train(resolve_config("tiger", "cpu", MODEL, {**cfg, "precision": "bf16"}), run, name="bf16",
           progress=False)
     fp32, bf16 = record(run / "models/tiger"), record(run / "models/bf16")
     # fp32 (CPU's auto) and the other new defaults are left out: old models keep their hash
@@ -67,8 +68,8 @@ def test_group_by_length_sorts_each_pool_of_batches():
 
 def test_group_by_length_trains_and_is_recorded(tmp_path):
     run = toy_run(tmp_path / "run")
-    summary = train("tiger", run, MODEL, {**FAST, "max_epochs": 1, "group_by_length": True},
-                    "cpu", progress=False)
+    grouped = {**FAST, "max_epochs": 1, "group_by_length": True}
+    summary = train(resolve_config("tiger", "cpu", MODEL, grouped), run, progress=False)
     assert record(Path(summary["model_dir"]))["train_config"]["group_by_length"] is True
 
 
@@ -85,9 +86,9 @@ def test_compile_trains_like_eager(tmp_path, device):
     # 2 steps of one shape, fp32 on both devices (TF32 on CUDA)
     cfg = {**FAST, "max_epochs": 1, "examples_per_epoch": 32, "precision": "fp32",
            "device": device}
-    eager = train("tiger", run, MODEL, cfg, "cpu", name="eager", progress=False)
-    compiled = train("tiger", run, MODEL, {**cfg, "compile": True}, "cpu", name="compiled",
-                     progress=False)
+    eager = train(resolve_config("tiger", "cpu", MODEL, cfg), run, name="eager", progress=False)
+    compiled = train(resolve_config("tiger", "cpu", MODEL, {**cfg, "compile": True}), run,
+                     name="compiled", progress=False)
     # runtime, not hashed: the same model identity
     assert record(run / "models/eager")["config_hash"] == record(
         run / "models/compiled")["config_hash"]
@@ -127,8 +128,8 @@ def train_recommend_resume(name: str, device: str, root: Path) -> None:
 
     if cls.trainable:
         with pytest.raises(Killed):
-            train(name, run, over, cfg, "cpu", progress=False, on_epoch_end=kill)
-    summary = train(name, run, over, cfg, "cpu", progress=False)
+            train(resolve_config(name, "cpu", over, cfg), run, progress=False, on_epoch_end=kill)
+    summary = train(resolve_config(name, "cpu", over, cfg), run, progress=False)
     assert summary["resumed"] == cls.trainable
     assert summary["epochs"] == (2 if cls.trainable else 0)
     if cls.trainable and device == "cuda":

@@ -296,6 +296,7 @@ def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int,
     from sidrec.checkpoint import load_model
     from sidrec.device import resolve_device
     from sidrec.evaluate import evaluate
+    from sidrec.presets import resolve_config
     from sidrec.train import train
 
     t0 = time.perf_counter()
@@ -314,8 +315,8 @@ def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int,
         log(f"{model_dir_name}: epoch {entry['epoch']} ({entry['train_seconds']:.0f}s), "
             f"loss {entry['train_loss']:.4f}{valid}")
 
-    info = train(name, run_dir, None, overrides, preset=cfg.preset, name=model_dir_name,
-                 dataset=dataset, progress=bar,
+    info = train(resolve_config(name, cfg.preset, None, overrides), run_dir,
+                 name=model_dir_name, dataset=dataset, progress=bar,
                  on_epoch_end=epoch_line if epoch_lines else None)
     model_dir = RunDir(run_dir).model(model_dir_name)
     train_s = _train_seconds(model_dir, time.perf_counter() - t0)

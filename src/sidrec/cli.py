@@ -89,14 +89,15 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from sidrec.presets import split_overrides
+    from sidrec.presets import resolve_config, split_overrides
     from sidrec.train import train
 
     over = split_overrides(args.model, args.overrides)
-    summary = train(args.model, args.run_dir, over["model"], over["train"], preset=args.preset,
-                    inference_overrides=over["inference"], runtime_overrides=over["runtime"],
-                    tokenizer_overrides=over["tokenizer"], name=args.name,
-                    resume=not args.restart)
+    settings = resolve_config(args.model, args.preset, over["model"], over["train"],
+                              inference_overrides=over["inference"],
+                              runtime_overrides=over["runtime"],
+                              tokenizer_overrides=over["tokenizer"])
+    summary = train(settings, args.run_dir, name=args.name, resume=not args.restart)
     if _rank() == 0:  # under torchrun every process trains; one reports
         print(f"{summary['model_dir']}: best valid {summary['metric']} = "
               f"{summary['best_valid']:.4f} at epoch {summary['best_epoch']} "
