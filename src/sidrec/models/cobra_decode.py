@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sidrec.models.base import InferenceConfig
-from sidrec.models.beam import beam_search
+from sidrec.models.beam import BeamResult, beam_search
 from sidrec.models.retrieval import ItemIndex, merge_candidates, nearest, seen_in_history
 from sidrec.models.transformer import KVCache
 
@@ -62,15 +62,31 @@ def decode(
     """The top n items of each history [B, L] (`Recommender.recommend`'s k + margin),
     leaving out the `excluded` items [B, S]: one decoder pass over the history's
     cascades, then the sparse head's beam (w/o sparse: the nearest items to v̂)."""
+    hidden, cache, vectors = prefill(model, history)
+    if not model.levels:  # w/o sparse: the next item's v̂ from the last dense token
+        v_hat = model.dense_head(hidden[:, -1])
+        return nearest(v_hat, vectors, n, excluded)
+    if not model.has_dense:
+        return _groups_by_beam(model, sparse_step(model, hidden), cache, len(history),
+                               excluded, n, cfg)
+    return _fuse(model, hidden, cache, excluded, vectors, n, cfg)
+
+
+def prefill(model: nn.Module, history: torch.Tensor,
+            ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
+    """One decoder pass over the histories' cascades [B, L]: (hidden [B, L*T, d], the
+    prefix cache every beam shares, the catalogue's item vectors or None w/o dense)."""
     history = history[:, -model.cfg.max_len :]
-    b = len(history)
     vectors = model.item_vectors() if model.has_dense else None
     x, pad = model.cascade(
         history, vectors[history.clamp_min(0)] if vectors is not None else None, shift=1)
     hidden, cache = model.decoder.prefill(x, pad)
-    if not model.levels:  # w/o sparse: the next item's v̂ from the last dense token
-        v_hat = model.dense_head(hidden[:, -1])
-        return nearest(v_hat, vectors, n, excluded)
+    return hidden, cache, vectors
+
+
+def sparse_step(model: nn.Module, hidden: torch.Tensor) -> Any:
+    """The sparse head as a beam-search step: level 0 from the history's last token,
+    level t from the beam's code t-1 (`beam_search`'s StepFn)."""
     first = torch.log_softmax(model.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
 
     def step(prev: torch.Tensor, t: int, state: KVCache):
@@ -79,9 +95,31 @@ def decode(
         h = model.decoder.step(model.code_token(prev, t - 1, 0), state)  # (N, 1, d)
         return torch.log_softmax(model.sparse_heads[t](h[:, -1]), dim=-1), state
 
-    if not model.has_dense:
-        return _groups_by_beam(model, step, cache, b, excluded, n, cfg)
-    return _fuse(model, step, cache, b, excluded, vectors, n, cfg)
+    return step
+
+
+def beam_width(cfg: CobraInference, n: int) -> int:
+    """M: the configured beam, or more when M x N candidates could not fill n items."""
+    return max(cfg.beam, math.ceil(n / cfg.neighbours))
+
+
+def sparse_beam(model: nn.Module, hidden: torch.Tensor, cache: KVCache, width: int,
+                constrained: bool) -> BeamResult:
+    """The top `width` sparse IDs of each user (only catalogue ones when constrained)."""
+    _, sparse_index = model.tables()
+    return beam_search(sparse_step(model, hidden), cache, len(hidden), width, sparse_index,
+                       sparse_index if constrained else None)
+
+
+def dense_query(model: nn.Module, cache: KVCache, codes: torch.Tensor) -> torch.Tensor:
+    """v̂ [N, d] for sparse IDs codes [N, S] (N a multiple of the cache's B users, row n
+    belonging to user n // (N / B)): the shared history prefix plus the ID's tokens."""
+    fresh = KVCache(own_k=[None] * len(model.decoder.blocks),
+                    own_v=[None] * len(model.decoder.blocks), prefix_k=cache.prefix_k,
+                    prefix_v=cache.prefix_v, prefix_pad=cache.prefix_pad)
+    h = model.decoder.step(model.sparse_tokens(codes, 0), fresh)  # (N, S, d)
+    return model.dense_head(h[:, -1])
+
 
 def _groups_by_beam(model: nn.Module, step: Any, cache: KVCache, b: int,
                     seen: torch.Tensor | None, n: int, cfg: CobraInference,
@@ -106,23 +144,16 @@ def _groups_by_beam(model: nn.Module, step: Any, cache: KVCache, b: int,
             items.device)).view_as(items), -1)
     return merge_candidates(items.flatten(1), logp.flatten(1), n)
 
-def _fuse(model: nn.Module, step: Any, cache: KVCache, b: int, seen: torch.Tensor | None,
+def _fuse(model: nn.Module, hidden: torch.Tensor, cache: KVCache, seen: torch.Tensor | None,
           vectors: torch.Tensor, n: int, cfg: CobraInference,
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coarse to fine: top-M sparse IDs, v̂_k for each, candidates, BeamFusion."""
     mode, n_nb = cfg.mode, cfg.neighbours
-    width = max(cfg.beam, math.ceil(n / n_nb))  # M grows with K
     groups, sparse_index = model.tables()
-    allowed = sparse_index if cfg.constrained else None
-    result = beam_search(step, cache, b, width, sparse_index, allowed)
-    m = result.sids.shape[1]
-    # v̂_k: the history prefix (shared, cached) + the beam's S sparse tokens.
-    fresh = KVCache(own_k=[None] * len(model.decoder.blocks),
-                    own_v=[None] * len(model.decoder.blocks), prefix_k=cache.prefix_k,
-                    prefix_v=cache.prefix_v, prefix_pad=cache.prefix_pad)
+    result = sparse_beam(model, hidden, cache, beam_width(cfg, n), cfg.constrained)
+    b, m = result.sids.shape[:2]
     codes = result.sids.reshape(b * m, model.levels)
-    h = model.decoder.step(model.sparse_tokens(codes, 0), fresh)  # (B*M, S, d)
-    v_hat = model.dense_head(h[:, -1])  # (B*M, d)
+    v_hat = dense_query(model, cache, codes)  # (B*M, d): v̂_k of each beam
     seen = seen.to(v_hat.device) if seen is not None else None
     if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
         return nearest(v_hat.view(b, m, -1)[:, 0], vectors, n, seen)
