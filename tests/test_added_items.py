@@ -1,4 +1,4 @@
-"""Items added after training (`sidrec.added_items`): placing SIDs when a prefix is full,
+"""Items added after training (`sidrec.catalogue`): placing SIDs when a prefix is full,
 the persisted file, and the catalogue growth."""
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from conftest import sid_catalogue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidrec import added_items
-from sidrec.added_items import ItemError, NewItems, check_new, grow, place
-from sidrec.errors import SidrecError
+from sidrec.catalogue import store
+from sidrec.catalogue.encode import check_new
+from sidrec.catalogue.place import place
+from sidrec.catalogue.rows import NewItems, grow
+from sidrec.errors import ItemError, SidrecError
 from sidrec.models import get_model_class
 from sidrec.models.beam import SidIndex
 from sidrec.run import RunDir
@@ -76,12 +78,12 @@ def test_check_new_names_the_row() -> None:
 
 def test_the_file_round_trips_and_grow_appends(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
-    assert added_items.read(run) is None
+    assert store.read(run) is None
     items = NewItems(("n1", "n2"), ("Title: One", "Title: Two"),
                      np.arange(6, dtype=np.float32).reshape(2, 3), np.array([[3, 3, 0], [3, 3, 1]]))
     stamp = {"encoder": "e", "embeddings": "h1", "sids": "h2"}
-    added_items.write(run, items, stamp)
-    back, meta = added_items.read(run)
+    store.write(run, items, stamp)
+    back, meta = store.read(run)
     assert back.ids == items.ids and back.texts == items.texts
     np.testing.assert_array_equal(back.vectors, items.vectors)
     np.testing.assert_array_equal(back.sids, items.sids)
@@ -98,9 +100,9 @@ def test_the_file_round_trips_and_grow_appends(tmp_path: Path) -> None:
 
 def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
-    run.added_items.write_bytes(b"not parquet")
+    run.store.write_bytes(b"not parquet")
     with pytest.raises(SidrecError, match="unreadable added items"):
-        added_items.read(run)
+        store.read(run)
 
 
 def test_stored_items_are_re_derived_when_the_run_changed(served_run: Path,
@@ -115,21 +117,21 @@ def test_stored_items_are_re_derived_when_the_run_changed(served_run: Path,
     rec.add_items([{"id": "n1", "text": "Title: Arctic Expedition; Genres: documentary"},
                    {"id": "n2", "text": "Title: Jazz Piano Nights; Genres: music"}])
     sids = rec.model.catalogue.sids[-2:].clone()
-    items, meta = added_items.read(RunDir(run))
+    items, meta = store.read(RunDir(run))
 
     stale_sids = NewItems(items.ids, items.texts, items.vectors, np.zeros_like(items.sids))
-    added_items.write(RunDir(run), stale_sids, {**meta["fingerprint"], "sids": "another-set"})
+    store.write(RunDir(run), stale_sids, {**meta["fingerprint"], "sids": "another-set"})
     again = load(run / "models" / "liger")
-    assert again.item_ids[-2:] == ["n1", "n2"]
+    assert again.catalogue.ids[-2:] == ["n1", "n2"]
     assert torch.equal(again.model.catalogue.sids[-2:], sids)
-    assert added_items.read(RunDir(run))[1]["fingerprint"]["sids"] == "another-set"  # as is
+    assert store.read(RunDir(run))[1]["fingerprint"]["sids"] == "another-set"  # as is
 
     stale = NewItems(items.ids, items.texts, np.zeros_like(items.vectors), items.sids)
-    added_items.write(RunDir(run), stale, {**meta["fingerprint"], "embeddings": "old"})
+    store.write(RunDir(run), stale, {**meta["fingerprint"], "embeddings": "old"})
     third = load(run / "models" / "liger")
     np.testing.assert_allclose(third.model.catalogue.text_emb[-2:].numpy(), items.vectors,
                                atol=1e-5)
-    assert added_items.read(RunDir(run))[1]["fingerprint"] == meta["fingerprint"]
+    assert store.read(RunDir(run))[1]["fingerprint"] == meta["fingerprint"]
 
 
 def test_an_item_added_while_another_process_loads_is_read_by_its_next_refresh(
@@ -142,18 +144,18 @@ def test_an_item_added_while_another_process_loads_is_read_by_its_next_refresh(
     run = copy_of(served_run, tmp_path)
     other = load(run / "models" / "liger")
     other.add_items([{"id": "n1", "text": "Title: Arctic Expedition; Genres: documentary"}])
-    read = added_items.read
+    read = store.read
 
     def read_then_another_adds(where: RunDir):  # noqa: ANN202
         found = read(where)
-        monkeypatch.setattr(added_items, "read", read)
+        monkeypatch.setattr(store, "read", read)
         other.add_items([{"id": "n2", "text": "Title: Jazz Piano Nights; Genres: music"}])
         return found
 
-    monkeypatch.setattr(added_items, "read", read_then_another_adds)
+    monkeypatch.setattr(store, "read", read_then_another_adds)
     rec = load(run / "models" / "liger")
-    assert rec.item_ids[-1] == "n1"
-    assert rec.refresh() == 1 and rec.item_ids[-2:] == ["n1", "n2"]
+    assert rec.catalogue.ids[-1] == "n1"
+    assert rec.catalogue.refresh() == 1 and rec.catalogue.ids[-2:] == ["n1", "n2"]
 
 
 def test_an_add_never_drops_items_another_process_wrote(served_run: Path,
@@ -169,12 +171,12 @@ def test_an_add_never_drops_items_another_process_wrote(served_run: Path,
     second = load(run / "models" / "liger")
     second.add_items([{"id": "x", "text": "Title: Jazz Piano Nights; Genres: music"}])
     with pytest.warns(UserWarning, match="rewritten by another process"):
-        first.refresh()  # as a server does before every batch: the file is read now
+        first.catalogue.refresh()  # as a server does before every batch: the file is read now
     for _ in range(2):  # and stays refused, though unchanged since
         with pytest.raises(SidrecError, match="rewritten by another process .* would drop"):
             first.add_items([{"id": "y", "text": "Title: Yodel Summer; Genres: music"}])
-    assert added_items.read(RunDir(run))[0].ids == ("x",)
-    assert "y" not in first.index
+    assert store.read(RunDir(run))[0].ids == ("x",)
+    assert "y" not in first.catalogue
 
 
 def test_new_items_are_never_coded_by_a_tokenizer_the_run_does_not_record(
@@ -188,7 +190,7 @@ def test_new_items_are_never_coded_by_a_tokenizer_the_run_does_not_record(
     changed.write_bytes(changed.read_bytes() + b" ")  # as a half-finished tokenize leaves it
     with pytest.raises(SidrecError, match="not the tokenizer tokenizer.json records"):
         rec.add_items([{"id": "n1", "text": "Title: Arctic Expedition; Genres: documentary"}])
-    assert "n1" not in rec.index and added_items.read(RunDir(run))[0].ids == ("n0",)
+    assert "n1" not in rec.catalogue and store.read(RunDir(run))[0].ids == ("n0",)
 
 
 @settings(max_examples=40, deadline=None)
@@ -242,7 +244,7 @@ def test_a_model_between_adds_projects_only_the_new_items() -> None:
     for step, sid in enumerate(free):
         projected.clear()
         new = NewItems((f"n{step}",), ("t",), np.ones((1, 8), np.float32), np.array([sid]))
-        model.set_catalogue(grow(model.catalogue, new))
+        model.items_added(grow(model.catalogue, new), model.catalogue.n_items)
         model.recommend(history, users, 5, dense)
         per_add.append(sum(projected))
     assert per_add == [1, 1, 1]
@@ -264,9 +266,9 @@ def test_tiger_warns_that_it_will_not_return_added_items(served_run: Path,
                                          r"include_cold=True"):
         assert load(run / "models" / "tiger").add_items([item]) == ["n1"]
     reaching = sidrec.load(run / "models" / "tiger", inference={"include_cold": True})
-    assert reaching.item_ids[-1] == "n1"
+    assert reaching.catalogue.ids[-1] == "n1"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reaching.add_items([{"id": "n2", "text": "Title: Jazz Piano Nights; Genres: music"}])
     assert not [w for w in caught if "include_cold" in str(w.message)]
-    assert "n2" in [i for i, _ in reaching.recommend(["n1"], k=reaching.n_items)]
+    assert "n2" in [i for i, _ in reaching.recommend(["n1"], k=len(reaching.catalogue))]

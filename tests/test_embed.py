@@ -121,7 +121,7 @@ def test_a_local_encoder_changed_in_place_is_not_served_from_the_cache(
     """The cache and the run's record know a local encoder by its files, not its name: one
     changed in place (here: its normalisation module removed) encodes again, and a run
     embedded with the old one refuses to encode new items with the new one."""
-    from sidrec.added_items import Encoder
+    from sidrec.catalogue.encode import Encoder
     from sidrec.encoders import resolve_encoder
 
     monkeypatch.setenv("SIDREC_CACHE", str(tmp_path / "cache"))

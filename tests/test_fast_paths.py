@@ -117,7 +117,7 @@ def test_extend_sids_fast_equals_reference(n_old, n_new, seed):
 # ---------------------------------------------------------------- grown catalogues
 
 
-def test_set_items_on_a_grown_catalogue_equals_fresh_indexes():
+def test_items_added_to_the_sid_indexes_equal_fresh_indexes():
     cat = sid_catalogue(n=40, n_cold=6, text_dim=12)
     part = replace(cat, item_text=cat.item_text[:30], cold=cat.cold[:30],
                    popularity=cat.popularity[:30], text_emb=cat.text_emb[:30],
@@ -125,7 +125,7 @@ def test_set_items_on_a_grown_catalogue_equals_fresh_indexes():
     model = LIGER(TINY, part).eval()
     model.gen.index(False, torch.device("cpu"))  # the warm index exists before the add
     grown = replace(cat, cold=torch.cat([cat.cold[:30], torch.ones(10, dtype=torch.bool)]))
-    model.set_catalogue(grown)
+    model.items_added(grown, 30)
     fresh = LIGER(TINY, grown).eval()
     for include_cold in (True, False):
         a = model.gen.index(include_cold, torch.device("cpu"))
@@ -173,7 +173,7 @@ def test_item_vectors_cache_and_growth_equal_projecting_everything():
     index = vecs.pool_index(text, cold)
     more, more_cold = torch.cat([text, torch.randn(7, 12)]), torch.cat([cold, torch.ones(7,
                                                                               dtype=torch.bool)])
-    vecs.grown(text, more, cold, more_cold)
+    vecs.items_added(more, len(text), more_cold)
     with torch.no_grad():
         torch.testing.assert_close(vecs(more), proj(more))
     assert vecs.pool_index(more, more_cold) is index and len(index) == int(more_cold.sum())
@@ -227,7 +227,7 @@ def test_liger_indexed_hybrid_equals_exact_hybrid_and_after_adding_items(exclude
                     text_emb=torch.cat([cat.text_emb, torch.randn(5, 12, generator=g) * 3]),
                     sids=torch.cat([cat.sids, new]))
     assert int(new[:, -1].max()) < 12
-    model.set_catalogue(grown)
+    model.items_added(grown, cat.n_items)
     agree()
 
 

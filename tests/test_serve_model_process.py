@@ -16,9 +16,8 @@ import httpx
 import pytest
 from serving import copy_of, running
 
-from sidrec.added_items import ItemError
 from sidrec.api import Recommendations
-from sidrec.errors import SidrecError
+from sidrec.errors import ItemError, SidrecError
 from sidrec.serve.model_process import ModelProcess, plain
 
 HISTORY = ["i01", "i03", "i05"]

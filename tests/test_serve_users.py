@@ -67,11 +67,11 @@ def test_api_reads_the_user_token(served_run: Path, name: str) -> None:
     rec = load(served_run / "models" / name)
     assert rec.model.cfg.user_dropout > 0  # the cpu preset trains the anonymous token
     history = ["i01", "i03", "i05"]
-    encoded = torch.tensor([[rec.index[i] for i in history]])
+    encoded = torch.tensor([[rec.catalogue.index[i] for i in history]])
 
     def offline(user: int) -> list[str]:
         items, _ = rec.model.recommend(encoded, torch.tensor([user]), 5)
-        return [rec.item_ids[i] for i in items[0].tolist() if i >= 0]
+        return [rec.catalogue.ids[i] for i in items[0].tolist() if i >= 0]
 
     known = rec.recommend(history, k=5, user_id="u7")
     assert [i for i, _ in known] == offline(rec.user_index["u7"])

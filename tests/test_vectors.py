@@ -111,8 +111,8 @@ def test_items_added_to_a_vectors_run_bring_their_vector(served_run: Path,
                                                          tmp_path: Path) -> None:
     from serving import copy_of, load
 
-    from sidrec.added_items import ItemError
     from sidrec.embed import EmbedConfig, embed
+    from sidrec.errors import ItemError
     from sidrec.serve.schemas import NewItem
 
     run = copy_of(served_run, tmp_path)
@@ -125,14 +125,14 @@ def test_items_added_to_a_vectors_run_bring_their_vector(served_run: Path,
     with pytest.raises(ItemError, match=r"items\[0\] \('n1'\): no vector; this run's item "
                                         r"vectors came from .*v\.npy") as e:
         rec.add_items([text_only])
-    assert e.value.field == "vector" and "n1" not in rec.index
+    assert e.value.field == "vector" and "n1" not in rec.catalogue
     with pytest.raises(ItemError, match=r"vector has shape \[2\]; this run's item vectors "
                                         rf"have {vectors.shape[1]} values"):
         rec.add_items([{**text_only, "vector": [1.0, 2.0]}])
     own = vectors[3] + 0.01
     assert rec.add_items([{**text_only, "vector": own.tolist()}]) == ["n1"]
     np.testing.assert_allclose(rec.model.catalogue.text_emb[-1].numpy(), own, atol=1e-6)
-    assert load(run / "models" / "liger").item_ids[-1] == "n1"  # persisted with its vector
+    assert load(run / "models" / "liger").catalogue.ids[-1] == "n1"  # persisted with its vector
     assert NewItem(id="n2", text="t", vector=[1.0]).vector == [1.0]  # POST /v1/items takes it
     with pytest.raises(SidrecError):
         embed(run, EmbedConfig(vectors=str(tmp_path / "missing.npy"), ids=args[3]))

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 import sidrec
 from sidrec import distributed
+from sidrec.catalogue.build import catalogue_for, input_fingerprint
 from sidrec.checkpoint import (
     Checkpoint,
     TrainState,
@@ -66,7 +67,6 @@ from sidrec.errors import SidrecError
 from sidrec.evaluate import evaluate
 from sidrec.io import hash_obj, write_json, write_text
 from sidrec.models.base import Recommender
-from sidrec.models.catalogue import catalogue_for, input_fingerprint
 from sidrec.presets import RunSettings, TrainConfig, for_device
 from sidrec.report import is_point_metric
 from sidrec.run import ModelDir, RunDir

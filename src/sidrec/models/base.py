@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from sidrec.errors import SidrecError
+from sidrec.models.catalogue import Catalogue
 
 Batch = dict[str, torch.Tensor]
 
@@ -54,25 +55,6 @@ class InferenceConfig:
 @dataclass(frozen=True)
 class NoInference(InferenceConfig):
     """The inference config of models with nothing else to choose at inference time."""
-
-
-@dataclass
-class Catalogue:
-    """Item side information. It grows when items are added after training."""
-
-    item_text: list[str]
-    cold: torch.Tensor  # [n_items] bool: not seen in training
-    popularity: torch.Tensor  # [n_items] float, training counts (0 for cold / new items)
-    text_emb: torch.Tensor | None = None  # [n_items, d] frozen sentence embeddings
-    sids: torch.Tensor | None = None  # [n_items, n_codes] int64, unique rows
-    codebook_sizes: tuple[int, ...] = ()  # vocabulary size of each SID position
-    # Spare rows behind the tables, shared by the catalogues grown from this one, so that
-    # adding m items copies m rows, not the catalogue (`sidrec.added_items.grow`).
-    reserve: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_text)
 
 
 class Recommender(nn.Module):
@@ -184,14 +166,25 @@ class Recommender(nn.Module):
         all its K rows). Default: nothing is kept."""
         return contextlib.nullcontext()
 
-    def set_catalogue(self, catalogue: Catalogue) -> None:
-        """Swap in a grown catalogue (items added after training)."""
+    def items_added(self, catalogue: Catalogue, first_new: int) -> None:
+        """The catalogue grew (`sidrec.catalogue.LiveCatalogue` calls this once per add):
+        `catalogue` is this model's with items `first_new`.. appended after training and
+        the rows before them unchanged, so a table built from those rows is extended, not
+        rebuilt. first_new = 0 (`set_catalogue`): a catalogue of its own, every table
+        rebuilt. This default takes the catalogue, refusing a grown one for a model that
+        ranks only the items it was trained on; a model whose tables follow the catalogue
+        calls it first, then updates them."""
         if catalogue.n_items != self.catalogue.n_items and not self.supports_new_items:
             raise SidrecError(
                 f"model {self.name!r} cannot rank items added after training; "
                 "use a text- or SID-based model (dense-text, liger, cobra)"
             )
         self.catalogue = catalogue
+
+    def set_catalogue(self, catalogue: Catalogue) -> None:
+        """Swap in another catalogue whole (a rolled-back add): nothing built from the old
+        one is kept."""
+        self.items_added(catalogue, 0)
 
 
 def excluded_items(inference: InferenceConfig, history: torch.Tensor,

@@ -1,99 +1,59 @@
-"""Build a `Catalogue` from a run directory, and fingerprint what a model was trained on.
+"""What a model may know about items: the arrays it is handed, and their checked reads.
 
-A run directory holds the prepared `dataset/` and, once the later stages ran,
-`embeddings.npy` (float32 [n_items, d], from `sidrec embed`) and `sids.npy` (int64
-[n_items, L+1], last column = collision token) with `tokenizer.json` (from `sidrec
-tokenize`). Every artifact that is present is loaded and shape-checked; the ones a model
-needs must be present.
-
-`input_fingerprint` hashes the inputs a model depends on. The trainer stores it in the
-model's `config.json` and `load_model` compares it with the run's current files, so a
-model is never silently paired with embeddings or SIDs that changed after it was trained.
+A model never reads the run directory: `sidrec.catalogue.build` loads the run's artifacts
+into a `Catalogue`, and the live catalogue (`sidrec.catalogue.LiveCatalogue`) grows it
+when items are added after training, telling the model through
+`Recommender.items_added`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 
-from sidrec.artifacts import require_file
-from sidrec.data.dataset import Dataset
-from sidrec.io import hash_array, hash_file, hash_obj
-from sidrec.models.base import Catalogue, Recommender
-from sidrec.run import RunDir
+from sidrec.errors import SidrecError
 
 
-def build_catalogue(
-    run_dir: str | Path | RunDir,
-    dataset: Dataset | None = None,
-    *,
-    need_text: bool = False,
-    need_sids: bool = False,
-) -> Catalogue:
-    """The catalogue of `run_dir` (`dataset` is loaded from it unless given).
+@dataclass
+class Catalogue:
+    """Item side information. It grows when items are added after training."""
 
-    Popularity counts are the training-sequence counts (0 for cold items), as Pop ranks by.
-    """
-    run = RunDir(run_dir)
-    ds = dataset if dataset is not None else Dataset.load(run.root)
-    text_emb = sids = None
-    codebook_sizes: tuple[int, ...] = ()
-    # Present artifacts are checked all the same, each against the dataset: embeddings of
-    # another catalogue, or SIDs fitted with another cold split, are refused (stale).
-    if need_text or run.embeddings.is_file():
-        text_emb = torch.from_numpy(run.load_embeddings(ds.n_items, list(ds.item_text)))
-    if need_sids or run.sids.is_file():
-        codes, codebook_sizes = run.load_sids(ds.n_items, np.asarray(ds.cold, dtype=bool))
-        sids = torch.from_numpy(codes)
-    cold = np.array(ds.cold, dtype=bool)  # a copy: arrays read from parquet are read-only
-    return Catalogue(
-        item_text=list(ds.item_text),
-        cold=torch.from_numpy(cold),
-        popularity=torch.as_tensor(ds.popularity(), dtype=torch.float32),
-        text_emb=text_emb,
-        sids=sids,
-        codebook_sizes=codebook_sizes,
-    )
+    item_text: list[str]
+    cold: torch.Tensor  # [n_items] bool: not seen in training
+    popularity: torch.Tensor  # [n_items] float, training counts (0 for cold / new items)
+    text_emb: torch.Tensor | None = None  # [n_items, d] frozen sentence embeddings
+    sids: torch.Tensor | None = None  # [n_items, n_codes] int64, unique rows
+    codebook_sizes: tuple[int, ...] = ()  # vocabulary size of each SID position
+    # Spare rows behind the tables, shared by the catalogues grown from this one, so that
+    # adding m items copies m rows, not the catalogue (`sidrec.catalogue.rows.grow`).
+    reserve: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_text)
 
 
-def catalogue_for(
-    cls: type[Recommender], run_dir: str | Path | RunDir, dataset: Dataset
-) -> Catalogue:
-    """The catalogue with the artifacts that model class `cls` declares it needs."""
-    return build_catalogue(
-        run_dir, dataset, need_text=cls.needs_text, need_sids=bool(cls.needs_sids)
-    )
+def catalogue_sids(catalogue: Catalogue, model: str) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The catalogue's SIDs [n_items, n_codes] int64 and codebook sizes, checked."""
+    if catalogue.sids is None or not catalogue.codebook_sizes:
+        raise SidrecError(
+            f"model {model!r} reads semantic IDs but the catalogue has none; run "
+            "`sidrec tokenize` for this run directory first"
+        )
+    sids = torch.as_tensor(catalogue.sids, dtype=torch.int64)
+    if sids.shape[0] != catalogue.n_items:
+        raise SidrecError(
+            f"sids.npy has {sids.shape[0]} rows for {catalogue.n_items} items; re-run "
+            "`sidrec tokenize` for this run directory"
+        )
+    return sids, tuple(int(v) for v in catalogue.codebook_sizes)
 
 
-def input_fingerprint(
-    cls: type[Recommender], run_dir: str | Path | RunDir, dataset: Dataset
-) -> dict:
-    """Hashes of the inputs model class `cls` is trained on (dataset, and text / SIDs if used)."""
-    run = RunDir(run_dir)
-    out = {"dataset": dataset_hash(dataset)}
-    if cls.needs_text:  # e.g. LIGER trained before `sidrec embed`: say which stage to run
-        require_file(run.embeddings, "item text embeddings", f"sidrec embed {run}")
-        out["embeddings"] = hash_file(run.embeddings)
-    if cls.needs_sids:
-        require_file(run.sids, "semantic IDs", f"sidrec tokenize {run}")
-        out["sids"] = hash_file(run.sids)
-    return out
-
-
-def dataset_hash(ds: Dataset) -> str:
-    """Content hash of the split itself (not of file bytes): items, cold flags and sequences."""
-    lengths = np.asarray([len(t) for t in ds.train], dtype=np.int64)
-    flat = np.concatenate(ds.train) if ds.train else np.zeros(0, np.int64)
-    return hash_obj(
-        [
-            ds.n_items,
-            ds.max_history,
-            hash_array(ds.cold.astype(bool)),
-            hash_array(lengths),
-            hash_array(flat.astype(np.int64)),
-            hash_array(ds.valid.astype(np.int64)),
-            hash_array(ds.test.astype(np.int64)),
-        ]
-    )
+def catalogue_text(catalogue: Catalogue, model: str) -> torch.Tensor:
+    """The catalogue's frozen text embeddings [n_items, d_text] float32."""
+    if catalogue.text_emb is None:
+        raise SidrecError(f"model {model!r} needs item text embeddings; run `sidrec embed` "
+                          "for this run directory first")
+    return catalogue.text_emb.float()

@@ -190,8 +190,8 @@ class Cobra(Recommender):
                 "items_per_group_max": int(sizes.max()),
                 "items_alone": round((sizes == 1).sum().item() / self.catalogue.n_items, 3)}
 
-    def set_catalogue(self, catalogue: Catalogue) -> None:
-        super().set_catalogue(catalogue)
+    def items_added(self, catalogue: Catalogue, first_new: int) -> None:
+        super().items_added(catalogue, first_new)  # the tables below are rebuilt whole
         if self.has_dense:
             self.item_encoder.set_catalogue(catalogue)
         device = self.offsets.device

@@ -113,8 +113,8 @@ class Dense(Recommender):
         h, _ = self.hidden(history, items)  # [B, L, d]
         return self.head.scores(h[:, -1], items)  # [B, n_items] = cos / tau
 
-    def set_catalogue(self, catalogue: Catalogue) -> None:
-        super().set_catalogue(catalogue)  # refuses a grown catalogue unless supports_new_items
+    def items_added(self, catalogue: Catalogue, first_new: int) -> None:
+        super().items_added(catalogue, first_new)  # refuses growth unless supports_new_items
         if catalogue.text_emb is None or catalogue.text_emb.shape[1] != self.text_emb.shape[1]:
             raise SidrecError(
                 f"model {self.name!r}: the new catalogue's text embeddings are missing or of "

@@ -8,12 +8,12 @@ that only change when the weights or the catalogue do. `ItemVectors` computes th
 (65,536 items at a time, so a small catalogue gets exactly the one-shot values) and keeps
 them until the head's parameters or the text embeddings change (their tensors' version
 counters, which every in-place update such as an optimiser step or `load_state_dict`
-bumps). When the catalogue only grew (`grown`, the items added after training), the new
-rows alone are projected, into a buffer with spare room, so adding m items costs O(m).
+bumps). When items are added after training (`items_added`), the new rows alone are
+projected, into a buffer with spare room, so adding m items costs O(m).
 
 `pool_index` is an `ItemIndex` (exact below its `exact_below`, else faiss IVF) over the
 unit vectors of a pool of items, e.g. LIGER's cold items; it is extended in place with the
-pool's new members when the catalogue grows.
+pool's new members when items are added.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,13 +45,6 @@ def one_thread() -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
         faiss.omp_set_num_threads(before_faiss)
-
-
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """torch.equal, on one thread for CPU tensors (a memory-bound pass over n rows)."""
-    if a.device.type == "cpu" and b.device.type == "cpu":
-        return a.shape == b.shape and bool(np.array_equal(a.numpy(), b.numpy()))
-    return torch.equal(a, b)
 
 
 def _key(params: Iterable[torch.Tensor], *tensors: torch.Tensor) -> tuple[Any, ...]:
@@ -106,20 +98,20 @@ class ItemVectors:
         return self._pool[1]
 
     @torch.no_grad()
-    def grown(self, old_text: torch.Tensor, new_text: torch.Tensor,
-              old_pool: torch.Tensor | None = None, new_pool: torch.Tensor | None = None,
-              ) -> None:
-        """The catalogue grew: `new_text` = `old_text` + appended rows (and `new_pool` =
-        `old_pool` + the new items' flags). A cache made for the old catalogue projects
-        only the new rows (and adds the new pool members to the index); anything else is
-        dropped and recomputed on the next call."""
-        n = len(old_text)
-        valid = self._key is not None and self._key == _key(self.params(), old_text)
-        if not valid or len(new_text) < n or self._buf is None:
+    def items_added(self, text_emb: torch.Tensor, first_new: int,
+                    pool: torch.Tensor | None = None) -> None:
+        """Items `first_new`.. of text_emb [n_items, d_text] (and of pool [n_items]) were
+        appended, the rows before them unchanged (`Recommender.items_added`). A cache of
+        exactly those first rows, made with the current weights, projects only the new
+        rows (and adds the new pool members to the index); anything else is dropped and
+        recomputed on the next call."""
+        n = first_new
+        if (n == 0 or self._buf is None or self._n != n or self._key is None
+                or self._key[:-1] != _key(self.params())):
             self._key, self._pool = None, None
             return
         with one_thread():
-            rows = self.project(new_text[n:]) if len(new_text) > n else self._buf[:0]
+            rows = self.project(text_emb[n:]) if len(text_emb) > n else self._buf[:0]
         need = n + len(rows)
         if need > len(self._buf):  # grow by a quarter: m added items cost O(m), amortised
             buf = self._buf.new_empty(max(need, len(self._buf) + len(self._buf) // 4),
@@ -127,15 +119,14 @@ class ItemVectors:
             buf[:n] = self._buf[:n]
             self._buf = buf
         self._buf[n:need] = rows  # rows below n are never written: old views stay valid
-        pool_key = None if old_pool is None else (self._key, _key((), old_pool))
-        self._n, self._key = need, _key(self.params(), new_text)
-        if (self._pool is None or pool_key != self._pool[0] or new_pool is None
-                or not same(new_pool[:n], old_pool)):
-            self._pool = None
+        # the pool index is kept when it was built on these vectors (and a pool is given)
+        kept = self._pool is not None and self._pool[0][0] == self._key and pool is not None
+        index = self._pool[1] if kept else None
+        self._n, self._key, self._pool = need, _key(self.params(), text_emb), None
+        if index is None:
             return
-        index = self._pool[1]
-        ids = new_pool[n:].nonzero().flatten() + n
+        ids = pool[n:].nonzero().flatten() + n
         if len(ids):
             with one_thread():
                 index.add(F.normalize(self._buf[ids], dim=-1), ids)
-        self._pool = ((self._key, _key((), new_pool)), index)
+        self._pool = ((self._key, _key((), pool)), index)

@@ -67,6 +67,7 @@ from sidrec.models.base import (
     top_scored,
 )
 from sidrec.models.beam import BeamResult
+from sidrec.models.catalogue import catalogue_sids, catalogue_text
 from sidrec.models.heads import DenseHead
 from sidrec.models.item_vectors import ItemVectors
 from sidrec.models.liger_input import SIDREC_BEFORE, text_sid_encoder
@@ -74,8 +75,6 @@ from sidrec.models.retrieval import merge_candidates, seen_in_history
 from sidrec.models.sid_parts import (
     GenerativeSIDHead,
     SIDEncoderConfig,
-    catalogue_sids,
-    catalogue_text,
     eval_mode,
     search_next_sid,
 )
@@ -209,16 +208,15 @@ class LIGER(Recommender):
         """Unit item vectors e_a [n_items, d] from the items' text."""
         return self.dense.item_vectors(self.text_emb)
 
-    def set_catalogue(self, catalogue: Catalogue) -> None:
-        """A catalogue that grew keeps its first items as they were (`add_items` only
-        appends), so the cached item vectors and indexes take just the new rows."""
-        before = (self.text_emb, self.cold)
-        super().set_catalogue(catalogue)
+    def items_added(self, catalogue: Catalogue, first_new: int) -> None:
+        """The SID indexes, the cached item vectors and the cold-pool index take just the
+        new rows."""
+        super().items_added(catalogue, first_new)
         self.tokens.set_codes(*catalogue_sids(catalogue, self.name))
-        self.gen.set_items(catalogue.cold)
+        self.gen.set_items(catalogue.cold, first_new)
         self.text_emb = catalogue_text(catalogue, self.name).to(self.text_emb.device)
         self.cold = catalogue.cold.bool().to(self.cold.device)
-        self.dense_items.grown(before[0], self.text_emb, before[1], self.cold)
+        self.dense_items.items_added(self.text_emb, first_new, self.cold)
 
     # -- inference -------------------------------------------------------------------
 
@@ -410,8 +408,8 @@ class DenseSID(Recommender):
             memory, _ = self.encoder(history, users, self.text_emb)
             return self.dense.scores(memory[:, -1], self.dense.project_items(self.text_emb))
 
-    def set_catalogue(self, catalogue: Catalogue) -> None:
-        super().set_catalogue(catalogue)
+    def items_added(self, catalogue: Catalogue, first_new: int) -> None:
+        super().items_added(catalogue, first_new)
         self.tokens.set_codes(*catalogue_sids(catalogue, self.name))
         self.text_emb = catalogue_text(catalogue, self.name).to(self.text_emb.device)
         self.cold = catalogue.cold.bool().to(self.cold.device)

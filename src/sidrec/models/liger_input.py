@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sidrec.models.base import Catalogue, init_weights
-from sidrec.models.sid_parts import SIDEncoder, SIDTokens, catalogue_sids
+from sidrec.models.base import init_weights
+from sidrec.models.catalogue import Catalogue, catalogue_sids
+from sidrec.models.sid_parts import SIDEncoder, SIDTokens
 
 # sidrec's LIGER input until #25: separate input MLP, user Linear, no input LayerNorm,
 # input dropout = the stack's dropout (0.1 in the presets), one position per code token.

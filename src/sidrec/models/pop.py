@@ -78,8 +78,8 @@ class Pop(Recommender):
         items, _ = top_scored(mask_history(listed, excluded.to(listed.device)), n)
         return items, self.popularity[items.clamp_min(0)].masked_fill(items < 0, -math.inf)
 
-    def set_catalogue(self, catalogue: Catalogue) -> None:
+    def items_added(self, catalogue: Catalogue, first_new: int) -> None:
         # New items have no training occurrences (popularity 0), so Pop can always list them.
-        self.catalogue = catalogue
+        super().items_added(catalogue, first_new)
         self.popularity = catalogue.popularity.float().to(self.order.device)
         self.order, self.listed = self._listing(self.popularity)

@@ -51,10 +51,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sidrec.errors import SidrecError
-from sidrec.models.base import Catalogue, excluded_items, init_weights
+from sidrec.models.base import excluded_items, init_weights
 from sidrec.models.beam import BeamResult, SidIndex, beam_search, exact_scores
 from sidrec.models.heads import mlp
-from sidrec.models.item_vectors import same
 from sidrec.models.transformer import Decoder, Encoder, KVCache, StackConfig
 
 PAD_TOKEN, BOS_TOKEN, FIRST_CODE = 0, 1, 2
@@ -82,37 +81,6 @@ class SIDEncoderConfig:
         """A transformer stack of these widths with `n_layers` blocks."""
         return StackConfig(n_layers=n_layers, d_model=self.d_model, n_heads=self.n_heads,
                            head_dim=self.head_dim, d_ff=self.d_ff, dropout=self.dropout)
-
-
-def catalogue_sids(catalogue: Catalogue, model: str) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """The catalogue's SIDs [n_items, n_codes] int64 and codebook sizes, checked."""
-    if catalogue.sids is None or not catalogue.codebook_sizes:
-        raise SidrecError(
-            f"model {model!r} reads semantic IDs but the catalogue has none; run "
-            "`sidrec tokenize` for this run directory first"
-        )
-    sids = torch.as_tensor(catalogue.sids, dtype=torch.int64)
-    if sids.shape[0] != catalogue.n_items:
-        raise SidrecError(
-            f"sids.npy has {sids.shape[0]} rows for {catalogue.n_items} items; re-run "
-            "`sidrec tokenize` for this run directory"
-        )
-    return sids, tuple(int(v) for v in catalogue.codebook_sizes)
-
-
-def catalogue_text(catalogue: Catalogue, model: str) -> torch.Tensor:
-    """The catalogue's frozen text embeddings [n_items, d_text] float32."""
-    if catalogue.text_emb is None:
-        raise SidrecError(f"model {model!r} needs item text embeddings; run `sidrec embed` "
-                          "for this run directory first")
-    return catalogue.text_emb.float()
-
-
-def _grew(before: tuple[torch.Tensor, torch.Tensor], codes: torch.Tensor,
-          cold: torch.Tensor) -> bool:
-    """Whether the catalogue (codes [n, L], cold [n]) is `before` with rows appended."""
-    n = len(before[0])
-    return len(codes) >= n and same(codes[:n], before[0]) and same(cold[:n], before[1])
 
 
 def user_bucket(users: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -278,22 +246,21 @@ class GenerativeSIDHead(nn.Module):
         self.tokens = tokens  # shared with the encoder
         self.set_items(cold)
 
-    def set_items(self, cold: torch.Tensor) -> None:
-        """After the catalogue (and `tokens.codes`) changed. When it only grew (the first
-        items' codes and cold flags unchanged, as `add_items` grows it), the prefix indexes
-        built so far take the new items (`SidIndex.extended`, O(n) per level, against a
-        rebuild's sort); otherwise they are dropped. The SIDs are validated now (unique
-        rows, codes in range)."""
+    def set_items(self, cold: torch.Tensor, first_new: int = 0) -> None:
+        """After the catalogue (and `tokens.codes`) changed: items `first_new`.. are new,
+        the ones before them unchanged, so the prefix indexes built so far take just the
+        new items (`SidIndex.extended`, O(n) per level, against a rebuild's sort);
+        first_new = 0: every index is rebuilt. The SIDs are validated now (unique rows,
+        codes in range)."""
         cold = torch.as_tensor(cold, dtype=torch.bool).cpu()
         codes = self.tokens.codes.cpu()
-        before = getattr(self, "_indexed", None)  # (codes, cold) the indexes hold
         indices: dict[tuple[bool, str], SidIndex] = {}
-        if before is not None and _grew(before, codes, cold):
-            new = torch.arange(len(before[0]), len(codes))
+        if first_new > 0:
+            new = torch.arange(first_new, len(codes))
             for (include_cold, device), index in self._indices.items():
                 rows = new if include_cold else new[~cold[new]]
                 indices[(include_cold, device)] = index.extended(codes[rows], rows)
-        self.cold, self._indexed, self._indices = cold, (codes, cold), indices
+        self.cold, self._indices = cold, indices
         self.index(include_cold=True, device=torch.device("cpu"))
 
     def index(self, include_cold: bool, device: torch.device) -> SidIndex:

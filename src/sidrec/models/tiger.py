@@ -25,12 +25,12 @@ import torch
 from sidrec.models import register
 from sidrec.models.base import Batch, Catalogue, InferenceConfig, Recommender
 from sidrec.models.beam import BeamResult
+from sidrec.models.catalogue import catalogue_sids
 from sidrec.models.sid_parts import (
     GenerativeSIDHead,
     SIDEncoder,
     SIDEncoderConfig,
     SIDTokens,
-    catalogue_sids,
     eval_mode,
     search_next_sid,
 )
@@ -98,10 +98,10 @@ class TIGER(Recommender):
         """History [B, L] (left-padded with -1) + users [B] -> (memory [B, S, d], pad [B, S])."""
         return self.encoder(history, users)
 
-    def set_catalogue(self, catalogue: Catalogue) -> None:
-        super().set_catalogue(catalogue)
+    def items_added(self, catalogue: Catalogue, first_new: int) -> None:
+        super().items_added(catalogue, first_new)
         self.tokens.set_codes(*self.item_codes(catalogue))
-        self.gen.set_items(catalogue.cold)
+        self.gen.set_items(catalogue.cold, first_new)
 
     # -- inference -----------------------------------------------------------------------
 

@@ -16,8 +16,12 @@ FastAPI on uvicorn, one model in one process (docs/serving.md):
 Modules: `settings` (limits, batching), `schemas` (the JSON contract), `queries` (a
 checked request, and a batch of them answered with few model calls), `worker` (dynamic
 batching on one inference thread), `model_process` (the model in a child process,
-`model_process=true`), `app` (routes, errors, metrics), `ray_app` (the same app on Ray
-Serve, `--ray`), `static/` (the explorer page).
+`model_process=true`), `app` (the app put together), `routes` (its routers), `backend`
+(what the routes share, as FastAPI dependencies), `checks` (a request checked before it is
+queued), `guard` (body limit, request metrics), `http_errors` (every error as one JSON
+body), `ray_app` (the same app on Ray Serve, `--ray`), `static/` (the explorer page).
+Every server process holds its model's `sidrec.catalogue.LiveCatalogue` (through its
+`Service`), the model process and each Ray Serve replica too.
 """
 
 from __future__ import annotations

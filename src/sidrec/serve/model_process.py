@@ -7,7 +7,7 @@ for work half of the time (benchmarks/bench_serve.py, docs/serving.md, "The GIL"
 sends it each batch and waits for the answers. The server process keeps its own
 `Service` for everything else (checks, item lookups, `add_items`); items it adds are
 persisted before the call returns, and the child reads them from the run directory
-(`Service.refresh`) before every batch, so the next request sees them.
+(`LiveCatalogue.refresh`) before every batch, so the next request sees them.
 
 A child that dies, or answers no batch within its deadline (`model_timeout_s`; it is
 then killed), is a `ModelStopped`; the inference worker then starts a new one
@@ -120,7 +120,7 @@ def _model_process(conn: Any, load: Callable[[], Service], threads: int) -> None
             queries = conn.recv()
         except EOFError:  # the server process is gone
             return
-        refresh_added(service)  # the items the server process added since the last batch
+        refresh_added(service.catalogue)  # what the server process added since
         calls: list[int] = []
         try:
             answers = [plain(a) for a in run_queries(service, queries, calls.append)]

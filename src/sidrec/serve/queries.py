@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidrec.api import Recommendations, Service
+from sidrec.catalogue import LiveCatalogue
 from sidrec.errors import SidrecError
 
 log = logging.getLogger("sidrec.serve")
@@ -61,10 +62,10 @@ def run_queries(service: Service, queries: list[Query],
     return out
 
 
-def refresh_added(service: Service) -> None:
+def refresh_added(catalogue: LiveCatalogue) -> None:
     """Read the items other processes added to the run; serving goes on with the catalogue
     it has if the file cannot be read."""
     try:
-        service.refresh()
+        catalogue.refresh()
     except Exception as e:
         log.warning("sidrec serve: could not read the added items: %s", e)

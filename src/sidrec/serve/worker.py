@@ -256,7 +256,7 @@ class InferenceWorker:
         process added to the run directory. Call it on the worker thread."""
         service = self.service
         assert service is not None, "answer() before the model loaded"
-        refresh_added(service)
+        refresh_added(service.catalogue)
         if self._model is None:
             return run_queries(service, queries, self.on_call)
         try:
@@ -269,11 +269,11 @@ class InferenceWorker:
             if self.on_call:
                 self.on_call(rows)
         returned = {item for a in answers if not isinstance(a, Exception) for item, _ in a}
-        if not returned <= service.index.keys():
+        if any(item not in service.catalogue for item in returned):
             # the model process read items another server added after this process's
             # refresh above: read them here too, so that every answer can be described
-            refresh_added(service)
-        if unknown := sorted(returned - service.index.keys()):
+            refresh_added(service.catalogue)
+        if unknown := sorted(i for i in returned if i not in service.catalogue):
             # it loaded another catalogue than this process's (the run directory changed
             # since the server started): nothing it answers can be trusted
             self.error = (f"the model process answers items this server does not know "

@@ -1,0 +1,68 @@
+"""The ASGI middleware in front of every route (`Guard`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import HTTPException
+
+from sidrec.serve.http_errors import error_response
+from sidrec.serve.metrics import Metrics
+from sidrec.serve.worker import InferenceWorker
+
+# Set in a recommendation request's scope while it is on its way to the worker's queue.
+ARRIVING = "sidrec.arriving"
+
+
+class Guard:
+    """ASGI middleware: the body-size limit (413), the request metrics, and the count of
+    recommendation requests on their way to the worker (`InferenceWorker.arriving`)."""
+
+    def __init__(self, app: Any, max_body: int, metrics: Metrics,
+                 worker: InferenceWorker) -> None:
+        self.app, self.max_body, self.metrics, self.worker = app, max_body, metrics, worker
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+        headers = dict(scope.get("headers") or [])
+        try:
+            length = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            length = 0
+        seen = [0]
+
+        async def limited() -> dict:
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > self.max_body:
+                raise HTTPException(413, f"request body over {self.max_body} bytes")
+            return message
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        if scope["path"].startswith("/v1/recommend"):
+            scope[ARRIVING] = True
+            self.worker.arriving += 1
+        try:
+            if length > self.max_body:
+                too_large = error_response(413, f"request body over {self.max_body} bytes")
+                await too_large(scope, receive, sending)
+            else:
+                await self.app(scope, limited, sending)
+        finally:
+            arrived(scope, self.worker)
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe(route, status[0], time.perf_counter() - start)
+
+
+def arrived(scope: dict, worker: InferenceWorker) -> None:
+    """This request is about to be queued (or is over): no longer on its way."""
+    if scope.pop(ARRIVING, False):
+        worker.arriving -= 1

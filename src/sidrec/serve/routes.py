@@ -1,0 +1,137 @@
+"""The routes of `sidrec serve`, in three routers: recommendations, items, and the
+server's own state (info, health, metrics, the explorer page). Each reads the shared
+`Backend` and the loaded service through the dependencies of `sidrec.serve.backend`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi import Query as QueryParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from sidrec.api import Recommendations, Service
+from sidrec.errors import ItemError, SidrecError
+from sidrec.serve import schemas
+from sidrec.serve.backend import BackendDep, ServiceDep
+from sidrec.serve.guard import arrived
+from sidrec.serve.http_errors import ApiError
+
+STATIC = resources.files("sidrec.serve") / "static"
+
+recommend = APIRouter()
+items = APIRouter()
+status = APIRouter()
+
+
+def respond(service: Service, recs: Recommendations, start: float) -> dict[str, Any]:
+    """A `RecommendResponse`: the items described, those of infinite score left out."""
+    infos = service.catalogue.describe([item for item, _ in recs])
+    found = [{"id": i["id"], "score": score, "title": i["title"], "cold": i["cold"]}
+             for i, (_, score) in zip(infos, recs, strict=True) if abs(score) != float("inf")]
+    return {"items": found, "model": service.name,
+            "took_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+
+# The answers are built as JSONResponse, so FastAPI does not validate them again
+# (response_model documents them).
+
+
+@recommend.post("/v1/recommend", response_model=schemas.RecommendResponse,
+                summary="Top-k items for one history")
+async def recommend_one(body: schemas.RecommendRequest, request: Request, b: BackendDep,
+                        svc: ServiceDep) -> JSONResponse:
+    start = time.perf_counter()
+    query = await b.checked(body, svc)
+    arrived(request.scope, b.worker)
+    return JSONResponse(respond(svc, await b.run(query), start))
+
+
+@recommend.post("/v1/recommend/batch", response_model=schemas.BatchResponse,
+                summary="Several recommendation requests; results in the same order")
+async def recommend_many(body: schemas.BatchRequest, request: Request, b: BackendDep,
+                         svc: ServiceDep) -> JSONResponse:
+    start = time.perf_counter()
+    if len(body.requests) > b.settings.max_batch_requests:
+        raise ApiError(400, f"{len(body.requests)} requests; the limit is "
+                       f"{b.settings.max_batch_requests}", "requests")
+    queries = [await b.checked(r, svc, f"requests[{n}].") for n, r in enumerate(body.requests)]
+    arrived(request.scope, b.worker)
+    results = await asyncio.gather(*(b.run(q) for q in queries))
+    return JSONResponse({"results": [respond(svc, r, start) for r in results]})
+
+
+@items.post("/v1/items", response_model=schemas.AddResponse,
+            summary="Add items live (encoder -> tokenizer -> catalogue; persisted)")
+async def add(body: list[schemas.NewItem], b: BackendDep, svc: ServiceDep) -> dict[str, Any]:
+    if len(body) > b.settings.max_add_items:
+        raise ApiError(400, f"{len(body)} items; the limit is {b.settings.max_add_items}",
+                       "items")
+    new = [{"id": str(i.id), "text": i.text, "vector": i.vector} for i in body]
+    try:
+        added = await b.between_batches(svc.catalogue.add, new)
+    except ItemError as e:
+        field = f"items[{e.row}]" + (f".{e.field}" if e.field else "")
+        raise ApiError(409 if e.duplicate else 422 if e.field else 400, str(e),
+                       field) from None
+    except SidrecError as e:
+        raise ApiError(400, str(e)) from None
+    return {"added": added, "n_items": len(svc.catalogue)}
+
+
+@items.get("/v1/items", response_model=schemas.SearchResponse,
+           summary="Search items by title (empty q: the most popular)")
+async def search(svc: ServiceDep, q: str = "",
+                 limit: int = QueryParam(20, ge=1, le=100)) -> dict[str, Any]:
+    return {"items": svc.catalogue.search(q, limit)}
+
+
+@items.get("/v1/items/{item_id:path}", response_model=schemas.ItemInfo,
+           responses={404: {"model": schemas.ErrorResponse}}, summary="One item")
+async def item(item_id: str, svc: ServiceDep) -> dict[str, Any]:
+    found = svc.catalogue.item(item_id)
+    if found is None:
+        raise ApiError(404, f"no item {item_id!r}")
+    return found
+
+
+@status.get("/v1/info", response_model=schemas.Info, summary="The model and the limits")
+async def info(b: BackendDep, svc: ServiceDep) -> dict[str, Any]:
+    return {**svc.info(), "replica": f"{socket.gethostname()}:{os.getpid()}",
+            "limits": asdict(b.settings)}
+
+
+@status.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@status.get("/readyz", summary="The model is loaded (503 until then)")
+async def readyz(b: BackendDep) -> JSONResponse:
+    worker = b.worker
+    if why := worker.failure():
+        state = "failed" if worker.error else "restarting"
+        return JSONResponse({"status": state, "error": why}, 503)
+    if not worker.ready.is_set():
+        return JSONResponse({"status": "loading"}, 503)
+    svc = worker.service
+    return JSONResponse({"status": "ready", "model": svc.name, "n_items": len(svc.catalogue)})
+
+
+@status.get("/metrics", summary="Prometheus metrics")
+async def prometheus(b: BackendDep) -> Response:
+    return Response(b.metrics.render(), media_type=b.metrics.content_type)
+
+
+@status.get("/", include_in_schema=False)
+async def explorer() -> FileResponse:
+    return FileResponse(str(STATIC / "index.html"))
+
+
+ROUTERS = (recommend, items, status)
