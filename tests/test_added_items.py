@@ -100,7 +100,7 @@ def test_the_file_round_trips_and_grow_appends(tmp_path: Path) -> None:
 
 def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
-    run.store.write_bytes(b"not parquet")
+    run.added_items.write_bytes(b"not parquet")
     with pytest.raises(SidrecError, match="unreadable added items"):
         store.read(run)
 
