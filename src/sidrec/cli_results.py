@@ -1,6 +1,7 @@
 """The CLI's results verbs: `sidrec bench` (the whole pipeline, with its report) and
 `sidrec report` (that report again, rendered from the run's bench.json alone, as the docs'
-results pages are). `sidrec.cli` registers them beside the stage verbs."""
+results pages are). Each verb is a parser function (`add_<verb>`) beside the `cmd_<verb>`
+it runs; `sidrec.cli` registers them beside the stage verbs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from typing import Any
 
 from sidrec.config import parse_overrides
 from sidrec.errors import SidrecError
+
+
+def add_bench(sub: Any) -> None:
+    p = sub.add_parser("bench", help="the whole pipeline for every model, with a report")
+    p.add_argument("source", nargs="?", help="dataset (default: the profile's, ml-100k)")
+    p.add_argument("--profile", default="demo",
+                   help="demo (1 seed), full (3 seeds and 3 holdout draws), beauty-cpu "
+                   "(the papers' Amazon protocol on 2 CPU cores), paper (one GPU)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -27,6 +38,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
     out = run_bench(cfg, command=command)
     print(out["report"])
     print(f"wrote {RunDir(out['run_dir']).bench_report} and {', '.join(out['plots'])}")
+
+
+def add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="a bench's report again, from its bench.json alone",
+                       description="Render the report of `sidrec bench` (the text of its "
+                       "bench.md) from RUN's bench.json, or from a copy of it, such as "
+                       "docs/results/*.json. Nothing is trained or evaluated.")
+    p.add_argument("run", metavar="RUN", help="a run directory, or a bench.json file")
+    p.add_argument("--out", help="write the markdown here instead of printing it")
+    p.set_defaults(func=cmd_report, read_only=True)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -57,21 +78,3 @@ def read_record(path: Path) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise SidrecError(f"{file}: not a bench record (a JSON object)")
     return record
-
-
-def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("bench", help="the whole pipeline for every model, with a report")
-    p.add_argument("source", nargs="?", help="dataset (default: the profile's, ml-100k)")
-    p.add_argument("--profile", default="demo",
-                   help="demo (1 seed), full (3 seeds and 3 holdout draws), beauty-cpu "
-                   "(the papers' Amazon protocol on 2 CPU cores), paper (one GPU)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("report", help="a bench's report again, from its bench.json alone",
-                       description="Render the report of `sidrec bench` (the text of its "
-                       "bench.md) from RUN's bench.json, or from a copy of it, such as "
-                       "docs/results/*.json. Nothing is trained or evaluated.")
-    p.add_argument("run", metavar="RUN", help="a run directory, or a bench.json file")
-    p.add_argument("--out", help="write the markdown here instead of printing it")
-    p.set_defaults(func=cmd_report, read_only=True)
