@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from sidrec.catalogue import LiveCatalogue
+from sidrec.config import to_dict
 from sidrec.data.dataset import pad_histories
 from sidrec.errors import SidrecError, UnknownItem
 from sidrec.models.base import Recommender
@@ -85,8 +86,6 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """The model and its catalogue, as `GET /v1/info` shows them."""
-        from sidrec.config import to_dict
-
         return {"model": self.name, "n_items": len(self.catalogue),
                 "n_added": len(self.catalogue.added), "n_users": len(self.user_index),
                 "supports_new_items": self.model.supports_new_items,

@@ -7,7 +7,7 @@
       sid_sets/<tag>/     the same three, for a model whose preset asks for its own
                           tokenizer settings (`RunDir.with_sids`; e.g. COBRA's paper 3 x 32)
       models/<model>/     one trained model (`sidrec train`), see `ModelDir`
-      added_items.parquet items added to the trained catalogue (`sidrec.added_items`)
+      added_items.parquet items added to the trained catalogue (`sidrec.catalogue.store`)
       metrics.json        every evaluation (`sidrec evaluate`, `sidrec bench`)
       results.md          the table of metrics.json (written by `sidrec evaluate`)
       bench.json, bench.md  the bench's settings, timings and report (`sidrec bench`)

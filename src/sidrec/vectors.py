@@ -11,7 +11,7 @@ Every catalogue item must have exactly one row, and the file no other item: else
 error naming the first missing, repeated or extra id. Values must be finite, every vector
 of one dimension. Nothing is unpickled (`allow_pickle=False`).
 
-`given_vectors`: the vectors items bring when added after training (`Service.add_items`).
+`given_vectors`: the vectors items bring when added after training (`LiveCatalogue.add`).
 """
 
 from __future__ import annotations

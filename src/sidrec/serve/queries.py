@@ -19,7 +19,7 @@ log = logging.getLogger("sidrec.serve")
 
 @dataclass(frozen=True)
 class Query:
-    """One recommendation request, checked (`app.check_query`)."""
+    """One recommendation request, checked (`checks.check_query`)."""
 
     history: tuple[str, ...]
     k: int = 10
