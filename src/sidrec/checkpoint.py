@@ -3,7 +3,7 @@ of a retrain (`workspace`, `publish`), and `load_model`.
 
 Files in `runs/<run>/models/<name>/` (`sidrec.run.ModelDir`):
 - `config.json`        model name, preset, model and train configs, hashes of the inputs
-                       (`sidrec.models.catalogue.input_fingerprint`), and `config_hash`,
+                       (`sidrec.catalogue.build.input_fingerprint`), and `config_hash`,
                        the hash of all of that: the model's identity
 - `inference.json`     the default inference config (beam, mode, ...); not hashed, so it
                        can change without retraining
@@ -34,13 +34,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sidrec.catalogue.build import catalogue_for, input_fingerprint
 from sidrec.config import check_ranges, from_dict, to_dict
 from sidrec.data.dataset import Dataset
 from sidrec.errors import SidrecError
-from sidrec.io import atomic_path, read_json, write_json
+from sidrec.io import atomic_path, read_json_object, write_json
 from sidrec.models import get_model_class
 from sidrec.models.base import Recommender
-from sidrec.models.catalogue import catalogue_for, input_fingerprint
 from sidrec.presets import UNRECORDED_TRAIN_DEFAULTS
 from sidrec.run import ModelDir, RunDir
 
@@ -291,7 +291,7 @@ def load_model(
             f"re-run `sidrec train` for this model to resume it"
         )
     retrain = f"retrain it (`sidrec train {run.root} --model NAME --name {md.name} --restart`)"
-    record = _read_json_file(md.config, retrain)
+    record = read_json_object(md.config, retrain)
     if not isinstance(record.get("model"), str) or not isinstance(
             record.get("model_config"), dict) or not isinstance(record.get("inputs"), dict):
         raise SidrecError(f"{md.config}: not a model record (needs model, model_config, "
@@ -308,8 +308,8 @@ def load_model(
     # options: such a record holds sidrec's old input, not the new defaults).
     stored_cfg = getattr(cls.Config, "stored", lambda data: data)(record["model_config"])
     model_cfg = from_dict(cls.Config, stored_cfg, f"{md.config}: model_config")
-    stored = (_read_json_file(md.inference, "delete it to use the model's default inference "
-                              "settings") if md.inference.is_file() else {})
+    stored = (read_json_object(md.inference, "delete it to use the model's default inference "
+                               "settings") if md.inference.is_file() else {})
     ds = dataset if dataset is not None else Dataset.load(run.root)
     now = input_fingerprint(cls, run, ds)
     changed = [k for k in set(now) | set(record["inputs"]) if now.get(k) != record["inputs"].get(k)]
@@ -336,12 +336,3 @@ def load_model(
         raise SidrecError(f"{md.weights}: {e}") from None
     return model.eval()
 
-
-def _read_json_file(path: Path, fix: str) -> dict[str, Any]:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError) as e:
-        raise SidrecError(f"{path}: unreadable JSON ({e}); {fix}") from None
-    if not isinstance(data, dict):
-        raise SidrecError(f"{path}: expected a JSON object; {fix}")
-    return data
