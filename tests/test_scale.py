@@ -1,4 +1,5 @@
-"""The scale benchmark at 10k items on the real code paths, and the synthetic catalogue.
+"""The scale benchmark (`sidrec.scale`) at 10k items on the real code paths, and the
+synthetic catalogue.
 
 benchmarks/bench_scale.py runs 10k -> 1M; here its 10k size runs in-process with fewer
 users, k-means iterations and added items, so it stays well under a minute on 2 cores.
@@ -6,28 +7,19 @@ users, k-means iterations and added items, so it stays well under a minute on 2 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from sidrec import scale
 from sidrec.data.dataset import Dataset
 from sidrec.data.synth import SynthConfig, generate, prepare_synthetic, write_synth
+from sidrec.errors import SidrecError
+from sidrec.io import hash_file, read_json
 from sidrec.run import RunDir
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
-
-
-def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_scale", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_scale"] = module
-    spec.loader.exec_module(module)
-    return module
+from sidrec.scale.recommend_stages import stage_ratio
 
 
 def test_synthetic_catalogue_is_deterministic_and_learnable():
@@ -55,14 +47,28 @@ def test_holdout_cold_pool_is_exactly_the_fraction_and_embeddings_follow_ids(tmp
     items = pd.read_parquet(tmp_path / "data" / "items.parquet")
     assert ds.item_text[0].startswith("Title: ") and "Categories: Topic" in ds.item_text[0]
     assert len(items) == 1000
+    # written as `sidrec embed` writes them: the record holds the array's hash, so an
+    # array that is not the one recorded is refused, as for any run
+    run = RunDir(tmp_path / "run")
+    assert read_json(run.embeddings_info)["embeddings_hash"] == hash_file(run.embeddings)
+    np.save(run.embeddings, emb[::-1])
+    with pytest.raises(SidrecError, match="not the array embeddings.json describes"):
+        run.load_embeddings(ds.n_items)
+
+
+def test_a_damaged_synth_record_is_rebuilt(tmp_path):
+    small = SynthConfig(n_items=200)
+    write_synth(tmp_path, small)
+    (tmp_path / "synth.json").write_text("{garbled")
+    assert write_synth(tmp_path, small)["cached"] is False
+    assert write_synth(tmp_path, small)["cached"] is True
 
 
 def test_bench_at_10k_runs_every_stage_on_real_code(tmp_path):
-    bench = bench_module()
-    opt = bench.Options(users=16, batch=16, repeats=1, kmeans_iters=4, balanced_iters=2,
+    opt = scale.Options(users=16, batch=16, repeats=1, kmeans_iters=4, balanced_iters=2,
                         add_batch=200, add_rounds=2, encode_texts=False, threads=1)
-    stages = tuple(s for s in bench.STAGES if s != "rqvae")
-    record = bench.run_all([10_000], tmp_path, opt, inline=True, stages=stages,
+    stages = tuple(s for s in scale.STAGES if s != "rqvae")
+    record = scale.run_all([10_000], tmp_path, opt, inline=True, stages=stages,
                            log=lambda *_: None)
     row = record["sizes"]["10000"]
     # 10 % held out; the few items that only dropped users had leave the catalogue
@@ -77,12 +83,12 @@ def test_bench_at_10k_runs_every_stage_on_real_code(tmp_path):
     assert row["cobra"]["global_recall"] == 1.0  # exact below 200k items
     assert row["dense"]["dense"]["recall"] >= 0.95
     assert row["add"]["sid_index_items_per_s"] > 0 and row["add"]["api_items_per_s"] > 0
-    text = bench.table(record)
+    text = scale.table(record)
     assert "TIGER constrained beam 20 (users/s)" in text
     # One size has no ratio to speak of (10k over itself is 1.00 by construction): the
     # interleaved stage is run here at 10k against itself, and the report's ratios are read
     # from a record with a larger size whose numbers are known.
-    paired = bench.stage_ratio(10_000, tmp_path, opt)
+    paired = stage_ratio(10_000, tmp_path, opt)
     for model in ("tiger", "liger"):
         r = paired[model]
         assert r["ratio"] == pytest.approx(r["users_per_s"] / r["small_users_per_s"])
@@ -91,21 +97,20 @@ def test_bench_at_10k_runs_every_stage_on_real_code(tmp_path):
               "liger": {"users_per_s": row["liger"]["users_per_s"] / 2},
               "ratio": {"tiger": {**paired["tiger"], "ratio": 0.3}}}
     two = {**record, "sizes": {**record["sizes"], "1000000": larger}}
-    assert bench.ratios(two) == [  # the interleaved ratio first, else the sizes' own
+    assert scale.ratios(two) == [  # the interleaved ratio first, else the sizes' own
         "decode users/s at 1M items = 0.30 x at 10k",
         "liger hybrid users/s at 1M items = 0.50 x at 10k (separate runs, not interleaved)"]
-    bench.plot(record, tmp_path / "scale.png")
+    scale.plot(record, tmp_path / "scale.png")
     assert (tmp_path / "scale.png").stat().st_size > 10_000
 
 
 def test_the_report_says_when_stages_of_other_runs_were_measured():
-    bench = bench_module()
     record = {"date": "2026-11-29", "sizes": {
         "10000": {"decode": {"users_per_s": 50.0}, "add": {"date": "2026-11-30 09:00"}},
         "1000000": {"decode": {"users_per_s": 40.0}}}}
-    assert bench.dates(record) == ["measured 2026-11-29: decode@10k, decode@1M",
+    assert scale.dates(record) == ["measured 2026-11-29: decode@10k, decode@1M",
                                    "measured 2026-11-30 09:00: add@10k"]
-    assert bench.ratios(record)[0] == ("decode users/s at 1M items = 0.80 x at 10k "
+    assert scale.ratios(record)[0] == ("decode users/s at 1M items = 0.80 x at 10k "
                                        "(separate runs, not interleaved)")
-    assert bench.dates({"date": "2026-11-29", "sizes": {"10000": {"decode": {}}}}) == []
+    assert scale.dates({"date": "2026-11-29", "sizes": {"10000": {"decode": {}}}}) == []
 

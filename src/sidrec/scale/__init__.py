@@ -1,0 +1,44 @@
+"""Cost vs catalogue size, 10k -> 100k -> 1M items: which part of sidrec breaks first.
+
+The library of `benchmarks/bench_scale.py` (the command), tested at 10k by
+tests/test_scale.py. Per size N: `sidrec data synth` (N items, 10 N interactions,
+`sidrec.data.synth`) -> `data prepare` (holdout: 10 % of the items cold) -> the vectors as
+`embeddings.npy` (encoder "synthetic") -> the stages below. Each stage runs in its own
+subprocess (`driver.run_stage`), so the peak RSS it reports is its own.
+
+- prepare: `sidrec.data.prepare` on the generated tables (time, memory).
+- rqkmeans: balanced RQ-KMeans 3 x 256 + collision token (`run_tokenize`): fit time, whole
+  stage, collision rate, most items per prefix. rqvae (100k only): RQ-VAE 3 x 256.
+- trie: `SidIndex` of all items + the warm items' index with its mask tables.
+- decode: TIGER `cpu` sizes, random weights (cost does not depend on what was learned),
+  constrained beam 20, top-10: users/s.
+- liger: LIGER `cpu` sizes, random weights, hybrid K = 20 over the 10 % cold pool: users/s
+  of the default path (an index over the cold pool from `cold_index_min` = 50k cold items
+  on) and of exact scoring, and the recall of the exact top-10.
+- cobra: COBRA `cpu` sizes: the sparse-ID tables, BeamFusion with per-sparse-ID
+  neighbours, and with the global index (`ItemIndex`: IVF from 200k items), its recall.
+- dense: top-10 over all items for Dense (cosine) and SASRec-style (inner product)
+  vectors: exact chunked matmul vs a faiss IVF index, recall of the exact top-10.
+- add: `add_items` at N: text encoding (all-MiniLM-L6-v2, once; it does not depend on N)
+  apart from SID assignment (tokenizer + collision token) + index update
+  (`items_added`: SID trie, item vectors, cold-pool index), and `LiveCatalogue.add`
+  end to end with the encoder stubbed out (it also copies the catalogue's arrays).
+
+- ratio: TIGER decoding and the LIGER hybrid at N and at 10k, their batches interleaved in
+  one single-threaded process, timed in its CPU time (and wall time): on a shared machine
+  the load varies by minutes, and other stages' users/s are wall-clock, 2 threads.
+
+The report's last two lines compare constrained decoding and the LIGER hybrid at the
+largest size with 10k (from the interleaved ratio stage). Results go to
+`<work>/scale.json`.
+
+Modules: `common` (sizes, options, timing, random-weight models, recall), `data_stages`,
+`recommend_stages`, `add_stage`, `driver` (runs them, writes scale.json), `report`
+(table, ratio lines, plot).
+"""
+
+from sidrec.scale.common import SIZES, Options
+from sidrec.scale.driver import STAGES, run_all
+from sidrec.scale.report import dates, plot, ratios, table
+
+__all__ = ["SIZES", "STAGES", "Options", "dates", "plot", "ratios", "run_all", "table"]
