@@ -112,3 +112,36 @@ def test_shared_modules_never_name_a_model() -> None:
                 for c in [node.left, *node.comparators]:
                     if isinstance(c, ast.Constant) and c.value in names:
                         pytest.fail(f"{module}.py compares with the model name {c.value!r}")
+
+
+# The modules that read or write a run directory: a stage, or the names of its files.
+STAGE_MODULES = ("sidrec.run", "sidrec.artifacts", "sidrec.data", "sidrec.embed",
+                 "sidrec.tokenize.stage")
+
+
+def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through the modules it imports."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for target in edges.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_reachable_follows_imports_through_other_modules() -> None:
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, "a") == {"a", "b", "c"}
+
+
+def test_models_never_import_a_stage_module() -> None:
+    """A model is handed what it needs (arrays, paths, encoders) by its loader
+    (`sidrec.catalogue.build`, `sidrec.checkpoint`): nothing in `sidrec.models` imports a
+    stage or the run directory's layout, not even through another module."""
+    edges = graph()
+    for name in sorted(edges):
+        if name == "sidrec.models" or name.startswith("sidrec.models."):
+            staged = sorted(t for t in reachable(edges, name)
+                            if any(t == s or t.startswith(s + ".") for s in STAGE_MODULES))
+            assert not staged, f"{name} imports {', '.join(staged)}"
