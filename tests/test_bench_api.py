@@ -209,11 +209,11 @@ def test_bench_parallelism_on_cpu(monkeypatch: pytest.MonkeyPatch, cores: int, w
 
     import torch
 
-    from sidrec.bench import _parallelism
+    from sidrec.bench_jobs import parallelism
 
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _parallelism(workers, {}, jobs) == expected
+    assert parallelism(workers, {}, jobs) == expected
 
 
 def test_recommend_batch_refuses_strings_for_histories(bench_run: dict) -> None:

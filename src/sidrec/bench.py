@@ -3,6 +3,8 @@
 prepare -> embed -> tokenize -> (train -> evaluate) per model and seed -> `results.md`,
 `metrics.json` (under `bench`), and plots. Every stage reuses what the run directory
 already holds when its settings and inputs are unchanged, so a re-run only does new work.
+`run_bench` runs these steps in order; the (model, seed) jobs run in `sidrec.bench_jobs`,
+one at a time or in worker processes.
 
 Profiles (`BenchConfig` presets, see `PROFILES`):
 - `demo`: MovieLens-100k, holdout cold start (5 %), CPU presets, 1 seed (`make demo`,
@@ -25,12 +27,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sidrec.bench_jobs import Job, JobSettings, finished_jobs, log, parallelism, parallelism_text
 from sidrec.config import to_dict
 from sidrec.data.prepare import PrepareConfig
 from sidrec.embed import EmbedConfig
 from sidrec.errors import SidrecError
 from sidrec.io import read_json, write_json, write_text
-from sidrec.run import ModelDir, RunDir
+from sidrec.run import RunDir
 
 # The demo's bench takes ~12 min on 2 cores (2026-11-23), `full` (3 seeds) ~35. The
 # text-only Dense and the LIGER paper's controls, TIGER (T) and Dense (SID), add ~10 min a
@@ -100,40 +103,66 @@ def default_run_dir(cfg: BenchConfig) -> Path:
     return Path("runs") / f"{name}-{cfg.prepare.cold_mode}"
 
 
-def log(msg: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(msg)
-
-
 def run_bench(cfg: BenchConfig, progress: bool = True, command: str = "") -> dict[str, Any]:
     """Run the bench; `command` (the command line that asked for it) goes into the
     report, so a results table says how to make it again."""
-    from sidrec.data import prepare, summary
-    from sidrec.embed import embed
-    from sidrec.models import get_model_class
+    from sidrec.report import format_table, render_bench, write_plots
+
+    _check(cfg)
+    run = RunDir(cfg.run_dir or default_run_dir(cfg))
+    clock = _Clock()
+    split_dirs = {seed: split_dir(cfg, run.root, seed) for seed in cfg.seeds}
+    manifests = _prepare_splits(cfg, run.root, split_dirs, progress, clock)
+    done, workers, threads = _train_models(cfg, split_dirs, progress, clock)
+    results, per_model = _aggregate(cfg, done)
+    total = time.perf_counter() - clock.started
+    # Everything the report says is recorded, so `sidrec report` renders it from
+    # bench.json alone (docs/results/ keeps a copy of each published run's).
+    record = {"config": to_dict(cfg), "models": per_model, "timings": clock.timings,
+              "total_seconds": total, "workers": workers, "threads": threads,
+              "dataset": _dataset_facts(run.root, manifests), "run": _run_facts(command)}
+    write_json(run.bench_record, record)
+    report = render_bench(read_json(run.bench_record))  # as `sidrec report` will see it
+    write_text(run.bench_report, report)
+    plots = write_plots(run, results)
+    return {"run_dir": str(run.root), "table": format_table(results), "report": report,
+            "plots": plots, "total_seconds": total}
+
+
+@dataclass
+class _Clock:
+    """Each step's wall time, logged as it ends with the time since the bench started."""
+
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self, name: str, seconds: float) -> None:
+        self.timings[name] = round(seconds, 1)
+        log(f"[{time.perf_counter() - self.started:6.0f}s] {name} done ({seconds:.1f}s)")
+
+    def since(self, name: str, t0: float) -> None:
+        self.record(name, time.perf_counter() - t0)
+
+
+def _check(cfg: BenchConfig) -> None:
+    """An unknown model, preset or setting fails before any work."""
     from sidrec.presets import resolve_config
-    from sidrec.report import aggregate, format_table, render_bench, write_plots
-    from sidrec.tokenize import diagnostics_markdown, run_tokenize, tokenizer_config
 
     if cfg.workers < 0:
         raise SidrecError(f"bench: workers must be >= 1 (0: automatic), got {cfg.workers}")
-    train_overrides = dict(cfg.train)
-    for name in cfg.models:  # an unknown model, preset or setting fails before any work
-        resolve_config(name, cfg.preset, None, train_overrides)
-    run = RunDir(cfg.run_dir or default_run_dir(cfg))
-    run_dir = run.root
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
+    for name in cfg.models:
+        resolve_config(name, cfg.preset, None, dict(cfg.train))
 
-    def record(name: str, seconds: float) -> None:
-        timings[name] = round(seconds, 1)
-        log(f"[{time.perf_counter() - started:6.0f}s] {name} done ({seconds:.1f}s)")
 
-    def stage(name: str, t0: float) -> None:
-        record(name, time.perf_counter() - t0)
+def _prepare_splits(cfg: BenchConfig, run_dir: Path, split_dirs: dict[int, Path],
+                    progress: bool, clock: _Clock) -> dict[Path, dict[str, Any]]:
+    """prepare -> embed -> tokenize once in each split's run directory: their manifests."""
+    from sidrec.data import prepare, summary
+    from sidrec.embed import embed
+    from sidrec.models import get_model_class
+    from sidrec.tokenize import diagnostics_markdown, run_tokenize, tokenizer_config
 
-    split_dirs = {seed: split_dir(cfg, run_dir, seed) for seed in cfg.seeds}
+    needs_sids = any(get_model_class(m).needs_sids for m in cfg.models)
     manifests = {}
     for seed, data_dir in split_dirs.items():
         if data_dir in manifests:
@@ -143,57 +172,45 @@ def run_bench(cfg: BenchConfig, progress: bool = True, command: str = "") -> dic
         manifests[data_dir] = prepare(data_dir, replace(cfg.prepare, seed=seed)
                                       if data_dir != run_dir else cfg.prepare)
         log(summary(manifests[data_dir]))
-        stage("prepare" + suffix, t0)
+        clock.since("prepare" + suffix, t0)
         t0 = time.perf_counter()
         embed(data_dir, cfg.embed, progress=progress)
-        stage("embed" + suffix, t0)
-        if any(get_model_class(m).needs_sids for m in cfg.models):
+        clock.since("embed" + suffix, t0)
+        if needs_sids:
             t0 = time.perf_counter()
             tok_cfg = tokenizer_config(cfg.tokenize.method, cfg.tokenize.preset,
                                        dict(cfg.tokenize.options))
             tok = run_tokenize(data_dir, tok_cfg, progress=progress)
             log(diagnostics_markdown(tok["diagnostics"]))
-            stage("tokenize" + suffix, t0)
-    manifest = manifests[run_dir] if run_dir in manifests else next(iter(manifests.values()))
+            clock.since("tokenize" + suffix, t0)
+    return manifests
+
+
+def _train_models(cfg: BenchConfig, split_dirs: dict[int, Path], progress: bool,
+                  clock: _Clock) -> tuple[dict[Job, dict[str, Any]], int, int]:
+    """Every (model, seed) trained and evaluated: (their results, workers, threads each)."""
+    from sidrec.models import get_model_class
 
     jobs = [(name, seed) for name in cfg.models for seed in cfg.seeds]
-    workers, threads = _parallelism(cfg.workers, train_overrides, len(jobs))
-    log(f"training {len(jobs)} model(s), {_parallelism_text(workers, threads)}")
+    workers, threads = parallelism(cfg.workers, cfg.train, len(jobs))
+    log(f"training {len(jobs)} model(s), {parallelism_text(workers, threads)}")
     # The SID-decoding models train longest: starting them first keeps the workers busy
     # to the end instead of leaving one long model running alone.
     order = sorted(jobs, key=lambda job: not get_model_class(job[0]).needs_sids)
-    done: dict[tuple[str, int], dict[str, Any]] = {}
-    if workers == 1:
-        from sidrec.data.dataset import Dataset
+    settings = JobSettings(cfg.preset, cfg.ks, dict(cfg.train), threads)
+    done = {}
+    for job, out in finished_jobs(order, split_dirs, settings, workers, progress):
+        done[job] = out
+        clock.record(f"{out['model_dir_name']} (best epoch {out['best_epoch']})",
+                     out["seconds"])
+    return done, workers, threads
 
-        datasets = {d: Dataset.load(d) for d in manifests}
-        for job in order:
-            data_dir = split_dirs[job[1]]
-            done[job] = _train_and_evaluate(cfg, data_dir, *job, train_overrides, threads,
-                                            bar=progress, epoch_lines=False,
-                                            dataset=datasets[data_dir])
-            record(_job_label(done[job]), done[job]["seconds"])
-    else:
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        # spawn, not fork: a forked child inherits the parent's torch thread pools.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_and_evaluate, cfg, split_dirs[job[1]], *job,
-                                   train_overrides, threads, bar=False,
-                                   epoch_lines=progress): job
-                       for job in order}
-            pending = set(futures)
-            try:
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        job = futures[future]
-                        done[job] = _result(future)
-                        record(_job_label(done[job]), done[job]["seconds"])
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+def _aggregate(cfg: BenchConfig, done: dict[Job, dict[str, Any]]
+               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(each model's row over its seeds, in `cfg.models` order; per model: its seeds, each
+    seed's metrics and the row)."""
+    from sidrec.report import aggregate
 
     results, per_model = [], {}
     for name in cfg.models:
@@ -204,22 +221,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True, command: str = "") -> dic
         agg["users_per_s"] = float(np.mean([m["users_per_s"] for m in runs]))
         results.append(agg)
         per_model[name] = {"seeds": list(cfg.seeds), "runs": runs, "aggregate": agg}
+    return results, per_model
 
-    total = time.perf_counter() - started
-    # Everything the report says is recorded, so `sidrec report` renders it from
-    # bench.json alone (docs/results/ keeps a copy of each published run's).
-    record = {"config": to_dict(cfg), "models": per_model, "timings": timings,
-              "total_seconds": total, "workers": workers, "threads": threads,
-              "dataset": {"name": manifest["name"], "counts": manifest["counts"],
-                          "splits": len(manifests),
-                          "reader": manifest.get("dataset", "")},  # e.g. amazon-2014/Toys
-              "run": _run_facts(command)}
-    write_json(run.bench_record, record)
-    report = render_bench(read_json(run.bench_record))  # as `sidrec report` will see it
-    write_text(run.bench_report, report)
-    plots = write_plots(run, results)
-    return {"run_dir": str(run_dir), "table": format_table(results), "report": report,
-            "plots": plots, "total_seconds": total}
+
+def _dataset_facts(run_dir: Path, manifests: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+    """What the report says of the data: the main split's (or the first split's) manifest."""
+    manifest = manifests[run_dir] if run_dir in manifests else next(iter(manifests.values()))
+    return {"name": manifest["name"], "counts": manifest["counts"], "splits": len(manifests),
+            "reader": manifest.get("dataset", "")}  # e.g. amazon-2014/Toys
 
 
 def split_dir(cfg: BenchConfig, run_dir: Path, seed: int) -> Path:
@@ -229,42 +238,6 @@ def split_dir(cfg: BenchConfig, run_dir: Path, seed: int) -> Path:
     if not cfg.vary_split or cfg.prepare.cold_mode != "holdout" or seed == 0:
         return run_dir
     return run_dir.with_name(f"{run_dir.name}-split{seed}")
-
-
-def _parallelism(requested: int, train_overrides: dict[str, Any],
-                 n_jobs: int) -> tuple[int, int]:
-    """(models trained at once, CPU threads each; 0 = train.py's default).
-
-    One GPU takes one model at a time. On CPU the models are small and gain little from
-    more than 4 threads, so a many-core machine trains one model per 4 cores. Below 8
-    cores that is one at a time: on 2 cores, TIGER and LIGER side by side with one thread
-    each finished no sooner than one after the other with two threads each.
-    """
-    import os
-
-    import torch
-
-    cores = os.cpu_count() or 1
-    on_gpu = train_overrides.get("device", "auto") != "cpu" and torch.cuda.is_available()
-    workers = requested or (1 if on_gpu else max(1, min(cores // 4, n_jobs)))
-    # One at a time keeps train.py's default, so `sidrec train`'s models are reused.
-    return workers, 0 if on_gpu or workers == 1 else max(1, cores // workers)
-
-
-def _result(future: Any) -> dict[str, Any]:
-    """A worker's result; its SidrecError comes through as is."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    try:
-        return future.result()
-    except BrokenProcessPool as e:
-        raise SidrecError(
-            "bench: a worker process died (out of memory, or a script that calls run_bench "
-            "without an `if __name__ == \"__main__\":` guard); rerun with workers=1") from e
-
-
-def _parallelism_text(workers: int, threads: int) -> str:
-    return f"{workers} at a time" + (f", {threads} CPU thread(s) each" if threads else "")
 
 
 def _run_facts(command: str) -> dict[str, str]:
@@ -281,64 +254,6 @@ def _run_facts(command: str) -> dict[str, str]:
         machine += f", {torch.cuda.get_device_name(0)}"
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine,
             "version": __version__, "command": command}
-
-
-def _job_label(out: dict[str, Any]) -> str:
-    return f"{out['model_dir_name']} (best epoch {out['best_epoch']})"
-
-
-def _train_and_evaluate(cfg: BenchConfig, run_dir: Path, name: str, seed: int,
-                        train_overrides: dict[str, Any], threads: int, *, bar: bool,
-                        epoch_lines: bool, dataset: Any = None) -> dict[str, Any]:
-    """Train one (model, seed), or reuse it, and evaluate it on test. Runs in a worker
-    process when the bench trains several models at once; there a log line per epoch
-    replaces the progress bar, which would garble the other workers' bars."""
-    from sidrec.checkpoint import load_model
-    from sidrec.device import resolve_device
-    from sidrec.evaluate import evaluate
-    from sidrec.presets import resolve_config
-    from sidrec.train import train
-
-    t0 = time.perf_counter()
-    if dataset is None:
-        from sidrec.data.dataset import Dataset
-
-        dataset = Dataset.load(run_dir)
-    # Seed 0 keeps the plain name, so a 3-seed run reuses the 1-seed demo's models.
-    model_dir_name = name if seed == 0 else f"{name}-seed{seed}"
-    overrides = {**({"num_threads": threads} if threads else {}), **train_overrides,
-                 "seed": seed}
-
-    def epoch_line(entry: dict[str, Any]) -> None:
-        metric = next((k for k in entry if k.startswith("valid_ndcg")), None)
-        valid = f", {metric[6:]} {entry[metric]:.4f}" if metric else ""
-        log(f"{model_dir_name}: epoch {entry['epoch']} ({entry['train_seconds']:.0f}s), "
-            f"loss {entry['train_loss']:.4f}{valid}")
-
-    info = train(resolve_config(name, cfg.preset, None, overrides), run_dir,
-                 name=model_dir_name, dataset=dataset, progress=bar,
-                 on_epoch_end=epoch_line if epoch_lines else None)
-    model_dir = RunDir(run_dir).model(model_dir_name)
-    train_s = _train_seconds(model_dir, time.perf_counter() - t0)
-    model = load_model(model_dir, run_dir, dataset=dataset)
-    device = resolve_device(overrides.get("device", "auto"),
-                            overrides.get("num_threads") or threads)  # as the model trained
-    metrics = evaluate(model.to(device), dataset, "test", cfg.ks)
-    return {"model_dir_name": model_dir_name, "best_epoch": info.get("best_epoch"),
-            "metrics": metrics, "train_seconds": train_s,
-            "seconds": time.perf_counter() - t0}
-
-
-def _train_seconds(model_dir: ModelDir, fallback: float) -> float:
-    """Training wall time from the log (a reused model costs ~0 now but did not then)."""
-    from sidrec.checkpoint import read_log
-
-    entries = read_log(model_dir)
-    if entries:
-        seconds = [e.get("train_seconds", 0.0) for e in entries]
-        if seconds and all(isinstance(s, int | float) for s in seconds):
-            return float(sum(seconds))
-    return fallback
 
 
 def bench_config(profile: str, source: str | None, overrides: dict[str, Any]) -> BenchConfig:
