@@ -43,7 +43,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     except UnknownItem as e:  # the API's advice, in the command's words
         raise UnknownItem(e.row, e.unknown, "check the id, or pass --skip-unknown") from None
     items = [{**info, "score": score} for info, (_, score) in
-             zip(rec.items([i for i, _ in recs]), recs, strict=True)]
+             zip(rec.catalogue.describe([i for i, _ in recs]), recs, strict=True)]
     if args.json:
         import json
 
