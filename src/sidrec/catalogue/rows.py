@@ -41,8 +41,9 @@ class NewItems:
         return NewItems(self.ids[start:], self.texts[start:], self.vectors[start:], sids)
 
 
-def no_items(dim: int = 0) -> NewItems:
-    return NewItems((), (), np.zeros((0, dim), np.float32), None)
+def no_items() -> NewItems:
+    """No items: what a catalogue has added before its first add."""
+    return NewItems((), (), np.zeros((0, 0), np.float32), None)
 
 
 def grow(catalogue: Catalogue, new: NewItems) -> Catalogue:
