@@ -105,7 +105,8 @@ def test_shared_modules_never_name_a_model() -> None:
     """The trainer, evaluator, bench, report and API loop over models through the registry:
     none of them may branch on a model's name."""
     names = ("tiger", "liger", "cobra", "sasrec", "dense", "pop")
-    for module in ("train", "evaluate", "bench", "report", "api", "checkpoint", "presets"):
+    for module in ("train", "epoch", "evaluate", "bench", "bench_jobs", "report", "api",
+                   "checkpoint", "presets"):
         tree = ast.parse((PACKAGE / f"{module}.py").read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Compare):

@@ -69,7 +69,7 @@ class Recommender(nn.Module):
     supports_new_items: ClassVar[bool] = False  # can rank items added after training
     needs_text: ClassVar[bool] = False  # True: the run needs `embeddings.npy` (embed stage)
     # True: `loss` supervises every history position, so the trainer feeds one window per
-    # `max_history` items instead of every prefix (see `sidrec.train.window_examples`).
+    # `max_history` items instead of every prefix (see `sidrec.epoch.window_examples`).
     trains_every_position: ClassVar[bool] = False
 
     @property
