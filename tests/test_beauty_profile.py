@@ -66,3 +66,16 @@ def test_each_model_writes_its_learning_curve(profile_run: dict) -> None:
         assert float(rows[0]["wall_seconds"]) > 0 and int(rows[0]["sequences"]) > 0
         assert 0 <= float(rows[0]["valid_ndcg@10"]) <= float(rows[0]["valid_recall@10"]) <= 1
         assert (models / name / "curve.png").stat().st_size > 1000
+
+
+def test_the_cobra_checks_run_on_the_profile_model(profile_run: dict, cli) -> None:
+    run = Path(profile_run["run_dir"])
+    result = cli("analyze", "cobra", run, "--max-users", "40")
+    assert result.code == 0, result.err
+    assert "| sparse_id_first_beam |" in result.out and "| in_group_top10 |" in result.out
+    checks = json.loads((run / "analysis" / "cobra_checks_cobra.json").read_text())
+    assert checks["users"] == 40 and checks["split"] == "valid"
+    assert 0 <= checks["sparse_id_first_beam"] <= checks["sparse_id_in_20_beams"] <= 1
+    assert 1 <= checks["rank_in_group_median"] <= checks["group_size_median"]
+    result = cli("analyze", "cobra", run, "--model", "tiger")  # no sparse + dense parts
+    assert result.code == 2 and "sparse and dense" in result.err

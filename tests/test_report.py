@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,36 @@ def test_committed_results_pages_match_their_bench_json() -> None:
     for page in RESULTS.glob("*.md"):
         if page.name != "README.md":
             assert f'--8<-- "results/{page.name}' in included, f"results.md omits {page.name}"
+
+
+def test_a_profile_run_one_model_at_a_time_makes_one_table(bench_run: Path, cli: Callable,
+                                                            tmp_path: Path) -> None:
+    record = json.loads((bench_run / "bench.json").read_text())
+    folder = bench_run.parent
+    cfg = BenchConfig(prepare=tables(folder / "interactions.csv", folder / "items.csv"),
+                      embed=EmbedConfig(vectors=str(folder / "vectors.csv")),
+                      tokenize=TINY_SIDS, run_dir=str(tmp_path / "run"), models=("pop",),
+                      train={"max_epochs": 1})
+    run_bench(cfg, progress=False, command="sidrec bench tiny.csv models=pop")
+    # The same settings, SASRec only: it joins Pop's record instead of replacing it.
+    run_bench(replace(cfg, models=("sasrec",)), progress=False,
+              command="sidrec bench tiny.csv models=sasrec")
+    merged = json.loads((tmp_path / "run" / "bench.json").read_text())
+    assert list(merged["models"]) == ["pop", "sasrec"] == merged["config"]["models"]
+    report = (tmp_path / "run" / "bench.md").read_text()
+    assert "| pop " in report and "| sasrec (CE) " in report
+    assert "earlier benches of the same settings: `pop`" in report
+    assert "(`sidrec bench tiny.csv models=pop`)" in report
+    # Each model's numbers are the ones its own bench measured (same data, seed, epochs).
+    for name in ("pop", "sasrec"):
+        assert merged["models"][name]["aggregate"]["rows"] == record["models"][name][
+            "aggregate"]["rows"]
+    # `sidrec report` merges copies the same way; unlike settings are refused in one line.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**record, "config": {**record["config"], "seeds": [1]}}))
+    result = cli("report", bench_run / "bench.json", other)
+    assert result.code == 2 and "differ in more than their models" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    result = cli("report", tmp_path / "run" / "bench.json", bench_run / "bench.json")
+    assert result.code == 0, result.err
+    assert "| pop " in result.out and "| sasrec (CE) " in result.out

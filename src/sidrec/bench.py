@@ -118,9 +118,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True, command: str = "") -> dic
     total = time.perf_counter() - clock.started
     # Everything the report says is recorded, so `sidrec report` renders it from
     # bench.json alone (docs/results/ keeps a copy of each published run's).
-    record = {"config": to_dict(cfg), "models": per_model, "timings": clock.timings,
-              "total_seconds": total, "workers": workers, "threads": threads,
-              "dataset": _dataset_facts(run.root, manifests), "run": _run_facts(command)}
+    made = _run_facts(command)
+    record = {"config": to_dict(cfg),
+              "models": {name: {**entry, "run": made} for name, entry in per_model.items()},
+              "timings": clock.timings, "total_seconds": total, "workers": workers,
+              "threads": threads, "dataset": _dataset_facts(run.root, manifests), "run": made}
+    if run.bench_record.is_file():  # `models=liger` after `models=tiger`: one table
+        earlier = read_json(run.bench_record)
+        if isinstance(earlier, dict) and same_settings(earlier, record):
+            record = merge_records([earlier, record])
     write_json(run.bench_record, record)
     report = render_bench(read_json(run.bench_record))  # as `sidrec report` will see it
     write_text(run.bench_report, report)
@@ -238,6 +244,36 @@ def split_dir(cfg: BenchConfig, run_dir: Path, seed: int) -> Path:
     if not cfg.vary_split or cfg.prepare.cold_mode != "holdout" or seed == 0:
         return run_dir
     return run_dir.with_name(f"{run_dir.name}-split{seed}")
+
+
+def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two bench records measured on the same data with the same settings, whatever
+    models each trained, wherever it kept its run and however many at once."""
+    def settings(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in record.get("config", {}).items()
+                if k not in ("models", "run_dir", "workers")}
+
+    return settings(a) == settings(b) and a.get("dataset") == b.get("dataset")
+
+
+def merge_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record of several benches of the same settings (`same_settings`), e.g. a
+    profile run one model at a time: each model as its latest record measured it, with
+    that bench's run facts; the models in the order they were first measured."""
+    first = next((r for r in records if not same_settings(records[0], r)), None)
+    if first is not None:
+        raise SidrecError(
+            "these bench records differ in more than their models (data, split, presets, "
+            "seeds or stage settings), so one table would compare unlike runs; report them "
+            "one at a time")
+    merged = dict(records[-1])
+    merged["models"], merged["timings"] = {}, {}
+    for record in records:
+        for name, entry in record["models"].items():
+            merged["models"][name] = {"run": record["run"], **entry}
+        merged["timings"].update(record["timings"])
+    merged["config"] = {**merged["config"], "models": list(merged["models"])}
+    return merged
 
 
 def _run_facts(command: str) -> dict[str, str]:

@@ -44,17 +44,22 @@ def add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="a bench's report again, from its bench.json alone",
                        description="Render the report of `sidrec bench` (the text of its "
                        "bench.md) from RUN's bench.json, or from a copy of it, such as "
-                       "docs/results/*.json. Nothing is trained or evaluated.")
-    p.add_argument("run", metavar="RUN", help="a run directory, or a bench.json file")
+                       "docs/results/*.json. Several records of the same settings (a "
+                       "profile run one model at a time) make one table, each model as "
+                       "the last of them measured it. Nothing is trained or evaluated.")
+    p.add_argument("run", metavar="RUN", nargs="+",
+                   help="a run directory, or a bench.json file")
     p.add_argument("--out", help="write the markdown here instead of printing it")
     p.set_defaults(func=cmd_report, read_only=True)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from sidrec.bench import merge_records
     from sidrec.io import write_text
     from sidrec.report import render_bench
 
-    text = render_bench(read_record(Path(args.run)))
+    records = [read_record(Path(run)) for run in args.run]
+    text = render_bench(merge_records(records) if len(records) > 1 else records[0])
     if args.out:
         write_text(args.out, text)
         print(f"wrote {args.out}")

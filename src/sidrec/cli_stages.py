@@ -238,24 +238,41 @@ def _ks(text: str) -> tuple[int, ...]:
 
 
 def add_analyze(sub: Any) -> None:
-    p = sub.add_parser("analyze", help="diagnostics (cold-start: generative overfitting)")
-    p.add_argument("analysis", choices=["cold-start"])
+    p = sub.add_parser("analyze", help="diagnostics (cold-start: generative overfitting; "
+                                       "cobra: where coarse-to-fine decoding loses the target)")
+    p.add_argument("analysis", choices=["cold-start", "cobra"])
     p.add_argument("run_dir")
-    p.add_argument("--model", default="tiger", help="a trained generative model (tiger, liger)")
-    p.add_argument("--max-users", type=int, default=2000)
+    p.add_argument("--model", default=None,
+                   help="a trained model: generative (tiger, liger) for cold-start, "
+                        "a COBRA for cobra (default: tiger / cobra)")
+    p.add_argument("--max-users", type=int, default=None,
+                   help="users to analyse (default: 2000 for cold-start, 4000 for cobra)")
+    p.add_argument("--split", choices=["valid", "test"], default="valid",
+                   help="cobra: whose users (default valid: a diagnosis chooses nothing "
+                        "on test)")
     p.set_defaults(func=cmd_analyze)
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
+    if args.max_users is not None and args.max_users < 1:
+        raise SidrecError(f"--max-users {args.max_users}: must be >= 1 (e.g. 2000)")
+    if args.analysis == "cobra":
+        from sidrec.analyze_cobra import analyze_cobra, format_checks
+
+        name = args.model or "cobra"
+        summary = analyze_cobra(args.run_dir, name, args.split, args.max_users or 4000)
+        print(f"{name}: sparse-ID beam and teacher-forced dense ranking ({args.split} users)")
+        print(format_checks(summary))
+        print(f"wrote {args.run_dir}/analysis/cobra_checks_{name}.json")
+        return
     from sidrec.analyze import analyze_cold_start
 
-    if args.max_users < 1:
-        raise SidrecError(f"--max-users {args.max_users}: must be >= 1 (e.g. 2000)")
-    summary = analyze_cold_start(args.run_dir, args.model, max_users=args.max_users)
-    print(f"{args.model}: generative log P(SID), in-set vs cold-start (test users)")
+    name = args.model or "tiger"
+    summary = analyze_cold_start(args.run_dir, name, max_users=args.max_users or 2000)
+    print(f"{name}: generative log P(SID), in-set vs cold-start (test users)")
     print("| quantity | n | mean | median | p10 | p90 |")
     print("|---|---|---|---|---|---|")
-    for name, s in summary.items():
-        print(f"| {name} | {s['n']} | {s['mean']:.2f} | {s['median']:.2f} | {s['p10']:.2f} | "
-              f"{s['p90']:.2f} |")
-    print(f"wrote {args.run_dir}/plots/cold_start_{args.model}.png")
+    for quantity, s in summary.items():
+        print(f"| {quantity} | {s['n']} | {s['mean']:.2f} | {s['median']:.2f} | "
+              f"{s['p10']:.2f} | {s['p90']:.2f} |")
+    print(f"wrote {args.run_dir}/plots/cold_start_{name}.png")

@@ -221,6 +221,16 @@ def render_bench(record: dict[str, Any]) -> str:
             "`sidrec bench` with the same settings (it reuses every finished stage)") from None
 
 
+def _earlier_runs(record: dict[str, Any]) -> list[str]:
+    """Models an earlier bench of the same settings measured (`bench.merge_records`)."""
+    made = record["run"]
+    earlier = [f"`{name}` {m['run']['date']}"
+               + (f" (`{m['run']['command']}`)" if m["run"].get("command") else "")
+               for name, m in record["models"].items() if m.get("run", made) != made]
+    return ["Measured by earlier benches of the same settings: " + "; ".join(earlier) + "."
+            ] if earlier else []
+
+
 def _render_bench(record: dict[str, Any]) -> str:
     cfg, data, made = record["config"], record["dataset"], record["run"]
     results = [m["aggregate"] for m in record["models"].values()]
@@ -242,6 +252,7 @@ def _render_bench(record: dict[str, Any]) -> str:
         f"# sidrec bench: {data['name']}",
         "",
         f"Run {made['date']} on {made['machine']}, sidrec {made['version']}{command}.",
+        *_earlier_runs(record),
         "",
         f"Dataset: {c['users']:,} users, {c['items']:,} items, {c['interactions']:,} "
         f"interactions; leave-one-out, full ranking over all items; cold start "
