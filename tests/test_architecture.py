@@ -146,3 +146,35 @@ def test_models_never_import_a_stage_module() -> None:
             staged = sorted(t for t in reachable(edges, name)
                             if any(t == s or t.startswith(s + ".") for s in STAGE_MODULES))
             assert not staged, f"{name} imports {', '.join(staged)}"
+
+
+MAX_FUNCTION_LINES = 100  # a function a reader holds in their head
+MAX_CLASS_LINES = 250
+SERVICE_MAX_LINES = 300  # api.Service recommends; the live catalogue lives in sidrec.catalogue
+
+
+def oversized(tree: ast.AST) -> list[str]:
+    """Functions over MAX_FUNCTION_LINES and classes over MAX_CLASS_LINES in `tree`."""
+    found = []
+    for node in ast.walk(tree):
+        limit = (MAX_FUNCTION_LINES if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                 else MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else None)
+        if limit is not None and node.end_lineno - node.lineno + 1 > limit:
+            found.append(f"{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    return found
+
+
+def test_oversized_finds_a_planted_long_function() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert oversized(ast.parse(f"def long():\n{body}\n")) == [
+        f"long ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert oversized(ast.parse("class Small:\n    def f(self):\n        return 1\n")) == []
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
+def test_functions_and_classes_stay_small(path: Path) -> None:
+    assert oversized(ast.parse(path.read_text())) == [], path
+
+
+def test_the_service_module_stays_small() -> None:
+    assert len((PACKAGE / "api.py").read_text().splitlines()) <= SERVICE_MAX_LINES
