@@ -24,6 +24,7 @@ most recent part of it: masking the window alone leaves older seen items in the 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -214,6 +215,17 @@ def item_padding(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids shifted by +1 so that 0 is padding [B, L], padding mask [B, L] True where padded)."""
     pad = history < 0
     return (history + 1).clamp_min(0), pad
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Inference without dropout; the caller's train/eval state is restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def init_weights(module: nn.Module) -> None:

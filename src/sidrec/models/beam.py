@@ -325,6 +325,12 @@ def beam_search(
     return BeamResult(items, scores, int(invalid.sum()), seqs)
 
 
+def item_sids(codes: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """The SIDs [B, H, L] of items [B, H] (-1 = none) under codes [n_items, L]: the
+    `exclude` of `beam_search`, which ignores the row of -1 an item -1 gets."""
+    return codes[items.clamp_min(0)].masked_fill((items < 0)[..., None], -1)
+
+
 def _last_level_keys(index: SidIndex, sids: torch.Tensor) -> torch.Tensor:
     """Sorted keys `parent_node * V_last + last_code` [B, H] of SIDs [B, H, L] under
     `index` (-1 where a SID is no prefix path of the index, or has a negative code)."""

@@ -62,22 +62,18 @@ from sidrec.models.base import (
     Batch,
     Catalogue,
     Recommender,
+    eval_mode,
     excluded_items,
     mask_history,
     top_scored,
 )
-from sidrec.models.beam import BeamResult
 from sidrec.models.catalogue import catalogue_sids, catalogue_text
+from sidrec.models.generative import GenerativeSIDModel
 from sidrec.models.heads import DenseHead
 from sidrec.models.item_vectors import ItemVectors
 from sidrec.models.liger_input import SIDREC_BEFORE, text_sid_encoder
 from sidrec.models.retrieval import merge_candidates, seen_in_history
-from sidrec.models.sid_parts import (
-    GenerativeSIDHead,
-    SIDEncoderConfig,
-    eval_mode,
-    search_next_sid,
-)
+from sidrec.models.sid_parts import GenerativeSIDHead, SIDEncoderConfig
 from sidrec.models.tiger import TIGERConfig, TIGERInference
 
 Mode = Literal["hybrid", "generative", "dense"]
@@ -161,8 +157,10 @@ def liger_rerank(
 
 
 @register
-class LIGER(Recommender):
-    """SIDEncoder (SID + text input) + GenerativeSIDHead + DenseHead; hybrid inference."""
+class LIGER(GenerativeSIDModel):
+    """SIDEncoder (SID + text input) + GenerativeSIDHead + DenseHead; hybrid inference.
+    The generative head's surface (generate, log_likelihood, exact_scores) is TIGER's
+    (`GenerativeSIDModel`)."""
 
     name: ClassVar[str] = "liger"
     Config: ClassVar[type] = LIGERConfig
@@ -212,21 +210,11 @@ class LIGER(Recommender):
         """The SID indexes, the cached item vectors and the cold-pool index take just the
         new rows."""
         super().items_added(catalogue, first_new)
-        self.tokens.set_codes(*catalogue_sids(catalogue, self.name))
-        self.gen.set_items(catalogue.cold, first_new)
         self.text_emb = catalogue_text(catalogue, self.name).to(self.text_emb.device)
         self.cold = catalogue.cold.bool().to(self.cold.device)
         self.dense_items.items_added(self.text_emb, first_new, self.cold)
 
     # -- inference -------------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate(
-        self, history: torch.Tensor, users: torch.Tensor, inference: Any = None,
-        beam: int | None = None, seen: torch.Tensor | None = None,
-    ) -> BeamResult:
-        """The generative head's beam search: items / log-probs [B, beam], n_invalid."""
-        return search_next_sid(self, history, users, self._inference(inference), beam, seen)
 
     @torch.no_grad()
     def score(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
@@ -242,11 +230,9 @@ class LIGER(Recommender):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         inference = self._inference(inference)
         if inference.mode == "generative":  # SID log-probabilities, as TIGER
-            out = self.generate(history, users, inference, beam=max(inference.beam, k),
-                                seen=seen)
-            return self.gen.top_k(out, k + margin)
-        if inference.mode == "dense":  # `score` is the dense score of every item
             return super().recommend(history, users, k, inference, margin, seen)
+        if inference.mode == "dense":  # the top k of `score`, every item's dense score
+            return Recommender.recommend(self, history, users, k, inference, margin, seen)
         return self._hybrid(history, users, k + margin, inference,
                             excluded_items(inference, history, seen))
 
@@ -315,24 +301,6 @@ class LIGER(Recommender):
         if seen is not None:
             cos = cos.masked_fill(seen_in_history(cold_items, seen), float("-inf"))
         return liger_rerank(beam_items, self.cold, ColdTop(beam, cold_items, cos / tau), k)
-
-    @torch.no_grad()
-    def log_likelihood(
-        self, history: torch.Tensor, users: torch.Tensor, items: torch.Tensor
-    ) -> torch.Tensor:
-        """log p(SID of items[b, m] | user b) under the generative head: [B, M]."""
-        with eval_mode(self):
-            memory, pad = self.encode(history, users)
-            return self.gen.log_likelihood(memory, pad, items.to(memory.device))
-
-    @torch.no_grad()
-    def exact_scores(
-        self, history: torch.Tensor, users: torch.Tensor, chunk: int | None = None
-    ) -> torch.Tensor:
-        """The generative head's log-likelihood of every item's SID: [B, n_items]."""
-        with eval_mode(self):
-            memory, pad = self.encode(history, users)
-            return self.gen.exact_scores(memory, pad, chunk or self.inference.score_chunk)
 
     def variants(self) -> dict[str, Any]:
         """Hybrid at the configured K (trained models are selected on it), then at every K

@@ -41,18 +41,15 @@ through the whole catalogue, cold included.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sidrec.errors import SidrecError
-from sidrec.models.base import excluded_items, init_weights
-from sidrec.models.beam import BeamResult, SidIndex, beam_search, exact_scores
+from sidrec.models.base import init_weights
+from sidrec.models.beam import BeamResult, SidIndex, beam_search, exact_scores, item_sids
 from sidrec.models.heads import mlp
 from sidrec.models.transformer import Decoder, Encoder, KVCache, StackConfig
 
@@ -86,17 +83,6 @@ class SIDEncoderConfig:
 def user_bucket(users: torch.Tensor, n_buckets: int) -> torch.Tensor:
     """Multiplicative (Knuth) hash of dense user ids into [0, n_buckets)."""
     return (users * 2654435761) % (2**32) % n_buckets
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Inference without dropout; the caller's train/eval state is restored afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class SIDTokens(nn.Module):
@@ -356,11 +342,7 @@ class GenerativeSIDHead(nn.Module):
         catalogue = self.index(True, device)
         allowed = self.index(include_cold, device) if constrained else None
         cache = self.decoder.start(memory, pad)
-        banned = None
-        if exclude is not None:
-            exclude = exclude.to(device)
-            banned = self.tokens.codes[exclude.clamp_min(0)]  # (B, H, L)
-            banned = banned.masked_fill((exclude < 0)[..., None], -1)
+        banned = None if exclude is None else item_sids(self.tokens.codes, exclude.to(device))
         return beam_search(self._step, cache, len(memory), beam, catalogue, allowed,
                            exclude=banned)
 
@@ -370,17 +352,3 @@ class GenerativeSIDHead(nn.Module):
         items = out.items[:, :k]
         return items, out.log_probs[:, :k].masked_fill(items < 0, float("-inf"))
 
-
-@torch.no_grad()
-def search_next_sid(model: nn.Module, history: torch.Tensor, users: torch.Tensor,
-                    inference: Any, beam: int | None = None,
-                    seen: torch.Tensor | None = None) -> BeamResult:
-    """`generate` of TIGER and LIGER: `model.encode` the history, then beam-search the next
-    item's SID with `model.gen` (width `beam`, default the inference config's); under
-    `exclude_history` no beam completes an item of `seen` (default: the history)."""
-    with eval_mode(model):
-        memory, pad = model.encode(history, users)
-        width = inference.beam if beam is None else beam
-        return model.gen.generate(memory, pad, width, inference.constrained,
-                                  inference.include_cold,
-                                  excluded_items(inference, history, seen))

@@ -4,7 +4,9 @@ TIGER = `SIDEncoder` (the history as SID tokens + a hashed user token) + `Genera
 (a decoder that generates the next item's SID code by code); the parts, the vocabulary
 and the deviations from the reference T5 set-up are described in `sid_parts`. Training is
 next-token cross-entropy on the target SID (`loss_gen`); inference is beam search,
-constrained to catalogue SIDs or not (`TIGERInference`).
+constrained to catalogue SIDs or not (`TIGERInference`), through the surface every
+generative SID model shares (`generative.GenerativeSIDModel`: generate, recommend,
+log_likelihood, exact_scores).
 
 TIGER (T), the LIGER paper's control (Yang et al., arXiv 2411.18814), is the same
 assembly where every item is one atomic token (its dense id) instead of a SID: `tiger-t`.
@@ -23,17 +25,9 @@ from typing import Any, ClassVar
 import torch
 
 from sidrec.models import register
-from sidrec.models.base import Batch, Catalogue, InferenceConfig, Recommender
-from sidrec.models.beam import BeamResult
-from sidrec.models.catalogue import catalogue_sids
-from sidrec.models.sid_parts import (
-    GenerativeSIDHead,
-    SIDEncoder,
-    SIDEncoderConfig,
-    SIDTokens,
-    eval_mode,
-    search_next_sid,
-)
+from sidrec.models.base import Batch, Catalogue, InferenceConfig
+from sidrec.models.generative import GenerativeSIDModel
+from sidrec.models.sid_parts import GenerativeSIDHead, SIDEncoder, SIDEncoderConfig, SIDTokens
 
 
 @dataclass(frozen=True)
@@ -65,18 +59,15 @@ PRESETS: dict[str, TIGERConfig] = {
 
 
 @register
-class TIGER(Recommender):
-    """SIDEncoder + GenerativeSIDHead; `recommend` = beam search of the next item's SID."""
+class TIGER(GenerativeSIDModel):
+    """SIDEncoder + GenerativeSIDHead; `recommend` = beam search of the next item's SID
+    (the surface every generative SID model shares: `GenerativeSIDModel`)."""
 
     name: ClassVar[str] = "tiger"
     Config: ClassVar[type] = TIGERConfig
     Inference: ClassVar[type] = TIGERInference
     needs_sids: ClassVar[bool] = True
     supports_new_items: ClassVar[bool] = True  # new items get SIDs; see `include_cold`
-
-    def item_codes(self, catalogue: Catalogue) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Each item's codes [n_items, n_codes] and the codebook sizes: its SID."""
-        return catalogue_sids(catalogue, self.name)
 
     def __init__(self, cfg: TIGERConfig, catalogue: Catalogue) -> None:
         super().__init__(cfg, catalogue)
@@ -97,60 +88,6 @@ class TIGER(Recommender):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """History [B, L] (left-padded with -1) + users [B] -> (memory [B, S, d], pad [B, S])."""
         return self.encoder(history, users)
-
-    def items_added(self, catalogue: Catalogue, first_new: int) -> None:
-        super().items_added(catalogue, first_new)
-        self.tokens.set_codes(*self.item_codes(catalogue))
-        self.gen.set_items(catalogue.cold, first_new)
-
-    # -- inference -----------------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate(
-        self, history: torch.Tensor, users: torch.Tensor, inference: Any = None,
-        beam: int | None = None, seen: torch.Tensor | None = None,
-    ) -> BeamResult:
-        """Beam search of the next item's SID: items / log-probs [B, beam], n_invalid."""
-        return search_next_sid(self, history, users, self._inference(inference), beam, seen)
-
-    @torch.no_grad()
-    def recommend(
-        self, history: torch.Tensor, users: torch.Tensor, k: int, inference: Any = None,
-        margin: int = 0, seen: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k of a beam of width max(beam, k); scores are SID log-probabilities, and an
-        invalid SID (unconstrained decoding) is item -1 with score -inf; the margin is the
-        rest of that beam."""
-        inference = self._inference(inference)
-        out = self.generate(history, users, inference, beam=max(inference.beam, k), seen=seen)
-        return self.gen.top_k(out, k + margin)
-
-    @torch.no_grad()
-    def log_likelihood(
-        self, history: torch.Tensor, users: torch.Tensor, items: torch.Tensor
-    ) -> torch.Tensor:
-        """log p(SID of items[b, m] | user b) for chosen items [B, M] -> [B, M] (-inf for -1).
-
-        E.g. the targets (M = 1) for the overfitting diagnostic: in-set vs cold-start.
-        """
-        with eval_mode(self):
-            memory, pad = self.encode(history, users)
-            return self.gen.log_likelihood(memory, pad, items.to(memory.device))
-
-    @torch.no_grad()
-    def exact_scores(
-        self, history: torch.Tensor, users: torch.Tensor, chunk: int | None = None
-    ) -> torch.Tensor:
-        """Log-likelihood of every catalogue item's SID (cold ones too): [B, n_items].
-
-        Exact teacher forcing over all items, `chunk` items at a time (cost: n_items *
-        n_codes decoder positions per user); checks the beam (a beam as wide as the
-        catalogue returns exactly this ranking). For a few items per user, such as the
-        targets, `log_likelihood` is far cheaper.
-        """
-        with eval_mode(self):
-            memory, pad = self.encode(history, users)
-            return self.gen.exact_scores(memory, pad, chunk or self.inference.score_chunk)
 
     def variants(self) -> dict[str, Any]:
         """Both decoding modes are reported: the configured one and the other."""
