@@ -41,4 +41,4 @@ def test_a_wide_beam_holds_every_sparse_id():
 
 def test_models_without_both_parts_are_refused():
     with pytest.raises(SidrecError, match="sparse and dense"):
-        cobra_checks(small_model(tokens="sparse"), toy_dataset(n_items=24))
+        cobra_checks(small_model("cobra-no-dense"), toy_dataset(n_items=24))

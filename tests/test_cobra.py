@@ -1,13 +1,15 @@
 """COBRA: cascade layout, BeamFusion, grouped neighbour search, training and inference."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from sidrec.errors import SidrecError
+from sidrec.models import get_model_class
 from sidrec.models.base import Catalogue
-from sidrec.models.cobra import Cobra, CobraConfig
+from sidrec.models.cobra import Cobra, CobraBase
 from sidrec.models.cobra_decode import CobraInference, beam_fusion
 from sidrec.models.retrieval import GroupedItems, merge_candidates
 
@@ -30,11 +32,13 @@ def catalogue(n_items: int = 24, seed: int = 0) -> Catalogue:
     )
 
 
-def small_model(**kw) -> Cobra:
+def small_model(name: str = "cobra", **kw) -> CobraBase:
+    """`name`: cobra or one of its trained ablations."""
+    cls = get_model_class(name)
     torch.manual_seed(0)
-    cfg = CobraConfig(d_model=32, n_layers=2, n_heads=2, head_dim=16, d_ff=64, dropout=0.0,
-                      max_len=8, **kw)
-    return Cobra(cfg, catalogue())
+    cfg = replace(cls.Config(), d_model=32, n_layers=2, n_heads=2, head_dim=16, d_ff=64,
+                  dropout=0.0, max_len=8, **kw)
+    return cls(cfg, catalogue())
 
 
 def test_beam_fusion_hand_computed():
@@ -70,10 +74,10 @@ def test_grouped_neighbours_equal_brute_force():
 
 def _dense_prediction(model: Cobra, seq: torch.Tensor) -> torch.Tensor:
     """v̂ of the last item of `seq` as the training pass computes it (its last code token)."""
-    v = model.item_encoder(seq.clamp_min(0))
+    v = model.dense.encoder(seq.clamp_min(0))
     x, pad = model.cascade(seq, v)
     h = model.decoder(x, pad)
-    return model.dense_head(h[:, -2])
+    return model.dense.head(h[:, -2])
 
 
 def test_dense_prediction_sees_next_sparse_codes_but_not_its_dense_vector():
@@ -81,10 +85,10 @@ def test_dense_prediction_sees_next_sparse_codes_but_not_its_dense_vector():
     seq = torch.tensor([[-1, 3, 5, 7, 9]])
     base = _dense_prediction(model, seq)
     # The target's own dense vector is never an input: changing its text changes nothing.
-    model.item_encoder.text_emb[9] += 5.0
+    model.dense.encoder.text_emb[9] += 5.0
     torch.testing.assert_close(_dense_prediction(model, seq), base)
     # Its sparse codes are inputs: changing them changes the prediction.
-    model.sparse[9] = (model.sparse[9] + 1) % 4
+    model.sparse.codes[9] = (model.sparse.codes[9] + 1) % 4
     assert not torch.allclose(_dense_prediction(model, seq), base)
 
 
@@ -93,10 +97,10 @@ def test_training_layout_matches_incremental_decoding():
     # same tokens: the training pass's prediction for the last item equals prefill + step.
     model = small_model().eval()
     history = torch.tensor([[-1, 3, 5, 7]])
-    x, pad = model.cascade(history, model.item_vectors()[history.clamp_min(0)], shift=1)
+    x, pad = model.cascade(history, model.dense.vectors()[history.clamp_min(0)], shift=1)
     _, cache = model.decoder.prefill(x, pad)
-    h = model.decoder.step(model.sparse_tokens(model.sparse[9][None], 0), cache)
-    torch.testing.assert_close(model.dense_head(h[:, -1]),
+    h = model.decoder.step(model.code_tokens(model.sparse.codes[9][None]), cache)
+    torch.testing.assert_close(model.dense.head(h[:, -1]),
                                _dense_prediction(model, torch.tensor([[-1, 3, 5, 7, 9]])))
 
 
@@ -165,8 +169,8 @@ def test_merge_keeps_best_score_of_duplicates():
 
 def test_sparse_id_groups_partition_the_catalogue():
     model = small_model()
-    groups, index = model.tables()
-    sparse = model.sparse
+    groups, index = model.sparse.tables()
+    sparse = model.sparse.codes
     group = index.lookup(sparse)  # (n_items,) group id of each item's sparse ID
     assert (group >= 0).all() and len(index) == len(torch.unique(sparse, dim=0))
     for g in range(len(index)):
@@ -181,11 +185,11 @@ def test_recommend_on_cuda_matches_cpu():
     history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
     users = torch.tensor([0, 1])
     cpu_items, _ = model.recommend(history, users, 10)
-    model.tables()  # a CPU index built first must be rebuilt on the new device
+    model.sparse.tables()  # a CPU index built first must be rebuilt on the new device
     model = model.cuda()
     items, scores = model.recommend(history.cuda(), users.cuda(), 10)
     assert items.device.type == "cuda" and scores.device.type == "cuda"
-    groups, index = model.tables()
+    groups, index = model.sparse.tables()
     assert groups.members.device.type == "cuda" and index.device.type == "cuda"
     for row in items.cpu():
         real = row[row >= 0]
@@ -193,22 +197,22 @@ def test_recommend_on_cuda_matches_cpu():
     assert cpu_items.shape == items.shape
 
 
-@pytest.mark.parametrize("tokens", ["sparse", "dense"])
-def test_trained_ablations_train_and_recommend(tokens):
-    """w/o dense: no item encoder, no dense loss, full SIDs decoded (a decoder-only TIGER);
-    w/o sparse: no sparse tokens or heads, v̂ from the last dense token."""
-    model = small_model(tokens=tokens)
+@pytest.mark.parametrize("name", ["cobra-no-dense", "cobra-no-sparse"])
+def test_trained_ablations_train_and_recommend(name):
+    """w/o dense: the sparse part alone, full SIDs decoded (a decoder-only TIGER);
+    w/o sparse: the dense part alone, v̂ from the last dense token."""
+    model = small_model(name)
     names = {name.split(".")[0] for name, _ in model.named_parameters()}
-    if tokens == "sparse":
-        assert "item_encoder" not in names and "dense_head" not in names
+    if name == "cobra-no-dense":
+        assert model.dense is None and "dense" not in names
         assert model.levels == 3  # the collision token too: a full SID names one item
     else:
-        assert not list(model.sparse_heads.parameters()) and model.levels == 0
+        assert model.sparse is None and "sparse" not in names and model.levels == 0
     batch = {"history": torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6], [-1, -1, 8, 9]]),
              "target": torch.tensor([3, 7, 10]), "user": torch.tensor([0, 1, 2])}
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = model(batch)
-    assert set(first) == {"loss", "loss_sparse" if tokens == "sparse" else "loss_dense"}
+    assert set(first) == {"loss", "loss_sparse" if model.sparse is not None else "loss_dense"}
     for _ in range(60):
         opt.zero_grad()
         model(batch)["loss"].backward()
@@ -229,13 +233,11 @@ def test_trained_ablations_train_and_recommend(tokens):
 def test_without_dense_at_the_sparse_granularity_each_group_is_one_tied_block():
     """cobra-no-dense-coarse: sequences of 1-level sparse IDs (4 groups of 6); every item
     of a beam's group gets the beam's score, so the evaluator scores them as a block."""
-    from sidrec.models import get_model_class
-
     cls = get_model_class("cobra-no-dense-coarse")
     torch.manual_seed(0)
     model = cls(cls.Config(d_model=32, n_heads=2, head_dim=16, d_ff=64, max_len=8,
                            sparse_levels=1), catalogue()).eval()
-    assert model.levels == 1 and not model.has_dense
+    assert model.levels == 1 and model.dense is None
     history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
     items, scores = model.recommend(history, torch.tensor([0, 1]), 12, CobraInference(beam=2))
     for row, row_scores in zip(items.tolist(), scores.tolist(), strict=True):
@@ -267,3 +269,27 @@ def test_padding_width_does_not_change_a_recommendation():
     b = model.recommend(wide, torch.tensor([0]), 5)
     assert torch.equal(a[0], b[0])
     torch.testing.assert_close(a[1], b[1])
+
+
+@pytest.mark.parametrize("name,tokens", [("cobra", "sparse"), ("cobra-no-dense", "cascade"),
+                                         ("cobra-no-sparse", "sparse")])
+def test_the_model_not_its_tokens_setting_chooses_the_parts(name, tokens):
+    """Each kind of item is a model of its own; `tokens` only records it in config.json."""
+    with pytest.raises(SidrecError, match=f"tokens={tokens!r}.*model of its own"):
+        small_model(name, tokens=tokens)
+
+
+@pytest.mark.parametrize("name", ["cobra", "cobra-no-dense", "cobra-no-sparse"])
+def test_a_model_told_of_added_items_recommends_as_one_built_with_them(name):
+    model = small_model(name).eval()
+    history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    model.recommend(history, torch.tensor([0, 1]), 5)  # tables and item vectors built
+    grown = catalogue(n_items=32)  # the first 24 items as before, 8 more
+    model.items_added(grown, 24)
+    fresh = get_model_class(name)(model.cfg, grown).eval()
+    fresh.load_state_dict(model.state_dict())
+    wide = CobraInference(beam=16, neighbours=8)
+    got = model.recommend(history, torch.tensor([0, 1]), 32, wide)
+    want = fresh.recommend(history, torch.tensor([0, 1]), 32, wide)
+    assert torch.equal(got[0], want[0]) and (got[0] >= 24).any()
+    torch.testing.assert_close(got[1], want[1])

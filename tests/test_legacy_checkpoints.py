@@ -57,8 +57,12 @@ def test_the_same_seed_draws_the_same_weights_and_trains_through_the_same_losses
 def test_the_parameters_keep_their_order(name: str) -> None:
     """An optimiser's state in a resume checkpoint (`last.safetensors`) is stored by each
     parameter's position, so a training interrupted under the older code resumes only if
-    every position still holds a parameter of the same shape (and role: the names, after
-    any renaming on load, follow the same order)."""
-    record, _ = read(name)
+    every position still holds the parameter it held then (renamed or not)."""
+    record, weights = read(name)
     model = build(record["model"], record["model_config"], read_inputs())
-    assert [list(p.shape) for p in model.parameters()] == [s for _, s in record["parameters"]]
+    model.load_state_dict(_with_tied_names(model, weights))
+    old = _with_tied_names(model, weights)
+    params = list(model.parameters())
+    assert len(params) == len(record["parameters"])
+    for (old_name, _), param in zip(record["parameters"], params, strict=True):
+        assert torch.equal(param.detach(), old[old_name]), old_name

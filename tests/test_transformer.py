@@ -144,3 +144,16 @@ def test_decoder_only_prefill_then_beam_steps_match_full_forward():
     # Several new positions in one step (a teacher-forced block) give the same states.
     _, cache2 = dec.prefill(prefix, pad)
     assert_close(dec.step(new, cache2), full[:, s:], atol=1e-5, rtol=1e-5)
+
+
+def test_a_branch_decodes_from_the_shared_prefix_alone():
+    """`KVCache.branch` after beam steps grew the cache: new rows see the prefix, not the
+    beams' own positions (COBRA's v̂ of each beam's sparse ID)."""
+    dec = Decoder(CFG, cross_attention=False).eval()
+    prefix, pad = torch.randn(2, 4, 16), torch.tensor([[True, False, False, False], [False] * 4])
+    _, cache = dec.prefill(prefix, pad)
+    dec.step(torch.randn(6, 1, 16), cache)  # three beams per user, one position
+    new = torch.randn(4, 2, 16)  # two rows per user
+    _, fresh = dec.prefill(prefix, pad)
+    assert_close(dec.step(new, cache.branch()), dec.step(new, fresh))
+    assert cache.length == 1  # the branch's steps left the beams' cache as it was

@@ -27,6 +27,7 @@ import torch
 from sidrec.data.dataset import Dataset, Split
 from sidrec.errors import SidrecError
 from sidrec.io import write_json
+from sidrec.models.cobra import Cobra
 from sidrec.models.cobra_decode import beam_width, dense_query, prefill, sparse_beam
 from sidrec.run import RunDir
 
@@ -37,7 +38,7 @@ TOP = 10  # the fused list's cut-off, as the headline Recall@10
 def cobra_checks(model: Any, dataset: Dataset, split: Split = "valid",
                  max_users: int | None = 4000, batch_size: int = 256) -> dict[str, Any]:
     """Per-user facts of the two checks for the first `max_users` users of `split`."""
-    if not (getattr(model, "levels", 0) and getattr(model, "has_dense", False)):
+    if not isinstance(model, Cobra):
         raise SidrecError(f"model {model.name!r} is no COBRA with sparse and dense parts; "
                           "the checks need both (train --model cobra)")
     histories, targets, users = dataset.eval_examples(split)
@@ -46,7 +47,7 @@ def cobra_checks(model: Any, dataset: Dataset, split: Split = "valid",
     cfg = model.inference
     width = beam_width(cfg, TOP)  # the M beams decoding a top 10 searches
     device = model.offsets.device
-    groups, sparse_index = model.tables()
+    groups, sparse_index = model.sparse.tables()
     out: dict[str, list[np.ndarray]] = {"beam_position": [], "rank_in_group": [],
                                         "group_size": [], "hit@10": []}
     model.eval()
@@ -55,7 +56,7 @@ def cobra_checks(model: Any, dataset: Dataset, split: Split = "valid",
         target = torch.as_tensor(targets[start:start + batch_size], device=device)
         hidden, cache, vectors = prefill(model, history)
         beams = sparse_beam(model, hidden, cache, width, cfg.constrained).sids
-        codes = model.sparse[target]  # (B, S): the target's true sparse ID
+        codes = model.sparse.codes[target]  # (B, S): the target's true sparse ID
         match = (beams == codes[:, None]).all(-1)  # (B, M)
         position = torch.where(match.any(1), match.float().argmax(1), -1)
         v_hat = dense_query(model, cache, codes)  # teacher-forced v̂

@@ -1,25 +1,30 @@
 """COBRA's inference (Sec. 3.3): coarse-to-fine decoding and BeamFusion.
 
-Beam search the top-M sparse IDs with the sparse head, generate v̂_k for each beam (the
-history prefix's cached keys and values plus the beam's sparse tokens), take the items
-under that sparse ID (or the global nearest neighbours, `retrieval: global`) and fuse
-beam and cosine scores with BeamFusion (`beam_fusion`, Eq. 6). The trained ablations
-decode with the parts they have: w/o dense the beam ranks sparse IDs (`_groups_by_beam`),
-w/o sparse v̂ comes from the last dense token (nearest items). The inference-time
-switches (`CobraInference.mode`) turn one part off in a trained COBRA.
+Every COBRA model first runs its decoder once over the history (`prefill`); what follows
+depends on the parts it holds (models/cobra_parts.py), one function each:
+
+- both (`fuse`, cobra): beam search the top-M sparse IDs with the sparse heads
+  (`sparse_beam`), generate v̂_k for each beam (the history prefix's cached keys and
+  values plus the beam's sparse tokens, `dense_query`), take the items under that sparse
+  ID (or the global nearest neighbours, `retrieval: global`) and fuse beam and cosine
+  scores with BeamFusion (`beam_fusion`, Eq. 6). The inference-time switches
+  (`CobraInference.mode`) turn one part off;
+- the sparse part alone (`groups_by_beam`, cobra-no-dense): the beam ranks sparse IDs;
+- the dense part alone (`nearest_next`, cobra-no-sparse): v̂ from the last dense token,
+  the nearest items.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from sidrec.models.base import InferenceConfig
-from sidrec.models.beam import BeamResult, beam_search
+from sidrec.models.beam import BeamResult, StepFn, beam_search, item_sids
 from sidrec.models.retrieval import ItemIndex, merge_candidates, nearest, seen_in_history
 from sidrec.models.transformer import KVCache
 
@@ -55,45 +60,28 @@ def beam_fusion(
     return w[:, :, None] * p
 
 
-def decode(
-    model: nn.Module, history: torch.Tensor, n: int, cfg: CobraInference,
-    excluded: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top n items of each history [B, L] (`Recommender.recommend`'s k + margin),
-    leaving out the `excluded` items [B, S]: one decoder pass over the history's
-    cascades, then the sparse head's beam (w/o sparse: the nearest items to v̂)."""
-    hidden, cache, vectors = prefill(model, history)
-    if not model.levels:  # w/o sparse: the next item's v̂ from the last dense token
-        v_hat = model.dense_head(hidden[:, -1])
-        return nearest(v_hat, vectors, n, excluded)
-    if not model.has_dense:
-        return _groups_by_beam(model, sparse_step(model, hidden), cache, len(history),
-                               excluded, n, cfg)
-    return _fuse(model, hidden, cache, excluded, vectors, n, cfg)
-
-
 def prefill(model: nn.Module, history: torch.Tensor,
             ) -> tuple[torch.Tensor, KVCache, torch.Tensor | None]:
-    """One decoder pass over the histories' cascades [B, L]: (hidden [B, L*T, d], the
-    prefix cache every beam shares, the catalogue's item vectors or None w/o dense)."""
+    """One decoder pass over the histories' items [B, L]: (hidden [B, L*T, d], the prefix
+    cache every beam shares, the catalogue's item vectors or None without a dense part)."""
     history = history[:, -model.cfg.max_len :]
-    vectors = model.item_vectors() if model.has_dense else None
+    vectors = model.dense.vectors() if model.dense is not None else None
     x, pad = model.cascade(
         history, vectors[history.clamp_min(0)] if vectors is not None else None, shift=1)
     hidden, cache = model.decoder.prefill(x, pad)
     return hidden, cache, vectors
 
 
-def sparse_step(model: nn.Module, hidden: torch.Tensor) -> Any:
-    """The sparse head as a beam-search step: level 0 from the history's last token,
-    level t from the beam's code t-1 (`beam_search`'s StepFn)."""
-    first = torch.log_softmax(model.sparse_heads[0](hidden[:, -1]), dim=-1)  # (B, V_0)
+def sparse_step(model: nn.Module, hidden: torch.Tensor) -> StepFn:
+    """The sparse heads as a beam-search step: level 0 from the history's last token,
+    level t from the beam's code t-1."""
+    first = model.sparse.log_probs(hidden[:, -1], 0)  # (B, V_0)
 
     def step(prev: torch.Tensor, t: int, state: KVCache):
         if t == 0:
             return first, state
-        h = model.decoder.step(model.code_token(prev, t - 1, 0), state)  # (N, 1, d)
-        return torch.log_softmax(model.sparse_heads[t](h[:, -1]), dim=-1), state
+        h = model.decoder.step(model.code_tokens(prev[:, None], t - 1), state)  # (N, 1, d)
+        return model.sparse.log_probs(h[:, -1], t), state
 
     return step
 
@@ -104,38 +92,41 @@ def beam_width(cfg: CobraInference, n: int) -> int:
 
 
 def sparse_beam(model: nn.Module, hidden: torch.Tensor, cache: KVCache, width: int,
-                constrained: bool) -> BeamResult:
-    """The top `width` sparse IDs of each user (only catalogue ones when constrained)."""
-    _, sparse_index = model.tables()
-    return beam_search(sparse_step(model, hidden), cache, len(hidden), width, sparse_index,
-                       sparse_index if constrained else None)
+                constrained: bool, exclude: torch.Tensor | None = None) -> BeamResult:
+    """The top `width` sparse IDs of each user (only catalogue ones when constrained);
+    no beam completes a sparse ID of `exclude` [B, H, S] (`beam_search`)."""
+    _, index = model.sparse.tables()
+    return beam_search(sparse_step(model, hidden), cache, len(hidden), width, index,
+                       index if constrained else None, exclude=exclude)
 
 
 def dense_query(model: nn.Module, cache: KVCache, codes: torch.Tensor) -> torch.Tensor:
     """v̂ [N, d] for sparse IDs codes [N, S] (N a multiple of the cache's B users, row n
     belonging to user n // (N / B)): the shared history prefix plus the ID's tokens."""
-    fresh = KVCache(own_k=[None] * len(model.decoder.blocks),
-                    own_v=[None] * len(model.decoder.blocks), prefix_k=cache.prefix_k,
-                    prefix_v=cache.prefix_v, prefix_pad=cache.prefix_pad)
-    h = model.decoder.step(model.sparse_tokens(codes, 0), fresh)  # (N, S, d)
-    return model.dense_head(h[:, -1])
+    h = model.decoder.step(model.code_tokens(codes), cache.branch())  # (N, S, d)
+    return model.dense.head(h[:, -1])
 
 
-def _groups_by_beam(model: nn.Module, step: Any, cache: KVCache, b: int,
-                    seen: torch.Tensor | None, n: int, cfg: CobraInference,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """W/o dense: the beam ranks sparse IDs and every item of a sparse ID gets its
-    beam's score (a tied block). With the full SID each group is one item: the beam
-    decodes items (decoder-only TIGER), and a seen item is banned inside the search."""
-    groups, sparse_index = model.tables()
-    allowed = sparse_index if cfg.constrained else None
-    full_sid = model.levels == len(model.catalogue.codebook_sizes)
+def nearest_next(model: nn.Module, history: torch.Tensor, n: int,
+                 seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense part alone (cobra-no-sparse): v̂ of the next item from the history's last
+    (dense) token, and the n items nearest to it."""
+    hidden, _, vectors = prefill(model, history)
+    return nearest(model.dense.head(hidden[:, -1]), vectors, n, seen)
+
+
+def groups_by_beam(model: nn.Module, history: torch.Tensor, n: int, cfg: CobraInference,
+                   seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse part alone (cobra-no-dense): the beam ranks sparse IDs and every item of a
+    sparse ID gets its beam's score (a tied block). With the full SID each group is one
+    item: the beam decodes items (decoder-only TIGER), and a seen item is banned inside
+    the search."""
+    hidden, cache, _ = prefill(model, history)
+    groups, _ = model.sparse.tables()
     exclude = None
-    if seen is not None and full_sid:
-        seen = seen.to(model.sparse.device)
-        exclude = model.sparse[seen.clamp_min(0)].masked_fill((seen < 0)[..., None], -1)
-    result = beam_search(step, cache, b, max(cfg.beam, n), sparse_index, allowed,
-                         exclude=exclude)
+    if seen is not None and model.sparse.whole_sid:
+        exclude = item_sids(model.sparse.codes, seen.to(model.sparse.codes.device))
+    result = sparse_beam(model, hidden, cache, max(cfg.beam, n), cfg.constrained, exclude)
     items = groups.members[result.items.clamp_min(0)]  # (B, M, G): -1 past a group
     items = items.masked_fill((result.items < 0)[..., None], -1)
     logp = result.log_probs[..., None].expand_as(items)
@@ -144,15 +135,17 @@ def _groups_by_beam(model: nn.Module, step: Any, cache: KVCache, b: int,
             items.device)).view_as(items), -1)
     return merge_candidates(items.flatten(1), logp.flatten(1), n)
 
-def _fuse(model: nn.Module, hidden: torch.Tensor, cache: KVCache, seen: torch.Tensor | None,
-          vectors: torch.Tensor, n: int, cfg: CobraInference,
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coarse to fine: top-M sparse IDs, v̂_k for each, candidates, BeamFusion."""
+
+def fuse(model: nn.Module, history: torch.Tensor, n: int, cfg: CobraInference,
+         seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both parts (cobra), coarse to fine: top-M sparse IDs, v̂_k for each, candidates,
+    BeamFusion; `cfg.mode` may switch one part off."""
     mode, n_nb = cfg.mode, cfg.neighbours
-    groups, sparse_index = model.tables()
+    hidden, cache, vectors = prefill(model, history)
+    groups, sparse_index = model.sparse.tables()
     result = sparse_beam(model, hidden, cache, beam_width(cfg, n), cfg.constrained)
     b, m = result.sids.shape[:2]
-    codes = result.sids.reshape(b * m, model.levels)
+    codes = result.sids.reshape(b * m, model.sparse.levels)
     v_hat = dense_query(model, cache, codes)  # (B*M, d): v̂_k of each beam
     seen = seen.to(v_hat.device) if seen is not None else None
     if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
@@ -179,4 +172,3 @@ def _fuse(model: nn.Module, hidden: torch.Tensor, cache: KVCache, seen: torch.Te
         # a dead beam's or a missing candidate's item is no recommendation
         scores = scores.masked_fill(~torch.isfinite(cos), float("-inf"))
     return merge_candidates(cand.view(b, -1), scores.view(b, -1), n)
-

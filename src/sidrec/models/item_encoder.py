@@ -50,14 +50,23 @@ class ItemEncoder(nn.Module):
                                  truncation=True, padding="max_length", return_tensors="pt")
             self.register_buffer("token_ids", enc["input_ids"], persistent=False)
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """What the encoder reads of every item: its sentence embedding [n_items, d_text]
+        (projection) or its word pieces [n_items, text_tokens] (transformer)."""
+        return self.text_emb if self.kind == "projection" else self.token_ids
+
+    def encode(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of `inputs` [n, ...] -> v [n, d_model]."""
+        if self.kind == "projection":
+            return self.proj(rows)
+        x = self.tok(rows) + self.pos.weight[: rows.shape[1]]  # word pieces, [CLS] first
+        h = self.encoder(x, rows == 0)  # (n, T, d)
+        return self.out(h[:, 0])  # [CLS] output
+
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items [...] dense ids -> v [..., d_model]."""
-        if self.kind == "projection":
-            return self.proj(self.text_emb[items])
-        ids = self.token_ids[items.reshape(-1)]  # (n, T) word pieces, [CLS] first
-        x = self.tok(ids) + self.pos.weight[: ids.shape[1]]
-        h = self.encoder(x, ids == 0)  # (n, T, d)
-        return self.out(h[:, 0]).view(*items.shape, -1)  # [CLS] output
+        return self.encode(self.inputs[items.reshape(-1)]).view(*items.shape, -1)
 
 
 def _wordpiece_tokenizer() -> Any:

@@ -1,7 +1,8 @@
 """A dense head's item vectors, kept between requests, and a faiss index over a pool of them.
 
 A text-projection dense head (LIGER's, Dense (SID)'s: `heads.DenseHead`) scores items by
-their projected text, mlp(text_emb) [n_items, d]. Projecting the whole catalogue on every
+their projected text, mlp(text_emb) [n_items, d] (COBRA's dense part by its item encoder's
+output, `cobra_parts.DenseVectors`). Projecting the whole catalogue on every
 request costs n_items x (d_text x hidden + hidden x d) multiply-adds: 0.1 TFLOP at 1 M
 items for LIGER's `cpu` preset (384 -> 128 -> 64), seconds per batch on a CPU, for vectors
 that only change when the weights or the catalogue do. `ItemVectors` computes them once
@@ -57,12 +58,13 @@ class ItemVectors:
     """project(text_emb) [n_items, d], cached for inference; see the module docstring.
 
     project: text embeddings [m, d_text] -> item vectors [m, d]; params: the parameters it
-    reads (their versions decide whether the cache is still good).
+    reads (their versions decide whether the cache is still good); chunk: items per
+    `project` call.
     """
 
     def __init__(self, project: Callable[[torch.Tensor], torch.Tensor],
-                 params: Callable[[], Iterable[torch.Tensor]]) -> None:
-        self.project, self.params = project, params
+                 params: Callable[[], Iterable[torch.Tensor]], chunk: int = CHUNK) -> None:
+        self.project, self.params, self.chunk = project, params, chunk
         self._key: tuple[Any, ...] | None = None
         self._buf: torch.Tensor | None = None  # [capacity, d], the first n rows in use
         self._n = 0
@@ -75,8 +77,8 @@ class ItemVectors:
         if key != self._key:
             n = len(text_emb)
             self._buf = None
-            for lo in range(0, n, CHUNK):
-                rows = self.project(text_emb[lo : lo + CHUNK])
+            for lo in range(0, n, self.chunk):
+                rows = self.project(text_emb[lo : lo + self.chunk])
                 if self._buf is None:  # room for an eighth more: adds rarely reallocate
                     self._buf = rows.new_empty(n + n // 8 + 1024, rows.shape[1])
                 self._buf[lo : lo + len(rows)] = rows

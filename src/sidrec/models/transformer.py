@@ -279,6 +279,15 @@ class KVCache:
         self.own_k[layer], self.own_v[layer] = k, v
         return k, v
 
+    def branch(self) -> KVCache:
+        """A cache over the same shared parts (prefix, encoder memory) and no own positions:
+        new rows decode from the shared part afresh (COBRA's v̂ of each beam's sparse ID
+        after the beam search has grown this cache's own part)."""
+        n = len(self.own_k)
+        return KVCache(own_k=[None] * n, own_v=[None] * n, prefix_k=self.prefix_k,
+                       prefix_v=self.prefix_v, prefix_pad=self.prefix_pad,
+                       cross_k=self.cross_k, cross_v=self.cross_v, memory_pad=self.memory_pad)
+
     def reorder(self, index: torch.Tensor) -> KVCache:
         """Keep own rows `index` [N'] (int64, parents); shared per-user parts are untouched."""
         self.own_k = [None if k is None else k.index_select(0, index) for k in self.own_k]
