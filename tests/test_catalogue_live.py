@@ -103,3 +103,18 @@ def test_an_add_that_cannot_be_persisted_changes_nothing(
     assert [s for _, s in after] == pytest.approx([s for _, s in before], abs=1e-5)
     assert rec.add_items([ARCTIC]) == ["n1"]  # and the next add goes through
     assert store.read(rec.catalogue.run)[0].ids == ("n1",)
+
+
+def test_a_vector_the_tokenizer_cannot_place_is_the_callers_fault(served_run: Path,
+                                                                 tmp_path: Path) -> None:
+    """Values so large that the tokenizer's distances overflow give no code of its codebooks:
+    the item is refused, naming its vector, before the model sees it."""
+    from sidrec.errors import ItemError
+
+    rec = load(copy_of(served_run, tmp_path) / "models" / "liger")
+    dim, required = rec.catalogue.vector_rule()
+    assert (dim, required) == (384, False)
+    with pytest.raises(ItemError, match=r"items\[1\] \('huge'\): the tokenizer cannot place") \
+            as e:
+        rec.add_items([ARCTIC, {"id": "huge", "text": "Title: Huge", "vector": [3e38] * dim}])
+    assert e.value.field == "vector" and len(rec.catalogue) == N_ITEMS

@@ -90,7 +90,7 @@ BAD = [
     ("post", "/v1/items", [{"id": "x"}], 422, "items[0].text"),
     ("post", "/v1/items", {"id": "x", "text": "t"}, 422, "body"),
     ("post", "/v1/items", [{"id": "i01", "text": "taken"}], 409, "items[0]"),
-    ("post", "/v1/items", [{"id": "fresh", "text": "  "}], 400, "items[0]"),
+    ("post", "/v1/items", [{"id": "fresh", "text": "  "}], 400, "items[0].text"),
     ("post", "/v1/recommend", b'{"history": ["' + b"x" * (1 << 20) + b'"]}', 413, None),
     ("get", "/v1/items/no-such-item", None, 404, None),
     ("get", "/v1/items?limit=0", None, 422, "limit"),

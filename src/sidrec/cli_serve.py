@@ -74,6 +74,13 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--no-batching", action="store_true",
                    help="one model call per request (dynamic batching off, for comparison)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="API keys, one a line: KEY, or KEY read-only (no POST /v1/items); "
+                   "with keys (this file or SIDREC_API_KEYS), every /v1 route needs "
+                   "Authorization: Bearer KEY")
+    p.add_argument("--allowed-hosts", default="", metavar="HOST,...",
+                   help="more Host names to answer for, besides the bound host and "
+                   "localhost (*.example.com: a domain's hosts; *: any)")
     p.add_argument("--ray", action="store_true",
                    help="deploy on Ray Serve (pip install 'sidrec[ray]'), a local Ray instance")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
@@ -83,6 +90,7 @@ def add_serve(sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from sidrec.serve import ServeSettings, check_listen
+    from sidrec.serve.access import access_for
     from sidrec.serve.settings import setting_names
 
     # key=value words are serve settings (max_wait_ms=5) or else inference settings (beam=40).
@@ -92,14 +100,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = from_dict(ServeSettings, {**{k: v for k, v in pairs.items() if k in names},
                                          **flags}, "serve")
     inference = {k: v for k, v in pairs.items() if k not in names}
+    hosts = tuple(h.strip().lower() for h in args.allowed_hosts.split(",") if h.strip())
+    access = access_for(args.host, args.api_key_file, hosts)
     check_listen(args.host, args.port)
     if args.ray:
         from sidrec.serve.ray_app import serve_ray
 
         serve_ray(args.model_dir, args.host, args.port, settings, inference,
-                  replicas=args.replicas)
+                  replicas=args.replicas, access=access)
     else:
         from sidrec.serve import serve
 
         serve(args.model_dir, args.host, args.port, settings, inference,
-              access_log=args.access_log)
+              access_log=args.access_log, access=access)

@@ -157,6 +157,11 @@ def with_sids(encoder: Encoder, catalogue: Catalogue, items: NewItems) -> NewIte
     if catalogue.sids is not None and len(items):
         existing = catalogue.sids.cpu().numpy()
         codes = encoder.codes(items.vectors)
+        sizes = np.asarray(catalogue.codebook_sizes[:codes.shape[1]])
+        if (outside := ((codes < 0) | (codes >= sizes)).any(axis=1)).any():
+            row = int(outside.argmax())  # e.g. values so large their distances overflow
+            raise ItemError(row, f" ({items.ids[row]!r}): the tokenizer cannot place its "
+                            "vector; give one of the scale of the run's own", field="vector")
         limit = catalogue.codebook_sizes[-1]
         sids = extend_sids(existing, codes)
         if (sids[:, -1] >= limit).any():

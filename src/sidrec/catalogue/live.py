@@ -152,6 +152,11 @@ class LiveCatalogue:
             self._commit(items, persist=True)
         return len(items)
 
+    def vector_rule(self) -> tuple[int | None, bool]:
+        """(how many values a new item's own `vector` has, None when the run does not say;
+        whether every new item must bring one: the run's vectors came from a file)."""
+        return self._encoder.record().get("dim"), self._encoder.no_text() is not None
+
     def fingerprint(self) -> dict[str, str | None]:
         """What this process computes added items against (`store.fingerprint`)."""
         if self._fingerprint is None:

@@ -18,8 +18,10 @@ checked request, and a batch of them answered with few model calls), `worker` (d
 batching on one inference thread), `model_process` (the model in a child process,
 `model_process=true`), `app` (the app put together), `routes` (its routers), `backend`
 (what the routes share, as FastAPI dependencies), `checks` (a request checked before it is
-queued), `guard` (body limit, request metrics), `http_errors` (every error as one JSON
-body), `ray_app` (the same app on Ray Serve, `--ray`), `static/` (the explorer page).
+queued), `guard` (security headers, body limit, request metrics), `access` (API keys, the
+Host check, the write rule), `rules` (what ids and texts may be), `contract` (the OpenAPI
+schema), `http_errors` (every error as one JSON body), `ray_app` (the same app on Ray
+Serve, `--ray`), `static/` (the explorer page).
 Every server process holds its model's `sidrec.catalogue.LiveCatalogue` (through its
 `Service`), the model process and each Ray Serve replica too.
 """
@@ -27,6 +29,7 @@ Every server process holds its model's `sidrec.catalogue.LiveCatalogue` (through
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from sidrec.api import Service
+    from sidrec.serve.access import Access
 
 __all__ = ["ServeSettings", "build_app", "check_listen", "loader", "serve"]
 
@@ -80,23 +84,31 @@ def check_listen(host: str, port: int) -> None:
 
 
 def build_app(model_dir: str | Path, settings: ServeSettings | None = None,
-              inference: dict[str, Any] | None = None, preload: bool = True) -> FastAPI:
+              inference: dict[str, Any] | None = None, preload: bool = True,
+              access: Access | None = None) -> FastAPI:
     """The app serving `model_dir`. `preload` loads the model now (a wrong directory is an
-    error here); otherwise the worker loads it at startup and /readyz says when."""
+    error here); otherwise the worker loads it at startup and /readyz says when. `access`:
+    who may call it (`sidrec.serve.access`; default: no keys, localhost only)."""
     from sidrec.serve.app import create_app
     from sidrec.serve.worker import InferenceWorker
 
     settings = settings or ServeSettings()
     load = loader(model_dir, settings, inference)
     return create_app(InferenceWorker(load, settings, service=load() if preload else None),
-                      settings)
+                      settings, access=access)
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           settings: ServeSettings | None = None, inference: dict[str, Any] | None = None,
-          access_log: bool = False) -> None:
-    """Load the model, then serve it until Ctrl-C / SIGTERM."""
+          access_log: bool = False, access: Access | None = None) -> None:
+    """Load the model, then serve it until Ctrl-C / SIGTERM. `access` defaults to
+    `access_for(host)`: the keys of `SIDREC_API_KEYS`, the bound host and localhost."""
     import uvicorn
 
-    app = build_app(model_dir, settings, inference)
+    from sidrec.serve.access import access_for, startup_notes
+
+    access = access or access_for(host)
+    app = build_app(model_dir, settings, inference, access=access)
+    for note in startup_notes(access):
+        print(f"sidrec serve: {note}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")

@@ -1,4 +1,4 @@
-"""The ASGI middleware in front of every route (`Guard`)."""
+"""The outer ASGI middleware, in front of every route and of `access.Gate` (`Guard`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
+from sidrec.serve.access import SECURITY_HEADERS
 from sidrec.serve.http_errors import error_response
 from sidrec.serve.metrics import Metrics
 from sidrec.serve.worker import InferenceWorker
@@ -17,8 +18,9 @@ ARRIVING = "sidrec.arriving"
 
 
 class Guard:
-    """ASGI middleware: the body-size limit (413), the request metrics, and the count of
-    recommendation requests on their way to the worker (`InferenceWorker.arriving`)."""
+    """ASGI middleware: the security headers on every answer, the body-size limit (413),
+    the request metrics, and the count of recommendation requests on their way to the
+    worker (`InferenceWorker.arriving`)."""
 
     def __init__(self, app: Any, max_body: int, metrics: Metrics,
                  worker: InferenceWorker) -> None:
@@ -45,6 +47,10 @@ class Guard:
         async def sending(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                names = {name.lower() for name, _ in message.get("headers") or ()}
+                message = {**message, "headers": [
+                    *(message.get("headers") or ()),
+                    *((n, v) for n, v in SECURITY_HEADERS if n not in names)]}
             await send(message)
 
         if scope["path"].startswith("/v1/recommend"):

@@ -29,6 +29,7 @@ from typing import Any
 
 from sidrec.errors import SidrecError
 from sidrec.run import ModelDir
+from sidrec.serve.access import Access, access_for, startup_notes
 from sidrec.serve.settings import ServeSettings
 
 
@@ -41,7 +42,7 @@ def _ray() -> Any:
 
 
 def replica_app(model_dir: str, settings: ServeSettings,
-                inference: dict[str, Any] | None) -> Any:
+                inference: dict[str, Any] | None, access: Access | None = None) -> Any:
     """The app of one replica (built on the replica by Ray)."""
     from sidrec.serve import loader
     from sidrec.serve.app import create_app
@@ -67,20 +68,21 @@ def replica_app(model_dir: str, settings: ServeSettings,
             raise result
         return result
 
-    return create_app(worker, settings, recommend)
+    return create_app(worker, settings, recommend, access)
 
 
 def deployment(model_dir: str | Path, settings: ServeSettings | None = None,
                inference: dict[str, Any] | None = None, replicas: int = 1,
-               cpus_per_replica: float = 1.0) -> Any:
-    """The Ray Serve application (`serve.run` it): `replicas` copies of the app."""
+               cpus_per_replica: float = 1.0, access: Access | None = None) -> Any:
+    """The Ray Serve application (`serve.run` it): `replicas` copies of the app, each
+    with the access rules `access` (`sidrec.serve.access`; default: localhost only)."""
     serve = _ray()
     ModelDir(Path(model_dir)).require()
     settings = settings or ServeSettings()
     path = str(Path(model_dir).resolve())
 
     def build() -> Any:  # evaluated on each replica
-        return replica_app(path, settings, inference)
+        return replica_app(path, settings, inference, access)
 
     ingress = serve.ingress(build)()
     return serve.deployment(
@@ -92,10 +94,10 @@ def deployment(model_dir: str | Path, settings: ServeSettings | None = None,
 
 def serve_ray(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
               settings: ServeSettings | None = None, inference: dict[str, Any] | None = None,
-              replicas: int = 1) -> None:
+              replicas: int = 1, access: Access | None = None) -> None:
     """A local Ray instance with `replicas` replicas behind Ray's proxy on host:port, until
     Ctrl-C / SIGTERM. Each replica gets cores / replicas torch threads unless `threads` is
-    set."""
+    set; `access` defaults to `access_for(host)`."""
     if replicas < 1:
         raise SidrecError(f"--replicas {replicas}: must be >= 1")
     # A one-machine instance on the loopback: without this, Ray replaces 127.0.0.1 by the
@@ -109,7 +111,10 @@ def serve_ray(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     settings = settings or ServeSettings()
     if not settings.threads:
         settings = replace(settings, threads=max(1, cores // replicas))
-    app = deployment(model_dir, settings, inference, replicas)
+    access = access or access_for(host)
+    app = deployment(model_dir, settings, inference, replicas, access=access)
+    for note in startup_notes(access):
+        print(f"sidrec serve: {note}", flush=True)
     ray.init(address="local", num_cpus=max(cores, replicas), include_dashboard=False,
              _node_ip_address="127.0.0.1", configure_logging=False)
     stop = threading.Event()

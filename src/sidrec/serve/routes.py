@@ -5,8 +5,11 @@ server's own state (info, health, metrics, the explorer page). Each reads the sh
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import secrets
 import socket
+import sys
 import time
 from dataclasses import asdict
 from importlib import resources
@@ -14,20 +17,26 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi import Query as QueryParam
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from sidrec.api import Recommendations, Service
 from sidrec.errors import ItemError, SidrecError
 from sidrec.serve import schemas
 from sidrec.serve.backend import BackendDep, ServiceDep
+from sidrec.serve.contract import EVERY_ROUTE, answers
 from sidrec.serve.guard import arrived
 from sidrec.serve.http_errors import ApiError
 
-STATIC = resources.files("sidrec.serve") / "static"
+log = logging.getLogger("sidrec.serve")
 
-recommend = APIRouter()
-items = APIRouter()
-status = APIRouter()
+STATIC = resources.files("sidrec.serve") / "static"
+# What `GET /v1/info` calls this process: opaque, so that it tells replicas apart without
+# telling a caller the machine's name or the process id (the log says which is which).
+REPLICA = secrets.token_hex(6)
+
+recommend = APIRouter(responses={**EVERY_ROUTE, **answers(401, 413, 422, 503, 504)})
+items = APIRouter(responses={**EVERY_ROUTE, **answers(401, 503)})
+status = APIRouter(responses=EVERY_ROUTE)
 
 
 def respond(service: Service, recs: Recommendations, start: float) -> dict[str, Any]:
@@ -68,24 +77,30 @@ async def recommend_many(body: schemas.BatchRequest, request: Request, b: Backen
 
 
 @items.post("/v1/items", response_model=schemas.AddResponse,
+            responses=answers(403, 409, 413, 422, 504),
             summary="Add items live (encoder -> tokenizer -> catalogue; persisted)")
 async def add(body: list[schemas.NewItem], b: BackendDep, svc: ServiceDep) -> dict[str, Any]:
     if len(body) > b.settings.max_add_items:
         raise ApiError(400, f"{len(body)} items; the limit is {b.settings.max_add_items}",
                        "items")
-    new = [{"id": str(i.id), "text": i.text, "vector": i.vector} for i in body]
+    if not svc.model.supports_new_items:
+        raise ApiError(400, f"model {svc.name!r} ranks only items seen in training and "
+                       "cannot take new items")
+    new = [{"id": i.id, "text": i.text, "vector": i.vector} for i in body]
     try:
         added = await b.between_batches(svc.catalogue.add, new)
-    except ItemError as e:
+    except ItemError as e:  # the caller's: an id that exists, a missing vector, ...
         field = f"items[{e.row}]" + (f".{e.field}" if e.field else "")
         raise ApiError(409 if e.duplicate else 422 if e.field else 400, str(e),
                        field) from None
-    except SidrecError as e:
-        raise ApiError(400, str(e)) from None
+    except SidrecError as e:  # the server's: its run directory (paths only in the log)
+        log.error("sidrec serve: POST /v1/items failed: %s", e)
+        raise ApiError(500, "the server could not add the items: its run directory is not "
+                       "in order (the server log says why); nothing was added") from None
     return {"added": added, "n_items": len(svc.catalogue)}
 
 
-@items.get("/v1/items", response_model=schemas.SearchResponse,
+@items.get("/v1/items", response_model=schemas.SearchResponse, responses=answers(422),
            summary="Search items by title (empty q: the most popular)")
 async def search(svc: ServiceDep, q: str = "",
                  limit: int = QueryParam(20, ge=1, le=100)) -> dict[str, Any]:
@@ -93,18 +108,18 @@ async def search(svc: ServiceDep, q: str = "",
 
 
 @items.get("/v1/items/{item_id:path}", response_model=schemas.ItemInfo,
-           responses={404: {"model": schemas.ErrorResponse}}, summary="One item")
-async def item(item_id: str, svc: ServiceDep) -> dict[str, Any]:
+           responses=answers(404), summary="One item")
+async def item(item_id: schemas.PathId, svc: ServiceDep) -> dict[str, Any]:
     found = svc.catalogue.item(item_id)
     if found is None:
         raise ApiError(404, f"no item {item_id!r}")
     return found
 
 
-@status.get("/v1/info", response_model=schemas.Info, summary="The model and the limits")
+@status.get("/v1/info", response_model=schemas.Info, responses=answers(401, 503),
+            summary="The model and the limits")
 async def info(b: BackendDep, svc: ServiceDep) -> dict[str, Any]:
-    return {**svc.info(), "replica": f"{socket.gethostname()}:{os.getpid()}",
-            "limits": asdict(b.settings)}
+    return {**svc.info(), "replica": REPLICA, "limits": asdict(b.settings)}
 
 
 @status.get("/healthz", summary="The process is up")
@@ -112,7 +127,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@status.get("/readyz", summary="The model is loaded (503 until then)")
+@status.get("/readyz", response_model=schemas.Readiness, summary="The model is loaded (503 "
+            "until then)", responses={503: {"model": schemas.Readiness,
+                                            "description": "loading, restarting or failed"}})
 async def readyz(b: BackendDep) -> JSONResponse:
     worker = b.worker
     if why := worker.failure():
@@ -124,7 +141,7 @@ async def readyz(b: BackendDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "model": svc.name, "n_items": len(svc.catalogue)})
 
 
-@status.get("/metrics", summary="Prometheus metrics")
+@status.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def prometheus(b: BackendDep) -> Response:
     return Response(b.metrics.render(), media_type=b.metrics.content_type)
 
@@ -132,6 +149,12 @@ async def prometheus(b: BackendDep) -> Response:
 @status.get("/", include_in_schema=False)
 async def explorer() -> FileResponse:
     return FileResponse(str(STATIC / "index.html"))
+
+
+def log_replica() -> None:
+    """Which process `GET /v1/info`'s replica id stands for, in the server's log."""
+    print(f"sidrec serve: replica {REPLICA} is pid {os.getpid()} on {socket.gethostname()}",
+          file=sys.stderr, flush=True)
 
 
 ROUTERS = (recommend, items, status)

@@ -127,10 +127,10 @@ class InferenceWorker:
             torch.set_num_threads(self.settings.model_threads)  # after the load, which sets its own
             if self.settings.model_process:
                 self._start_model()
-        except Exception as e:  # reported by /readyz, logged
+        except Exception as e:  # logged; /readyz says so, without the server's paths
             why = str(e) if isinstance(e, SidrecError) else f"{type(e).__name__}: {e}"
-            self.error = f"the model did not load: {why}"
-            log.error("sidrec serve: %s", self.error)
+            log.error("sidrec serve: the model did not load: %s", why)
+            self.error = "the model did not load (the server log says why)"
             self._drain(SidrecError(self.error))
             return
         self.ready.set()
@@ -204,8 +204,8 @@ class InferenceWorker:
         try:
             self._start_model()
         except Exception as e:  # the next _heal (within a second) tries again, counted
-            self.restarting = f"a new model process did not load: {e}"
-            log.error("sidrec serve: %s", self.restarting)
+            log.error("sidrec serve: a new model process did not load: %s", e)
+            self.restarting = "a new model process did not load (the server log says why)"
             return
         self.restarting = None
 

@@ -9,11 +9,24 @@ let searchTimer = null;
 let searchTicket = 0;  // answers that arrive after a newer request are dropped
 let recommendTicket = 0;
 
-async function api(path, body) {
-  const options = body === undefined ? {} : {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+// A server with API keys answers 401 without one: the page asks for a key and keeps it
+// in this page's memory only (never in storage), sending it as a bearer token.
+let apiKey = "";
+
+async function api(path, body, retried = false) {
+  const sent = apiKey;
+  const headers = body === undefined ? {} : {"Content-Type": "application/json"};
+  if (sent) headers["Authorization"] = `Bearer ${sent}`;
+  const options = body === undefined ? {headers} : {
+    method: "POST", headers, body: JSON.stringify(body),
   };
   const response = await fetch(path, options);
+  if (response.status === 401 && !retried) {
+    if (apiKey === sent) {  // none yet, or this one was refused: ask (once per refusal)
+      apiKey = (window.prompt("This server needs an API key:") || "").trim();
+    }
+    if (apiKey) return api(path, body, true);
+  }
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
     const where = data.field ? ` (${data.field})` : "";
