@@ -137,5 +137,3 @@ class Readiness(BaseModel):
     error: str | None = Field(None, description="why no model answers (no server paths: "
                               "the log has the details)")
 
-
-HealthStatus = Literal["ok", "loading", "failed"]
