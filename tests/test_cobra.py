@@ -11,7 +11,7 @@ from sidrec.models import get_model_class
 from sidrec.models.base import Catalogue
 from sidrec.models.cobra import Cobra, CobraBase
 from sidrec.models.cobra_decode import CobraInference, beam_fusion
-from sidrec.models.retrieval import GroupedItems, merge_candidates
+from sidrec.models.retrieval import GroupedItems, ItemIndex, merge_candidates
 
 SIZES = (4, 4, 3)  # 2 sparse levels x 4 codes + collision token
 
@@ -293,3 +293,11 @@ def test_a_model_told_of_added_items_recommends_as_one_built_with_them(name):
     want = fresh.recommend(history, torch.tensor([0, 1]), 32, wide)
     assert torch.equal(got[0], want[0]) and (got[0] >= 24).any()
     torch.testing.assert_close(got[1], want[1])
+
+
+def test_the_global_index_is_built_once_while_the_item_vectors_stand():
+    # ItemIndex.of keys its cache by the tensor's identity: a fresh view of the same
+    # vectors per call rebuilt the global index for every batch.
+    model = small_model().eval()
+    first, again = model.dense.vectors(), model.dense.vectors()
+    assert first is again and ItemIndex.of(first) is ItemIndex.of(again)

@@ -68,6 +68,10 @@ class ItemVectors:
         self._key: tuple[Any, ...] | None = None
         self._buf: torch.Tensor | None = None  # [capacity, d], the first n rows in use
         self._n = 0
+        # One view object while the vectors stand: `ItemIndex.of` (COBRA's global search)
+        # keys its cached index by the tensor's identity, so a fresh view per call would
+        # rebuild the index for every batch.
+        self._view: torch.Tensor | None = None
         self._pool: tuple[tuple[Any, ...], ItemIndex] | None = None
 
     @torch.no_grad()
@@ -82,10 +86,12 @@ class ItemVectors:
                 if self._buf is None:  # room for an eighth more: adds rarely reallocate
                     self._buf = rows.new_empty(n + n // 8 + 1024, rows.shape[1])
                 self._buf[lo : lo + len(rows)] = rows
-            self._n, self._key, self._pool = n, key, None
+            self._n, self._key, self._pool, self._view = n, key, None, None
         if self._buf is None:
             return text_emb.new_zeros(0, 0)
-        return self._buf[: self._n]
+        if self._view is None:
+            self._view = self._buf[: self._n]
+        return self._view
 
     def pool_index(self, text_emb: torch.Tensor, pool: torch.Tensor,
                    exact_below: int = 0) -> ItemIndex:
@@ -110,7 +116,7 @@ class ItemVectors:
         n = first_new
         if (n == 0 or self._buf is None or self._n != n or self._key is None
                 or self._key[:-1] != _key(self.params())):
-            self._key, self._pool = None, None
+            self._key, self._pool, self._view = None, None, None
             return
         with one_thread():
             rows = self.project(text_emb[n:]) if len(text_emb) > n else self._buf[:0]
@@ -125,6 +131,7 @@ class ItemVectors:
         kept = self._pool is not None and self._pool[0][0] == self._key and pool is not None
         index = self._pool[1] if kept else None
         self._n, self._key, self._pool = need, _key(self.params(), text_emb), None
+        self._view = None
         if index is None:
             return
         ids = pool[n:].nonzero().flatten() + n

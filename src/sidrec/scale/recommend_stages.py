@@ -62,9 +62,9 @@ def stage_cobra(n: int, work: Path, opt: Options) -> dict[str, Any]:
     from sidrec.models.retrieval import ItemIndex, exact_topk
 
     (model, history, users, _, _), setup = timed(random_model, "cobra", n, work)
-    _, t_tables = timed(model.tables)
+    _, t_tables = timed(model.sparse.tables)
     with torch.no_grad():
-        vectors, t_vectors = timed(model.item_vectors)
+        vectors, t_vectors = timed(model.dense.vectors)
     ups_group, _ = users_per_s(model, history, users, opt)
     index, t_index = timed(ItemIndex.of, vectors)
     queries: list[torch.Tensor] = []
