@@ -62,6 +62,8 @@ def cobra_checks(model: Any, dataset: Dataset, split: Split = "valid",
         v_hat = dense_query(model, cache, codes)  # teacher-forced v̂
         members, cos = groups.neighbours(v_hat, sparse_index.lookup(codes), vectors)
         own = cos.masked_fill(members != target[:, None], float("-inf")).amax(1)
+        # The model's own decoding, not one rebuilt from the pieces above: the checks are
+        # held to what `recommend` does (tests/test_analyze_cobra.py).
         top, _ = model.recommend(history, torch.as_tensor(users[start:start + batch_size]),
                                  TOP)
         out["beam_position"].append(position.cpu().numpy())

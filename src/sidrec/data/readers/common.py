@@ -95,10 +95,6 @@ class _GzipOwning(gzip.GzipFile):
             self._source.close()
 
 
-def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOWrapper:
-    return io.TextIOWrapper(open_binary(path), encoding=encoding, newline="")
-
-
 def numbered_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """(line number, line) for every non-blank line, streamed.
 
