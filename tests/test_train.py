@@ -362,6 +362,11 @@ def test_evaluate_takes_inference_settings_and_records_them(tmp_path, cli):
     assert "Traceback" not in result.err
     result = cli("evaluate", tmp_path, "--model", "sasrec", "--ks", "abc")
     assert result.code == 2 and "--ks 'abc'" in result.err
+    result = cli("evaluate", tmp_path, "--model", "sasrec", "--split", "valid", "--headline")
+    assert result.code == 0, result.err
+    rows = [line for line in result.out.splitlines() if line.startswith("| sasrec")]
+    assert [row.split("|")[3].strip() for row in rows] == ["overall", "in-set", "cold"]
+    assert "excl. history" not in result.out
 
 
 def test_damaged_model_files_are_one_line_errors(tmp_path):

@@ -204,6 +204,9 @@ def add_evaluate(sub: Any) -> None:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--ks", help="cut-offs, e.g. 5,10,20 or 50,100,200,500")
     p.add_argument("--device", default="auto")
+    p.add_argument("--headline", action="store_true",
+                   help="only the model's own inference, not its inference-time switches "
+                        "or the masked row (one decode: for screening settings on valid)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="inference settings for this evaluation, e.g. beam=50 (no retraining)")
     p.set_defaults(func=cmd_evaluate)
@@ -218,7 +221,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     ctx = distributed.setup(args.device)  # under torchrun: the ranks share the users
     metrics = evaluate_run(args.run_dir, args.name or args.model, args.split, ks,
                            device=str(ctx.device), save=ctx.main,
-                           inference=parse_overrides(args.overrides))
+                           inference=parse_overrides(args.overrides),
+                           headline_only=args.headline)
     if not ctx.main:
         return
     print(format_table(metrics))

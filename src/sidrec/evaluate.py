@@ -245,12 +245,15 @@ def evaluate_run(
     device: str = "auto",
     save: bool = True,
     inference: dict[str, Any] | None = None,
+    headline_only: bool = False,
 ) -> dict[str, Any]:
     """Load `run_dir/models/<name>`, evaluate it on `split`, and record the result.
 
     `inference` overrides the model's stored inference settings (e.g. {"beam": 50}) for
-    this evaluation; no retraining. This is what `sidrec evaluate RUN_DIR --model NAME`
-    runs.
+    this evaluation; no retraining. `headline_only` evaluates the model's own inference
+    alone (the row training selects on), not its switches: a screen of inference settings
+    on validation costs one decode per setting. This is what `sidrec evaluate RUN_DIR
+    --model NAME` runs.
     """
     from sidrec.checkpoint import load_model
     from sidrec.device import resolve_device
@@ -261,7 +264,9 @@ def evaluate_run(
     dataset = Dataset.load(run.root)
     dev = resolve_device(device)
     model = load_model(md, run, dataset=dataset, inference=inference).to(dev)
-    metrics = evaluate(model, dataset, split, ks, batch_size=batch_size, device=dev)
+    variants = [next(iter(model.variants()))] if headline_only else None
+    metrics = evaluate(model, dataset, split, ks, batch_size=batch_size, device=dev,
+                       variants=variants)
     if save:
         save_metrics(run, metrics, name)
     return metrics
