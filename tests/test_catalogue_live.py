@@ -118,3 +118,27 @@ def test_a_vector_the_tokenizer_cannot_place_is_the_callers_fault(served_run: Pa
             as e:
         rec.add_items([ARCTIC, {"id": "huge", "text": "Title: Huge", "vector": [3e38] * dim}])
     assert e.value.field == "vector" and len(rec.catalogue) == N_ITEMS
+
+
+def test_an_add_retried_with_the_same_text_succeeds_and_adds_nothing(
+        served_run: Path, tmp_path: Path, calls: list[tuple[int, int]]) -> None:
+    """A client that did not get the answer to its add may send it again: the same id
+    and text is a success that adds nothing; another text for the id stays a duplicate;
+    rows of a refused add name the request's items, repeats counted."""
+    from sidrec.errors import ItemError
+
+    rec = load(copy_of(served_run, tmp_path) / "models" / "liger")
+    assert rec.add_items([ARCTIC]) == ["n1"]
+    assert rec.add_items([ARCTIC]) == ["n1"]
+    assert rec.add_items([ARCTIC, JAZZ]) == ["n1", "n2"]  # the new one is added alone
+    assert calls == [(N_ITEMS + 1, N_ITEMS), (N_ITEMS + 2, N_ITEMS + 1)]
+    assert store.read(rec.catalogue.run)[0].ids == ("n1", "n2")
+    with pytest.raises(ItemError, match=r"items\[0\]: item id 'n1' already exists") as e:
+        rec.add_items([{**ARCTIC, "text": "Title: Another Film"}])
+    assert e.value.duplicate
+    with pytest.raises(ItemError, match=r"items\[0\]: item id 'i01' already exists"):
+        rec.add_items([{"id": "i01", "text": rec.catalogue.rows.item_text[1]}])  # trained
+    dim = rec.catalogue.vector_rule()[0]
+    with pytest.raises(ItemError, match=r"items\[2\] \('x'\): the tokenizer cannot place"):
+        rec.add_items([ARCTIC, YODEL, {"id": "x", "text": "Title: X", "vector": [3e38] * dim}])
+    assert len(rec.catalogue) == N_ITEMS + 2

@@ -9,7 +9,7 @@ nearest prefix with room when its own is full (`place`). No model is retrained.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,13 +26,17 @@ from sidrec.run import RunDir
 from sidrec.tokenize.sids import extend_sids
 
 
-def check_new(items: Sequence[Any], known: dict[str, int],
-              stored: bool = False) -> tuple[list[str], list[str]]:
-    """(ids, texts) of `items` ([{"id": ..., "text": ...}]); a duplicate id (with the
-    catalogue `known` or within `items`) or an empty text is an `ItemError`. `stored`:
-    items read back from the run, added before the rule on spaces around ids existed."""
+def check_new(items: Sequence[Any], known: dict[str, int], stored: bool = False,
+              same: Callable[[int, str, dict], bool] | None = None
+              ) -> tuple[list[str], list[str]]:
+    """(ids, texts) of the new items of `items` ([{"id": ..., "text": ...}]); a duplicate
+    id (with the catalogue `known` or within `items`) or an empty text is an `ItemError`.
+    `same(row, text, item)`: the known item `row` is this one again (a retried add),
+    which is left out rather than refused. `stored`: items read back from the run, added
+    before the rule on spaces around ids existed."""
     ids: list[str] = []
     texts: list[str] = []
+    again: set[str] = set()
     for n, item in enumerate(items):
         if not isinstance(item, dict) or "id" not in item:
             raise ItemError(n, ": expected a dict with 'id' and 'text'")
@@ -47,11 +51,16 @@ def check_new(items: Sequence[Any], known: dict[str, int],
             raise ItemError(n, ": empty id; give the item an id")
         if item_id != item_id.strip() and not stored:
             raise ItemError(n, f": id {item_id!r} has spaces at its ends; strip them")
-        if item_id in known or item_id in ids:
-            raise ItemError(n, f": item id {item_id!r} already exists; ids are unique",
-                            duplicate=True)
         if not text:
             raise ItemError(n, f" ({item_id!r}): empty text; give the item a text")
+        if item_id in ids or item_id in again or (item_id in known and not (
+                same is not None and same(known[item_id], text, item))):
+            raise ItemError(n, f": item id {item_id!r} already exists; ids are unique (the "
+                            "same id and text again is a retry, and succeeds)",
+                            duplicate=True)
+        if item_id in known:
+            again.add(item_id)
+            continue
         ids.append(item_id)
         texts.append(text)
     return ids, texts
@@ -63,6 +72,8 @@ class Encoder:
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self._tokenizer: Any = None
+        # encodes texts somewhere else (texts, encoder) -> vectors; None: in this thread
+        self.encode_texts: Callable[[list[str], str], np.ndarray] | None = None
         # what the last checks saw: a check is repeated when the files have changed since
         self._encoder_checked: tuple | None = None
         self._tokenizer_checked: tuple | None = None
@@ -72,6 +83,8 @@ class Encoder:
         from sidrec.embed import EmbedConfig, encode_texts
 
         encoder = self._checked_encoder()
+        if self.encode_texts is not None:
+            return self.encode_texts(texts, encoder)
         threads = torch.get_num_threads()  # encode_texts sets its own; a server keeps its
         try:
             return encode_texts(texts, EmbedConfig(encoder=encoder, device="cpu"),

@@ -9,25 +9,34 @@ each hold one over the same run directory, and `refresh` applies what the others
 
 Threads: one lock (`lock`). A reader that needs the catalogue to stay put while it works
 (a recommendation: history ids to rows, the model's call, rows back to ids) holds it; an
-add or a refresh holds it while it reads the file and swaps the grown catalogue in. Adds
-are serialised by the run's file lock (`store.lock`), across the threads of one process as
-across processes, and encode their items (the slow part) before they take `lock`. Item
-descriptions (`item`, `describe`, `search`) read `view`, replaced whole, with no lock.
+add or a refresh holds it while it reads the file and swaps the grown catalogue in, so the
+swap falls between two recommendations. Adds are serialised by the run's file lock
+(`store.lock`), across the threads of one process as across processes, and encode their
+items (the slow part; `encode_texts_with` may send it to another process) before they
+take `lock`. Item descriptions (`item`, `describe`, `search`) read `view`, replaced whole,
+with no lock.
+
+An add is idempotent by id: an added item's id given again with the same text (and the
+same vector, when one is given) is a success that adds nothing, so a client may retry an
+add whose answer it did not get; the same id with another text is an `ItemError`
+(duplicate).
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sidrec.catalogue import store
 from sidrec.catalogue.encode import Encoder, check_new, encode, encode_again, with_sids
 from sidrec.catalogue.rows import NewItems, grow, no_items
 from sidrec.catalogue.view import CatalogueView
-from sidrec.errors import SidrecError
+from sidrec.errors import ItemError, SidrecError
 from sidrec.models.base import Recommender
 from sidrec.run import RunDir
 from sidrec.vectors import given_vectors
@@ -52,7 +61,8 @@ class LiveCatalogue:
         self.lock = threading.RLock()
         self._encoder = Encoder(self.run)
         self._fingerprint: dict[str, str | None] | None = None
-        self._stamp: store.Stamp | None = None  # the file as this process last read or wrote it
+        self._stamp: store.Stamp | None = None  # the files as this process last read or wrote them
+        self._faulted: store.Stamp | None = None  # the files as they were when unreadable
         self._rewritten: str | None = None  # why added_items.parquet is not ours to rewrite
 
     def __len__(self) -> int:
@@ -100,7 +110,7 @@ class LiveCatalogue:
         """Make new items recommendable now: embed their text (or take their own
         `vector`, which a run embedded with `--vectors` needs), give them a semantic ID,
         persist them to the run directory. All or nothing: a failing item adds none.
-        Returns the ids."""
+        Returns the ids, those added before by the same id and text included."""
         if not self.model.supports_new_items:
             raise SidrecError(
                 f"model {self.model.name!r} ranks only items seen in training and cannot "
@@ -111,20 +121,42 @@ class LiveCatalogue:
         with store.lock(self.run):
             with self.lock:  # first what other processes added to this run
                 self._apply_appended(strict=True)
-                ids, texts = check_new(items, self.index)
+                ids, texts = check_new(items, self.index, same=self._same)
+            every = [str(item["id"]) for item in items]
             if not ids:
-                return []
+                return every
+            fresh = set(ids)
+            at = [n for n, item_id in enumerate(every) if item_id in fresh]
             given = given_vectors(items, self._encoder.record().get("dim"))
-            self._commit(encode(self._encoder, self.rows, ids, texts, given), persist=True)
+            try:
+                new = encode(self._encoder, self.rows, ids, texts, [given[n] for n in at])
+            except ItemError as e:  # its row among the new items: the request's row
+                raise ItemError(at[e.row], str(e).removeprefix(f"items[{e.row}]"),
+                                e.duplicate, e.field) from None
+            self._commit(new, persist="append")
+            if store.n_parts(self.run) >= store.COMPACT_AFTER:
+                store.write(self.run, self.added, self.fingerprint())
+                self._stamp = store.stamp(self.run)
         if (why := unreachable(self.model)) is not None:
             warnings.warn(why, stacklevel=3)
-        return ids
+        return every
+
+    def encode_texts_with(self, fn: Callable[[list[str], str], np.ndarray] | None) -> None:
+        """Encode new items' texts with `fn(texts, encoder)` instead of in this thread
+        (None: here again); `sidrec serve` passes its encoder process."""
+        self._encoder.encode_texts = fn
+
+    def stale(self) -> bool:
+        """Another process added items this one has not read (a stat and a listing)."""
+        return self.model.supports_new_items and \
+            store.stamp(self.run) not in (self._stamp, self._faulted)
 
     def refresh(self) -> int:
         """Apply the items that another process (another server or Ray Serve replica on
         this run directory, the server's model process) added since; returns how many.
-        Cheap when nothing changed (a stat)."""
-        if not self.model.supports_new_items or store.stamp(self.run) == self._stamp:
+        Cheap when nothing changed (a stat). Unreadable files raise once, then read as
+        unchanged until they change again."""
+        if not self.stale():
             return 0
         with self.lock:
             return self._apply_appended()
@@ -132,7 +164,9 @@ class LiveCatalogue:
     def load_added(self) -> int:
         """Apply the run's added items (at load): encoded again from their text when the
         run's encoder or embeddings changed since, their SIDs computed again from their
-        vectors when only the SIDs differ (`store`)."""
+        vectors when only the SIDs differ (`store`). First the temporary files a writer
+        killed mid-write left behind go."""
+        store.clean(self.run)
         if not self.model.supports_new_items or len(self.added):
             return 0
         with self.lock:
@@ -141,7 +175,7 @@ class LiveCatalogue:
                 return 0
             if self._same_vectors(found[1]):
                 items = self._own_sids(*found)
-                self._commit(items, persist=False)
+                self._commit(items)
                 return len(items)
         with store.lock(self.run):  # re-embedded: encode them again, as they are now that
             with self.lock:  # no other process can add
@@ -149,7 +183,7 @@ class LiveCatalogue:
             if found is None:
                 return 0
             items = encode_again(self._encoder, self.rows, found[0])
-            self._commit(items, persist=True)
+            self._commit(items, persist="all")
         return len(items)
 
     def vector_rule(self) -> tuple[int | None, bool]:
@@ -163,15 +197,18 @@ class LiveCatalogue:
             self._fingerprint = store.fingerprint(self.run)
         return self._fingerprint
 
-    def _commit(self, new: NewItems, persist: bool) -> None:
-        """Swap in the catalogue grown by `new`, once the model took it (and, when
-        `persist`, the file holds it); on a failure the model gets the old one back."""
+    def _commit(self, new: NewItems, persist: str = "") -> None:
+        """Swap in the catalogue grown by `new`, once the model took it and, when
+        `persist` says so, the run holds it (append: `new` after the stored items; all:
+        every added item rewritten); on a failure the model gets the old one back."""
         with self.lock:
             first = self.rows.n_items
             grown = grow(self.rows, new)
             try:
                 self.model.items_added(grown, first)
-                if persist:
+                if persist == "append":
+                    store.append(self.run, new, self.fingerprint())
+                elif persist == "all":
                     store.write(self.run, self.added + new, self.fingerprint())
             except BaseException:
                 self.model.set_catalogue(self.rows)
@@ -182,6 +219,13 @@ class LiveCatalogue:
             self.index.update({item: first + n for n, item in enumerate(new.ids)})
             if persist:
                 self._stamp = store.stamp(self.run)
+
+    def _same(self, row: int, text: str, item: dict[str, Any]) -> bool:
+        """Item `row` is an added item with this text (and this vector, when `item` gives
+        one): `item` is a retry of its add."""
+        first = self.view.n_trained
+        return row >= first and self.rows.item_text[row] == text and (
+            item.get("vector") is None or _equal(item["vector"], self.added.vectors[row - first]))
 
     def _apply_appended(self, strict: bool = False) -> int:
         """Apply what other processes appended to the added items (under `lock`). A file
@@ -200,7 +244,7 @@ class LiveCatalogue:
             else:
                 tail = self._own_sids(items.tail(n), meta)
                 if len(tail):
-                    self._commit(tail, persist=False)
+                    self._commit(tail)
                 applied = len(tail)
         if strict and self._rewritten:
             raise SidrecError(f"{self._rewritten} (adding now would drop its items)")
@@ -210,8 +254,12 @@ class LiveCatalogue:
         """The run's added items and the file's metadata, stamped as read (the stamp is
         taken first: an add between the two is read again later)."""
         stamp = store.stamp(self.run)
-        found = store.read(self.run)
-        self._stamp = stamp
+        try:
+            found = store.read(self.run)
+        except SidrecError:
+            self._faulted = stamp
+            raise
+        self._stamp, self._faulted = stamp, None
         return found
 
     def _read_added(self) -> tuple[NewItems, dict[str, Any]] | None:
@@ -239,6 +287,13 @@ class LiveCatalogue:
                                                      or self.rows.sids is None):
             return items
         return with_sids(self._encoder, self.rows, items)
+
+
+def _equal(given: Any, stored: np.ndarray) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(given, dtype=np.float32), stored))
+    except (TypeError, ValueError):  # not numbers: not the stored item's vector
+        return False
 
 
 def unreachable(model: Recommender) -> str | None:
