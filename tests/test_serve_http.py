@@ -85,6 +85,8 @@ BAD = [
     ("post", "/v1/recommend/batch", {"requests": [{"history": ["i01"]}, {"history": ["no"]}]},
      400, "requests[1].history[0]"),
     ("post", "/v1/recommend/batch", {"requests": [{"history": ["i01"]}] * 65}, 400, "requests"),
+    ("post", "/v1/recommend/batch",  # 64 x beam 1000: past max_cost
+     {"requests": [{"history": ["i01"], "options": {"beam": 1000}}] * 64}, 400, "requests"),
     ("post", "/v1/recommend/batch", {"requests": [{"history": ["i01"], "k": 1.5}]}, 422,
      "requests[0].k"),
     ("post", "/v1/items", [{"id": "x"}], 422, "items[0].text"),

@@ -40,6 +40,9 @@ class StubCatalogue:
     def search(self, query: str, limit: int) -> list[dict[str, Any]]:
         return [ITEM][:limit] if query in ITEM["title"].lower() else []
 
+    def stale(self) -> bool:  # no other process adds to it
+        return False
+
 
 class StubService:
     on_unknown = "error"

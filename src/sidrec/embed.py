@@ -45,13 +45,15 @@ class EmbedConfig:
     ids: str = ""  # with a .npy `vectors`: its item ids, one per line, in row order
 
 
-def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True) -> np.ndarray:
-    """[len(texts), dim] float32 sentence embeddings."""
+def encode_texts(texts: list[str], cfg: EmbedConfig, progress: bool = True,
+                 threads: int = 0) -> np.ndarray:
+    """[len(texts), dim] float32 sentence embeddings, with `threads` torch threads on a
+    CPU (0: `resolve_device`'s default)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
     source = resolve_encoder(cfg.encoder)
     try:
-        model = _sentence_model(source, str(resolve_device(cfg.device)))
+        model = _sentence_model(source, str(resolve_device(cfg.device, threads)))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SidrecError(

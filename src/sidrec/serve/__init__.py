@@ -13,12 +13,15 @@ FastAPI on uvicorn, one model in one process (docs/serving.md):
     GET  /metrics             Prometheus
     GET  /docs                the OpenAPI contract;  GET /: the explorer page
 
-Modules: `settings` (limits, batching), `schemas` (the JSON contract), `queries` (a
-checked request, and a batch of them answered with few model calls), `worker` (dynamic
-batching on one inference thread), `model_process` (the model in a child process,
-`model_process=true`), `app` (the app put together), `routes` (its routers), `backend`
-(what the routes share, as FastAPI dependencies), `checks` (a request checked before it is
-queued), `guard` (security headers, body limit, request metrics), `access` (API keys, the
+Modules: `settings` (limits, batching, connections), `schemas` (the JSON contract),
+`queries` (a checked request, and a batch of them answered with few model calls),
+`worker` (dynamic batching on one inference thread), `model_process` (the model in a
+child process, `model_process=true`), `encoder_process` (new items' texts encoded in a
+child process, `encoder_process=true`), `connections` (uvicorn's deadlines and limits),
+`app` (the app put together), `routes` (its routers), `backend` (what the routes share,
+as FastAPI dependencies; adds run off the inference thread), `checks` (a request checked
+before it is queued, its cost too), `guard` (security headers, body limit and deadline,
+request metrics), `access` (API keys, the
 Host check, the write rule), `rules` (what ids and texts may be), `contract` (the OpenAPI
 schema), `http_errors` (every error as one JSON body), `ray_app` (the same app on Ray
 Serve, `--ray`), `static/` (the explorer page).
@@ -106,9 +109,11 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     from sidrec.serve.access import access_for, startup_notes
+    from sidrec.serve.connections import uvicorn_options
 
     access = access or access_for(host)
     app = build_app(model_dir, settings, inference, access=access)
     for note in startup_notes(access):
         print(f"sidrec serve: {note}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
+                **uvicorn_options(settings or ServeSettings()))

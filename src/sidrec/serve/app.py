@@ -3,8 +3,8 @@
     routes       the routers: recommendations, items, the server's state
     backend      what the routes share (worker, limits, metrics), and their dependencies
     checks       a recommendation request checked before it is queued
-    guard        the outer middleware: security headers, body-size limit, request
-                 metrics, requests arriving
+    guard        the outer middleware: security headers, body-size limit and read
+                 deadline, request metrics, requests arriving
     access       the inner middleware: the Host check, API keys, the write rule
     contract     the OpenAPI schema: every status of each route, the limits, the keys
     http_errors  every answer other than 200 as one JSON body (see there for the codes)
@@ -53,7 +53,8 @@ def create_app(worker: InferenceWorker, settings: ServeSettings,
                          "LIGER, COBRA, ...): POST /v1/recommend; the explorer page is at /.")
     app.state.backend = Backend(worker, settings, metrics, recommend)
     app.add_middleware(Gate, access=access)  # inner: Guard's metrics count its refusals
-    app.add_middleware(Guard, max_body=settings.max_body_bytes, metrics=metrics, worker=worker)
+    app.add_middleware(Guard, max_body=settings.max_body_bytes, metrics=metrics, worker=worker,
+                       body_timeout_s=settings.body_timeout_s)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     add_error_handlers(app)
     for router in ROUTERS:
@@ -87,12 +88,14 @@ def vector_rule(worker: InferenceWorker) -> contract.VectorRule | None:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The worker's thread runs while the app does."""
-    worker = app.state.backend.worker
+    """The worker's thread runs while the app does (and the encoder process, from the
+    first add on)."""
+    backend = app.state.backend
     log_replica()
-    worker.start()
+    backend.worker.start()
     yield
-    await asyncio.to_thread(worker.stop)
+    await asyncio.to_thread(backend.worker.stop)
+    await asyncio.to_thread(backend.close)
 
 
 def watch(metrics: Metrics, worker: InferenceWorker) -> None:

@@ -15,7 +15,8 @@ def check_query(body: schemas.RecommendRequest, service: Service, settings: Serv
                 where: str = "") -> Query:
     """`body` as a `Query`; anything wrong is a 400 naming the field (prefixed by
     `where`): k or the history past the limits, an unknown item id (unless it is
-    skipped), an inference option the model does not take or one over `max_option`."""
+    skipped), an inference option the model does not take or one over `max_option`, a
+    request whose max(beam, k) is over `max_cost`."""
     if not 1 <= body.k <= settings.max_k:
         raise ApiError(400, f"k={body.k}: must be between 1 and {settings.max_k}", f"{where}k")
     if len(body.history) > settings.max_history:
@@ -37,4 +38,33 @@ def check_query(body: schemas.RecommendRequest, service: Service, settings: Serv
             raise ApiError(400, f"options.{key}={value}: the limit is {settings.max_option}",
                            f"{where}options.{key}")
     user = None if body.user_id is None else str(body.user_id)
-    return Query(history, body.k, user, body.exclude_seen, dict(body.options), body.on_unknown)
+    query = Query(history, body.k, user, body.exclude_seen, dict(body.options),
+                  body.on_unknown)
+    beam, name = beam_of(query, service)
+    if max(beam, query.k) > settings.max_cost:
+        raise ApiError(400, f"this request costs {max(beam, query.k)} (max(beam, k)); the "
+                       f"limit is max_cost={settings.max_cost}",
+                       f"{where}{f'options.{name}' if beam > query.k else 'k'}")
+    return query
+
+
+def beam_of(query: Query, service: Service) -> tuple[int, str]:
+    """(the widest beam `query` decodes with, its option's name): its own option, else the
+    model's; LIGER's hybrid mode decodes with `hybrid_beam`. (0, "beam"): no beam."""
+    inference = service.inference_with(query.options)
+    widths = {"beam": getattr(inference, "beam", 0) or 0}
+    if getattr(inference, "mode", "") == "hybrid":
+        widths["hybrid_beam"] = getattr(inference, "hybrid_beam", 0) or 0
+    name = max(widths, key=lambda n: widths[n])
+    return int(widths[name]), name
+
+
+def check_cost(queries: list[Query], service: Service, settings: ServeSettings) -> None:
+    """The work of a batch request: the sum of max(beam, k) over its requests, at most
+    `max_cost` (400 naming `requests` past it)."""
+    total = sum(max(beam_of(q, service)[0], q.k) for q in queries)
+    if total > settings.max_cost:
+        raise ApiError(400, f"these {len(queries)} requests cost {total} (the sum of "
+                       f"max(beam, k) over them); the limit is max_cost="
+                       f"{settings.max_cost}: send fewer at a time, or smaller beams",
+                       "requests")

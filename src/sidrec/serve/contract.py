@@ -25,12 +25,15 @@ WHY = {
     401: "no API key, or an unknown one (only when the server has keys)",
     403: "a read-only key, or a server on a public address without keys, refusing a write",
     404: "no such item",
-    409: "an item with this id exists (nothing was added)",
+    408: "the request body did not arrive within body_timeout_s",
+    409: "an item with this id and another text exists (nothing was added; the same id "
+         "and text again is a retry, and succeeds)",
     413: "the body is over max_body_bytes",
     422: "the body or a parameter has the wrong shape (`detail` lists every problem)",
     500: "the server's own fault (e.g. its run directory); its log says why",
     503: "the model is loading or restarting, or the queue is full; retry",
-    504: "no result within timeout_s (an add goes on: GET /v1/items/{id} tells)",
+    504: "no result within timeout_s (an add goes on: GET /v1/items/{id} tells, and "
+         "sending it again is safe)",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,12 +20,15 @@ ARRIVING = "sidrec.arriving"
 
 class Guard:
     """ASGI middleware: the security headers on every answer, the body-size limit (413),
-    the request metrics, and the count of recommendation requests on their way to the
-    worker (`InferenceWorker.arriving`)."""
+    the body-read deadline (408: each part of a body within `body_timeout_s`), the
+    request metrics, and the count of recommendation requests on their way to the worker
+    (`InferenceWorker.arriving`): a request counts once its whole body is in, so a client
+    that stalls mid-body never makes a batch wait for it."""
 
     def __init__(self, app: Any, max_body: int, metrics: Metrics,
-                 worker: InferenceWorker) -> None:
+                 worker: InferenceWorker, body_timeout_s: float = 10.0) -> None:
         self.app, self.max_body, self.metrics, self.worker = app, max_body, metrics, worker
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -35,13 +39,24 @@ class Guard:
             length = int(headers.get(b"content-length", b"0"))
         except ValueError:
             length = 0
-        seen = [0]
+        seen, done = [0], [False]
+        counts = scope["path"].startswith("/v1/recommend")
 
         async def limited() -> dict:
-            message = await receive()
+            if done[0]:  # the body is in: what is left to hear is a disconnect
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within "
+                                    f"{self.body_timeout_s:g} s") from None
             seen[0] += len(message.get("body", b""))
             if seen[0] > self.max_body:
                 raise HTTPException(413, f"request body over {self.max_body} bytes")
+            done[0] = message["type"] != "http.request" or not message.get("more_body")
+            if done[0] and counts and message["type"] == "http.request":
+                scope[ARRIVING] = True
+                self.worker.arriving += 1
             return message
 
         async def sending(message: dict) -> None:
@@ -53,9 +68,6 @@ class Guard:
                     *((n, v) for n, v in SECURITY_HEADERS if n not in names)]}
             await send(message)
 
-        if scope["path"].startswith("/v1/recommend"):
-            scope[ARRIVING] = True
-            self.worker.arriving += 1
         try:
             if length > self.max_body:
                 too_large = error_response(413, f"request body over {self.max_body} bytes")

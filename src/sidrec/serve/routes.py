@@ -22,7 +22,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from sidrec.api import Recommendations, Service
 from sidrec.errors import ItemError, SidrecError
 from sidrec.serve import schemas
-from sidrec.serve.backend import BackendDep, ServiceDep
+from sidrec.serve.backend import BackendDep, FreshServiceDep, ServiceDep
+from sidrec.serve.checks import check_cost
 from sidrec.serve.contract import EVERY_ROUTE, answers
 from sidrec.serve.guard import arrived
 from sidrec.serve.http_errors import ApiError
@@ -34,7 +35,7 @@ STATIC = resources.files("sidrec.serve") / "static"
 # telling a caller the machine's name or the process id (the log says which is which).
 REPLICA = secrets.token_hex(6)
 
-recommend = APIRouter(responses={**EVERY_ROUTE, **answers(401, 413, 422, 503, 504)})
+recommend = APIRouter(responses={**EVERY_ROUTE, **answers(401, 408, 413, 422, 503, 504)})
 items = APIRouter(responses={**EVERY_ROUTE, **answers(401, 503)})
 status = APIRouter(responses=EVERY_ROUTE)
 
@@ -71,14 +72,16 @@ async def recommend_many(body: schemas.BatchRequest, request: Request, b: Backen
         raise ApiError(400, f"{len(body.requests)} requests; the limit is "
                        f"{b.settings.max_batch_requests}", "requests")
     queries = [await b.checked(r, svc, f"requests[{n}].") for n, r in enumerate(body.requests)]
+    check_cost(queries, svc, b.settings)
     arrived(request.scope, b.worker)
     results = await asyncio.gather(*(b.run(q) for q in queries))
     return JSONResponse({"results": [respond(svc, r, start) for r in results]})
 
 
 @items.post("/v1/items", response_model=schemas.AddResponse,
-            responses=answers(403, 409, 413, 422, 504),
-            summary="Add items live (encoder -> tokenizer -> catalogue; persisted)")
+            responses=answers(403, 408, 409, 413, 422, 504),
+            summary="Add items live (encoder -> tokenizer -> catalogue; persisted). "
+            "Idempotent by id: the same id and text again succeeds and adds nothing")
 async def add(body: list[schemas.NewItem], b: BackendDep, svc: ServiceDep) -> dict[str, Any]:
     if len(body) > b.settings.max_add_items:
         raise ApiError(400, f"{len(body)} items; the limit is {b.settings.max_add_items}",
@@ -88,7 +91,7 @@ async def add(body: list[schemas.NewItem], b: BackendDep, svc: ServiceDep) -> di
                        "cannot take new items")
     new = [{"id": i.id, "text": i.text, "vector": i.vector} for i in body]
     try:
-        added = await b.between_batches(svc.catalogue.add, new)
+        added = await b.add_items(svc, new)
     except ItemError as e:  # the caller's: an id that exists, a missing vector, ...
         field = f"items[{e.row}]" + (f".{e.field}" if e.field else "")
         raise ApiError(409 if e.duplicate else 422 if e.field else 400, str(e),
@@ -102,14 +105,14 @@ async def add(body: list[schemas.NewItem], b: BackendDep, svc: ServiceDep) -> di
 
 @items.get("/v1/items", response_model=schemas.SearchResponse, responses=answers(422),
            summary="Search items by title (empty q: the most popular)")
-async def search(svc: ServiceDep, q: str = "",
+async def search(svc: FreshServiceDep, q: str = "",
                  limit: int = QueryParam(20, ge=1, le=100)) -> dict[str, Any]:
     return {"items": svc.catalogue.search(q, limit)}
 
 
 @items.get("/v1/items/{item_id:path}", response_model=schemas.ItemInfo,
            responses=answers(404), summary="One item")
-async def item(item_id: schemas.PathId, svc: ServiceDep) -> dict[str, Any]:
+async def item(item_id: schemas.PathId, svc: FreshServiceDep) -> dict[str, Any]:
     found = svc.catalogue.item(item_id)
     if found is None:
         raise ApiError(404, f"no item {item_id!r}")
@@ -118,7 +121,7 @@ async def item(item_id: schemas.PathId, svc: ServiceDep) -> dict[str, Any]:
 
 @status.get("/v1/info", response_model=schemas.Info, responses=answers(401, 503),
             summary="The model and the limits")
-async def info(b: BackendDep, svc: ServiceDep) -> dict[str, Any]:
+async def info(b: BackendDep, svc: FreshServiceDep) -> dict[str, Any]:
     return {**svc.info(), "replica": REPLICA, "limits": asdict(b.settings)}
 
 

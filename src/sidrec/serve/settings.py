@@ -21,6 +21,9 @@ class ServeSettings:
     max_add_items: int = 1000  # items in one POST /v1/items
     max_body_bytes: int = 1 << 20  # request body size
     max_option: int = 1000  # largest integer inference option (beam, hybrid_k, ...)
+    # the work one request may ask for: the sum over its rows (1, or a batch's requests)
+    # of max(beam, k), beam being the request's own or the model's (400 past it)
+    max_cost: int = 8192
     # -- dynamic batching: concurrent requests merged into one `recommend` call
     batching: bool = True  # False: one model call per request (for comparison)
     max_batch: int = 64  # rows of one model call; a fuller queue flushes at once
@@ -40,6 +43,14 @@ class ServeSettings:
     model_timeout_s: float = 120.0
     model_restarts: int = 3
     threads: int = 0  # torch CPU threads; 0 = cores - 1 (at least 1, at most 4)
+    # true: POST /v1/items encodes texts in a process of its own with one torch thread
+    # (started by the first add), so a long add never holds recommendations back
+    encoder_process: bool = True
+    # -- connections (uvicorn; body_timeout_s also on Ray Serve)
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this (closed)
+    body_timeout_s: float = 10.0  # then each part of its body (408)
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 1024  # connections and requests in flight; past it: 503
     device: str = "auto"  # auto | cpu | cuda[:N]
     on_unknown: str = "error"  # an unknown history item: 400 (error) or ignored (skip)
 
