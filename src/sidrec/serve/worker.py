@@ -7,7 +7,8 @@ side has received but not queued yet: `arriving`), for up to `max_wait_ms` or un
 possible (`queries.run_queries`: one per group of queries that can share a call; user
 ids and histories may differ per row). Every model call runs on this one thread, so
 torch's intra-op threads (`threads`) are never oversubscribed by concurrent requests, and
-a catalogue swap (`add_items`, run on the same thread) never meets a batch halfway.
+a catalogue swap (an add, on the add thread; `backend.Backend.add_items`) takes the
+catalogue's lock, which a batch holds, so it never meets a batch halfway.
 
 A grouped call returns what `recommend_batch` returns for those rows offline (the model
 contract is row-independent; tests/test_serve_batching.py checks it within 1e-5).
@@ -49,7 +50,7 @@ class Overloaded(Exception):
 class _Job:
     future: Future
     query: Query | None = None  # a recommendation, batched
-    call: Callable[[], Any] | None = None  # anything else, run alone (add_items)
+    call: Callable[[], Any] | None = None  # anything else, run alone (a Ray batch)
 
 
 _STOP = _Job(Future())
