@@ -11,7 +11,8 @@ from sidrec.models import get_model_class
 from sidrec.models.base import Catalogue
 from sidrec.models.cobra import Cobra, CobraBase
 from sidrec.models.cobra_decode import CobraInference, beam_fusion
-from sidrec.models.retrieval import GroupedItems, ItemIndex, merge_candidates
+from sidrec.models.item_groups import GroupedItems
+from sidrec.models.retrieval import ItemIndex, merge_candidates
 
 SIZES = (4, 4, 3)  # 2 sparse levels x 4 codes + collision token
 
@@ -62,7 +63,7 @@ def test_grouped_neighbours_equal_brute_force():
     groups = GroupedItems(keys)
     queries = torch.randn(7, 8, generator=g)
     qkeys = torch.tensor([0, 1, 2, 3, 4, 4, 9])  # 9: no such group
-    members, cos = groups.neighbours(queries, qkeys, vecs)
+    members, cos = groups.nearest(queries, qkeys, vecs)
     for q in range(7):
         got = {int(m): float(c) for m, c in zip(members[q], cos[q], strict=True) if m >= 0}
         want = {int(i): float(torch.cosine_similarity(queries[q], vecs[i], dim=0))
@@ -173,8 +174,9 @@ def test_sparse_id_groups_partition_the_catalogue():
     sparse = model.sparse.codes
     group = index.lookup(sparse)  # (n_items,) group id of each item's sparse ID
     assert (group >= 0).all() and len(index) == len(torch.unique(sparse, dim=0))
+    table = groups.padded(torch.arange(len(index)))
     for g in range(len(index)):
-        members = groups.members[g][groups.members[g] >= 0]
+        members = table[g][table[g] >= 0]
         assert members.tolist() == torch.nonzero(group == g).view(-1).tolist()
         assert (sparse[members] == sparse[members[0]]).all()
 
@@ -190,7 +192,7 @@ def test_recommend_on_cuda_matches_cpu():
     items, scores = model.recommend(history.cuda(), users.cuda(), 10)
     assert items.device.type == "cuda" and scores.device.type == "cuda"
     groups, index = model.sparse.tables()
-    assert groups.members.device.type == "cuda" and index.device.type == "cuda"
+    assert groups.items.device.type == "cuda" and index.device.type == "cuda"
     for row in items.cpu():
         real = row[row >= 0]
         assert len(real) == 10 and len(set(real.tolist())) == 10 and (real < 24).all()

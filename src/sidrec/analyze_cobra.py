@@ -60,7 +60,7 @@ def cobra_checks(model: Any, dataset: Dataset, split: Split = "valid",
         match = (beams == codes[:, None]).all(-1)  # (B, M)
         position = torch.where(match.any(1), match.float().argmax(1), -1)
         v_hat = dense_query(model, cache, codes)  # teacher-forced v̂
-        members, cos = groups.neighbours(v_hat, sparse_index.lookup(codes), vectors)
+        members, cos = groups.nearest(v_hat, sparse_index.lookup(codes), vectors)
         own = cos.masked_fill(members != target[:, None], float("-inf")).amax(1)
         # The model's own decoding, not one rebuilt from the pieces above: the checks are
         # held to what `recommend` does (tests/test_analyze_cobra.py).

@@ -167,11 +167,11 @@ class CobraBase(Recommender):
         return facts
 
     def items_added(self, catalogue: Catalogue, first_new: int) -> None:
-        super().items_added(catalogue, first_new)  # the parts' tables are rebuilt whole
+        super().items_added(catalogue, first_new)
         device = self.offsets.device
-        for part in (self.sparse, self.dense):
+        for part in (self.sparse, self.dense):  # each takes just the new items in
             if part is not None:
-                part.set_items(catalogue)
+                part.set_items(catalogue, first_new)
         self.to(device)  # the new catalogue's tables arrive on the CPU
 
     # ----------------------------------------------------------------- embedding

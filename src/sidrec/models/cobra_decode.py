@@ -25,6 +25,7 @@ from torch import nn
 
 from sidrec.models.base import InferenceConfig
 from sidrec.models.beam import BeamResult, StepFn, beam_search, item_sids
+from sidrec.models.item_groups import GroupedItems
 from sidrec.models.retrieval import ItemIndex, merge_candidates, nearest, seen_in_history
 from sidrec.models.transformer import KVCache
 
@@ -127,8 +128,8 @@ def groups_by_beam(model: nn.Module, history: torch.Tensor, n: int, cfg: CobraIn
     if seen is not None and model.sparse.whole_sid:
         exclude = item_sids(model.sparse.codes, seen.to(model.sparse.codes.device))
     result = sparse_beam(model, hidden, cache, max(cfg.beam, n), cfg.constrained, exclude)
-    items = groups.members[result.items.clamp_min(0)]  # (B, M, G): -1 past a group
-    items = items.masked_fill((result.items < 0)[..., None], -1)
+    b, m = result.items.shape
+    items = groups.padded(result.items.view(-1)).view(b, m, -1)  # (B, M, W): -1 past a group
     logp = result.log_probs[..., None].expand_as(items)
     if seen is not None and exclude is None:
         items = items.masked_fill(seen_in_history(items.flatten(1), seen.to(
@@ -140,35 +141,69 @@ def fuse(model: nn.Module, history: torch.Tensor, n: int, cfg: CobraInference,
          seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both parts (cobra), coarse to fine: top-M sparse IDs, v̂_k for each, candidates,
     BeamFusion; `cfg.mode` may switch one part off."""
-    mode, n_nb = cfg.mode, cfg.neighbours
     hidden, cache, vectors = prefill(model, history)
     groups, sparse_index = model.sparse.tables()
     result = sparse_beam(model, hidden, cache, beam_width(cfg, n), cfg.constrained)
     b, m = result.sids.shape[:2]
     codes = result.sids.reshape(b * m, model.sparse.levels)
-    v_hat = dense_query(model, cache, codes)  # (B*M, d): v̂_k of each beam
+    v_hat = dense_query(model, cache, codes).view(b, m, -1)  # v̂_k of each beam
     seen = seen.to(v_hat.device) if seen is not None else None
-    if mode == "no-sparse":  # dense only: the best beam's v̂ against all items
-        return nearest(v_hat.view(b, m, -1)[:, 0], vectors, n, seen)
-    valid = torch.isfinite(result.log_probs).view(-1)
-    if cfg.retrieval == "global" and mode != "no-dense":  # (B*M, N + room for seen)
-        cand, cos = ItemIndex.of(vectors).search(v_hat, n_nb + (0 if seen is None
-                                                                 else seen.shape[1]))
-    else:  # the items under each beam's sparse ID (-1: no catalogue sparse ID)
-        cand, cos = groups.neighbours(v_hat, sparse_index.lookup(codes), vectors)
+    if cfg.mode == "no-sparse":  # dense only: the best beam's v̂ against all items
+        return nearest(v_hat[:, 0], vectors, n, seen)
+    if cfg.retrieval == "global" and cfg.mode != "no-dense":
+        return fuse_global(result.log_probs, v_hat, vectors, n, cfg, seen)
+    return fuse_groups(groups, result.log_probs, sparse_index.lookup(codes).view(b, m),
+                       v_hat, vectors, n, cfg, seen)
+
+
+def fuse_groups(groups: GroupedItems, beam_logp: torch.Tensor, beam_group: torch.Tensor,
+                v_hat: torch.Tensor, vectors: torch.Tensor, n: int, cfg: CobraInference,
+                seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top n items of B users from the items under their M beams' sparse IDs.
+
+    beam_logp [B, M] (-inf: no beam), beam_group [B, M] the group of each beam's sparse ID
+    (-1: none in the catalogue), v̂ [B, M, d]; seen [B, S] items are no candidates. Each
+    beam's candidates are its group's `cfg.neighbours` items nearest to its v̂ (all of
+    them without the dense part), found among its own group's members only.
+    """
+    b, m = beam_logp.shape
+    live = torch.where(torch.isfinite(beam_logp), beam_group, -1).view(-1)  # (B*M,)
+    k = None if cfg.mode == "no-dense" else cfg.neighbours  # w/o dense: whole groups
+    cand, cos = groups.nearest(v_hat.reshape(b * m, -1), live, vectors, k, seen)
+    return fused_scores(beam_logp, cand.view(b, m, -1), cos.view(b, m, -1), n, cfg)
+
+
+def fuse_global(beam_logp: torch.Tensor, v_hat: torch.Tensor, vectors: torch.Tensor, n: int,
+                cfg: CobraInference, seen: torch.Tensor | None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fuse_groups` with each beam's candidates its v̂'s nearest items in the whole
+    catalogue (`retrieval: global`, the ANN search of COBRA's serving)."""
+    b, m = beam_logp.shape
+    n_nb = cfg.neighbours
+    extra = 0 if seen is None else seen.shape[1]  # room for the seen items
+    cand, cos = ItemIndex.of(vectors).search(v_hat.reshape(b * m, -1), n_nb + extra)
     if seen is not None:  # seen items are no candidates, before the N nearest are kept
         cos = cos.masked_fill(seen_in_history(cand.view(b, -1), seen).view_as(cand),
                               float("-inf"))
-    if cand.shape[1] > n_nb and mode != "no-dense":  # w/o dense: whole groups, no cosine
+    if cand.shape[1] > n_nb:
         cos, top = cos.topk(n_nb, dim=1)
         cand = cand.gather(1, top)
-    cos = cos.masked_fill(~valid[:, None] | (cand < 0), float("-inf"))
-    cand, cos = cand.view(b, m, -1), cos.view(b, m, -1)
-    if mode == "no-beamfusion":
+    return fused_scores(beam_logp, cand.view(b, m, -1), cos.view(b, m, -1), n, cfg)
+
+
+def fused_scores(beam_logp: torch.Tensor, cand: torch.Tensor, cos: torch.Tensor, n: int,
+                 cfg: CobraInference) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top n distinct items of the beams' candidates cand [B, M, N] (-1: none) with their
+    cosine to the beam's v̂ cos [B, M, N]: BeamFusion, or per `cfg.mode` cosine alone
+    (no-beamfusion) or the beam's score spread evenly over its items (no-dense)."""
+    b = len(cand)
+    dead = ~torch.isfinite(beam_logp)[:, :, None] | (cand < 0)
+    cos = cos.masked_fill(dead, float("-inf"))
+    if cfg.mode == "no-beamfusion":
         scores = cos  # rank the beams' candidates by cosine alone
     else:
-        psi = 0.0 if mode == "no-dense" else cfg.psi
-        scores = beam_fusion(result.log_probs, cos, cfg.tau, psi)
+        psi = 0.0 if cfg.mode == "no-dense" else cfg.psi
+        scores = beam_fusion(beam_logp, cos, cfg.tau, psi)
         # a dead beam's or a missing candidate's item is no recommendation
         scores = scores.masked_fill(~torch.isfinite(cos), float("-inf"))
     return merge_candidates(cand.view(b, -1), scores.view(b, -1), n)

@@ -32,8 +32,8 @@ from sidrec.models.base import Catalogue, eval_mode
 from sidrec.models.beam import SidIndex
 from sidrec.models.heads import info_nce, mlp
 from sidrec.models.item_encoder import ItemEncoder
+from sidrec.models.item_groups import GroupedItems
 from sidrec.models.item_vectors import ItemVectors
-from sidrec.models.retrieval import GroupedItems
 
 ENCODE_CHUNK = 4096  # items per item-encoder call when every item's v is computed
 
@@ -60,27 +60,46 @@ class SparseIDs(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(d_model, v) for v in self.sizes)
         self.set_items(catalogue)
 
-    def set_items(self, catalogue: Catalogue) -> None:
-        """The sparse IDs of `catalogue`'s items; the decoding tables are rebuilt on use."""
+    def set_items(self, catalogue: Catalogue, first_new: int = 0) -> None:
+        """The sparse IDs of `catalogue`'s items. Items first_new.. were appended to the
+        catalogue these tables were built for (`Recommender.items_added`): they join the
+        tables; first_new 0: the tables are rebuilt on use."""
         codes = catalogue.sids[:, : self.levels].long()  # (n_items, S)
         old = getattr(self, "codes", None)
         self.register_buffer("codes", codes if old is None else codes.to(old.device),
                              persistent=False)
-        self._tables: tuple[GroupedItems, SidIndex] | None = None
+        tables = getattr(self, "_tables", None)
+        self._tables = None
+        if first_new and tables is not None and len(tables[0].items) == first_new:
+            self._tables = self._extended(*tables, self.codes[first_new:])
+
+    @staticmethod
+    def _extended(groups: GroupedItems, index: SidIndex, codes: torch.Tensor,
+                  ) -> tuple[GroupedItems, SidIndex]:
+        """The tables with new items of sparse IDs codes [m, S] appended: a new sparse ID
+        is a new group (numbered after the others), a known one takes the item in; O(n)
+        copies, where a rebuild sorts the whole catalogue."""
+        group = index.lookup(codes.to(index.device)).cpu()  # (m,) -1: a new sparse ID
+        fresh = group < 0
+        new_ids, which = torch.unique(codes[fresh].cpu(), dim=0, return_inverse=True)
+        numbers = torch.arange(len(index), len(index) + len(new_ids))
+        group[fresh] = numbers[which]
+        index = index.extended(new_ids, numbers)
+        return groups.extended(group, len(groups.items)), index
 
     def tables(self) -> tuple[GroupedItems, SidIndex]:
         """Items per sparse ID and the sparse-ID index, on the codes' device.
 
         The index holds each distinct sparse ID once; its item for a sparse ID is the
-        group id (the row among the distinct IDs), so `index.lookup(codes)` keys the groups.
-        Built on the CPU and moved, as every `SidIndex`.
+        group id, so `index.lookup(codes)` gives the groups. Built on the CPU and moved,
+        as every `SidIndex`.
         """
         device = self.codes.device
         if self._tables is None or self._tables[1].device != device:
             codes = self.codes.cpu()  # (n_items, S)
             index = SidIndex(torch.unique(codes, dim=0), self.sizes)
-            groups = GroupedItems(index.lookup(codes).to(device))
-            self._tables = (groups, index.to(device))
+            groups = GroupedItems(index.lookup(codes), len(index))
+            self._tables = (groups.to(device), index.to(device))
         return self._tables
 
     def loss(self, inputs: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -96,7 +115,7 @@ class SparseIDs(nn.Module):
     def facts(self, n_items: int) -> dict[str, Any]:
         """`diagnostics`: the loss reading, and how many items share a sparse ID."""
         groups, _ = self.tables()
-        sizes = (groups.members >= 0).sum(dim=1).float()  # (G,)
+        sizes = groups.sizes.float()  # (G,)
         return {"sparse_loss": f"mean over {self.levels} levels (paper: sum)",
                 "sparse_id": f"{self.levels} levels of {list(self.sizes)} codes",
                 "groups": len(sizes), "items_per_group_mean": round(sizes.mean().item(), 2),
@@ -121,8 +140,12 @@ class DenseVectors(nn.Module):
         self._vectors = ItemVectors(self.encoder.encode, self.encoder.parameters,
                                     chunk=ENCODE_CHUNK)
 
-    def set_items(self, catalogue: Catalogue) -> None:
+    def set_items(self, catalogue: Catalogue, first_new: int = 0) -> None:
+        """The catalogue's items; first_new > 0: items first_new.. were appended, and only
+        their v is computed (`ItemVectors.items_added`)."""
         self.encoder.set_catalogue(catalogue)
+        with eval_mode(self.encoder):
+            self._vectors.items_added(self.encoder.inputs, first_new)
 
     def vectors(self) -> torch.Tensor:
         """v of every catalogue item [n_items, d], for retrieval: without dropout, and

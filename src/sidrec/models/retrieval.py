@@ -1,5 +1,6 @@
 """Dense retrieval shared by Dense, LIGER and COBRA: cosine top-k, re-ranking a candidate
-set, and nearest neighbours among the items that share a sparse ID, and merging candidate lists.
+set, leaving out seen items, and merging candidate lists (the nearest items within a
+sparse ID: models/item_groups.py).
 
 Small catalogues are searched exactly with a matrix product; `ItemIndex` switches to a
 faiss IVF-Flat index when the catalogue is large (`exact_below`), since a brute-force
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 EXACT_BELOW = 200_000  # ItemIndex searches fewer rows than this exactly
 EXACT_CHUNK = 65_536  # items per matrix product of the exact search
+ROW_SPAN = 2**32  # seen_in_rows keys (row, item) as row * ROW_SPAN + item: ids below 2^32
 
 
 def cosine_topk(
@@ -153,60 +155,27 @@ class ItemIndex:
 _BUILT: dict[int, tuple[weakref.ref, int, ItemIndex]] = {}
 
 
-class GroupedItems:
-    """Items grouped by a key (their sparse ID), as padded member lists.
-
-    `members[g]` holds the item ids of group g, padded with -1 to the largest group, so
-    the neighbours of many queries within their own groups are one gather and one batched
-    dot product: exact, and no Python loop over queries.
-    """
-
-    def __init__(self, keys: torch.Tensor):
-        # keys: [N] int64 group key of each item
-        order = torch.argsort(keys, stable=True)
-        sorted_keys = keys[order]
-        self.group_keys, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
-        starts = torch.cumsum(counts, 0) - counts
-        width = int(counts.max())
-        dev = keys.device
-        slot = torch.arange(len(keys), device=dev) - torch.repeat_interleave(starts, counts)
-        group = torch.repeat_interleave(torch.arange(len(counts), device=dev), counts)
-        self.members = torch.full((len(counts), width), -1, dtype=torch.long, device=dev)
-        self.members[group, slot] = order  # (G, width)
-
-    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        """Members [..., width] of the groups with these keys (all -1 for unknown keys)."""
-        pos = torch.searchsorted(self.group_keys, keys).clamp_max(len(self.group_keys) - 1)
-        found = self.group_keys[pos] == keys
-        out = self.members[pos]
-        return torch.where(found.unsqueeze(-1), out, torch.full_like(out, -1))
-
-    def neighbours(
-        self, queries: torch.Tensor, keys: torch.Tensor, item_vectors: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All members of each query's group with their cosine to the query.
-
-        queries [Q, d], keys [Q] -> (items [Q, width] with -1 padding, cosine [Q, width]
-        with -inf at padding).
-        """
-        members = self.lookup(keys)  # (Q, W)
-        # Gather, then normalise: Q x W rows, not the whole catalogue per call.
-        vecs = F.normalize(item_vectors[members.clamp_min(0)], dim=-1)  # (Q, W, d)
-        cos = torch.einsum("qd,qwd->qw", F.normalize(queries, dim=-1), vecs)
-        return members, cos.masked_fill(members < 0, float("-inf"))
-
-
 def seen_in_history(items: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """items [B, C] that occur in the row's seen items [B, S] (-1 = padding) -> [B, C] bool.
+    """items [B, C] that occur in the row's seen items [B, S] (-1 = padding) -> [B, C] bool."""
+    rows = torch.arange(len(items), device=items.device).repeat_interleave(items.shape[1])
+    return seen_in_rows(items.flatten(), rows, seen).view_as(items)
 
-    A binary search in each sorted row: a whole history (hundreds of items) would make a
-    [B, C, S] comparison as large as the candidates times the history.
+
+def seen_in_rows(items: torch.Tensor, rows: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """items [T] that occur among the seen items [B, S] (-1 = padding) of their row rows [T]
+    -> [T] bool.
+
+    A binary search in the sorted (row, item) keys of every seen item: a whole history
+    (hundreds of items) would make a comparison as large as the candidates times the
+    history, and candidates need not be a [B, C] block (COBRA's groups are ragged).
     """
-    if seen.shape[1] == 0:
+    if seen.numel() == 0 or len(items) == 0:
         return torch.zeros_like(items, dtype=torch.bool)
-    srt = seen.sort(dim=1).values  # (B, S)
-    pos = torch.searchsorted(srt, items.contiguous()).clamp_max(srt.shape[1] - 1)  # (B, C)
-    return (srt.gather(1, pos) == items) & (items >= 0)
+    row = torch.arange(len(seen), device=seen.device)[:, None]
+    keys = (row * ROW_SPAN + seen).masked_fill(seen < 0, -1).flatten().sort().values  # (B*S,)
+    want = rows.to(seen.device) * ROW_SPAN + items
+    pos = torch.searchsorted(keys, want).clamp_max(len(keys) - 1)
+    return (keys[pos] == want) & (items >= 0)
 
 
 def merge_candidates(
