@@ -303,3 +303,28 @@ def test_the_global_index_is_built_once_while_the_item_vectors_stand():
     model = small_model().eval()
     first, again = model.dense.vectors(), model.dense.vectors()
     assert first is again and ItemIndex.of(first) is ItemIndex.of(again)
+
+
+@pytest.mark.parametrize("mode", ["fusion", "no-dense", "no-beamfusion"])
+def test_added_items_of_new_sparse_ids_join_the_groups_in_place(mode):
+    # 12 items use 12 of the 16 sparse IDs; of the 8 added, 4 start new groups
+    model = small_model().eval()
+    model.items_added(catalogue(12), 0)
+    history = torch.tensor([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    model.recommend(history, torch.tensor([0, 1]), 5)  # the tables of the 12 are built
+    grown = catalogue(20)
+    model.items_added(grown, 12)
+    _, index = model.sparse.tables()  # extended, not rebuilt: new groups numbered last
+    assert index.lookup(model.sparse.codes[12:16]).tolist() == [12, 13, 14, 15]
+    fresh = Cobra(model.cfg, grown).eval()
+    fresh.load_state_dict(model.state_dict())
+    for cobra in (model, fresh):
+        groups, index = cobra.sparse.tables()
+        table = groups.padded(index.lookup(cobra.sparse.codes))  # (n_items, W)
+        assert [sorted(row[row >= 0].tolist()) for row in table] == [
+            [j for j in range(20) if j % 16 == i % 16] for i in range(20)]
+    cfg = CobraInference(mode=mode, beam=16, neighbours=1)
+    got = model.recommend(history, torch.tensor([0, 1]), 20, cfg)
+    want = fresh.recommend(history, torch.tensor([0, 1]), 20, cfg)
+    assert torch.equal(got[0], want[0]) and (got[0] >= 12).any()
+    torch.testing.assert_close(got[1], want[1])
