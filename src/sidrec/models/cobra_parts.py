@@ -69,7 +69,7 @@ class SparseIDs(nn.Module):
         self.register_buffer("codes", codes if old is None else codes.to(old.device),
                              persistent=False)
         tables = getattr(self, "_tables", None)
-        self._tables = None
+        self._tables: tuple[GroupedItems, SidIndex] | None = None
         if first_new and tables is not None and len(tables[0].items) == first_new:
             self._tables = self._extended(*tables, self.codes[first_new:])
 
