@@ -83,6 +83,28 @@ def test_an_add_from_another_process_is_applied_by_refresh(
     assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
 
 
+def test_a_refresh_in_progress_reads_as_stale(
+        served_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server checks `stale` without the lock before it calls a history item unknown:
+    while another request's refresh is applying the items, it must still read as stale
+    (and so wait for the refresh), or that item is a 400 on a Ray replica."""
+    run = copy_of(served_run, tmp_path)
+    model_dir = run / "models" / "liger"
+    rec = load(model_dir)
+    add_in_another_process(model_dir, [JAZZ])
+    during: list[bool] = []
+    real = LIGER.items_added
+
+    def items_added(self: LIGER, catalogue, first_new: int) -> None:  # noqa: ANN001
+        during.append(rec.catalogue.stale())
+        real(self, catalogue, first_new)
+
+    monkeypatch.setattr(LIGER, "items_added", items_added)
+    assert rec.catalogue.refresh() == 1
+    assert during == [True]
+    assert not rec.catalogue.stale() and "n2" in rec.catalogue
+
+
 def test_an_add_that_cannot_be_persisted_changes_nothing(
         served_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = copy_of(served_run, tmp_path)

@@ -170,16 +170,17 @@ class LiveCatalogue:
         if not self.model.supports_new_items or len(self.added):
             return 0
         with self.lock:
-            found = self._read_added()
+            found, stamp = self._read_added()
             if found is None:
                 return 0
             if self._same_vectors(found[1]):
                 items = self._own_sids(*found)
                 self._commit(items)
+                self._stamp = stamp
                 return len(items)
         with store.lock(self.run):  # re-embedded: encode them again, as they are now that
             with self.lock:  # no other process can add
-                found = self._read_added()
+                found, _ = self._read_added()
             if found is None:
                 return 0
             items = encode_again(self._encoder, self.rows, found[0])
@@ -233,7 +234,9 @@ class LiveCatalogue:
         a restart: a warning when found, and from then on (`strict`: before an add, which
         rewrites the file from this process's items and would drop the others) an error."""
         applied = 0
-        if store.stamp(self.run) != self._stamp and (found := self._read()) is not None:
+        changed = store.stamp(self.run) != self._stamp
+        found, stamp = self._read() if changed else (None, None)
+        if found is not None:
             items, meta = found
             n = len(self.added)
             if items.ids[:n] != self.added.ids or not self._same_vectors(meta):
@@ -246,25 +249,30 @@ class LiveCatalogue:
                 if len(tail):
                     self._commit(tail)
                 applied = len(tail)
+        if changed:
+            # only now: a reader that finds the stamp current (`stale`, unlocked) must
+            # also find the items in the catalogue
+            self._stamp = stamp
         if strict and self._rewritten:
             raise SidrecError(f"{self._rewritten} (adding now would drop its items)")
         return applied
 
-    def _read(self) -> tuple[NewItems, dict[str, Any]] | None:
-        """The run's added items and the file's metadata, stamped as read (the stamp is
-        taken first: an add between the two is read again later)."""
+    def _read(self) -> tuple[tuple[NewItems, dict[str, Any]] | None, store.Stamp | None]:
+        """(the run's added items and the file's metadata, the stamp of what was read).
+        The stamp is taken first, so an add between the two is read again later; the
+        caller keeps it once the items are in the catalogue."""
         stamp = store.stamp(self.run)
         try:
             found = store.read(self.run)
         except SidrecError:
             self._faulted = stamp
             raise
-        self._stamp, self._faulted = stamp, None
-        return found
+        self._faulted = None
+        return found, stamp
 
-    def _read_added(self) -> tuple[NewItems, dict[str, Any]] | None:
+    def _read_added(self) -> tuple[tuple[NewItems, dict[str, Any]] | None, store.Stamp | None]:
         """`_read`, its items checked against the catalogue."""
-        found = self._read()
+        found, stamp = self._read()
         if found is not None:
             try:
                 check_new([{"id": i, "text": t} for i, t in
@@ -272,7 +280,7 @@ class LiveCatalogue:
                           self.index, stored=True)
             except SidrecError as e:
                 raise SidrecError(f"{self.run.added_items}: {e}") from None
-        return found
+        return found, stamp
 
     def _same_vectors(self, meta: dict[str, Any]) -> bool:
         """The stored vectors came from this run's encoder and embeddings."""
