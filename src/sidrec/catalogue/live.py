@@ -249,18 +249,15 @@ class LiveCatalogue:
                 if len(tail):
                     self._commit(tail)
                 applied = len(tail)
-        if changed:
-            # only now: a reader that finds the stamp current (`stale`, unlocked) must
-            # also find the items in the catalogue
+        if changed:  # only now: `stale` (unlocked) must not read current before the items are in
             self._stamp = stamp
         if strict and self._rewritten:
             raise SidrecError(f"{self._rewritten} (adding now would drop its items)")
         return applied
 
     def _read(self) -> tuple[tuple[NewItems, dict[str, Any]] | None, store.Stamp | None]:
-        """(the run's added items and the file's metadata, the stamp of what was read).
-        The stamp is taken first, so an add between the two is read again later; the
-        caller keeps it once the items are in the catalogue."""
+        """(the run's added items and the file's metadata, the stamp taken before the read:
+        an add between the two is read again later; kept once the items are in)."""
         stamp = store.stamp(self.run)
         try:
             found = store.read(self.run)
