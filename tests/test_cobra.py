@@ -12,7 +12,8 @@ from sidrec.models.base import Catalogue
 from sidrec.models.cobra import Cobra, CobraBase
 from sidrec.models.cobra_decode import CobraInference, beam_fusion
 from sidrec.models.item_groups import GroupedItems
-from sidrec.models.retrieval import ItemIndex, merge_candidates
+from sidrec.models.item_index import ItemIndex
+from sidrec.models.retrieval import merge_candidates
 
 SIZES = (4, 4, 3)  # 2 sparse levels x 4 codes + collision token
 

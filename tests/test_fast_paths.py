@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 import sidrec.tokenize.sids as sids_module
 from sidrec.errors import SidrecError
 from sidrec.models.beam import SidIndex
+from sidrec.models.item_index import ItemIndex, exact_topk
 from sidrec.models.item_vectors import ItemVectors
 from sidrec.models.liger import LIGER, ColdTop, LIGERConfig, LIGERInference, liger_rerank
-from sidrec.models.retrieval import ItemIndex, exact_topk
 from sidrec.tokenize.sids import add_collision_tokens, extend_sids
 
 TINY = LIGERConfig(d_model=32, n_heads=2, head_dim=16, d_ff=64, n_encoder_layers=1,

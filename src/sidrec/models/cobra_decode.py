@@ -26,7 +26,8 @@ from torch import nn
 from sidrec.models.base import InferenceConfig
 from sidrec.models.beam import BeamResult, StepFn, beam_search, item_sids
 from sidrec.models.item_groups import GroupedItems
-from sidrec.models.retrieval import ItemIndex, merge_candidates, nearest, seen_in_history
+from sidrec.models.item_index import ItemIndex
+from sidrec.models.retrieval import merge_candidates, nearest, seen_in_history
 from sidrec.models.transformer import KVCache
 
 Mode = Literal["fusion", "no-dense", "no-sparse", "no-beamfusion"]

@@ -12,7 +12,8 @@ counters, which every in-place update such as an optimiser step or `load_state_d
 bumps). When items are added after training (`items_added`), the new rows alone are
 projected, into a buffer with spare room, so adding m items costs O(m).
 
-`pool_index` is an `ItemIndex` (exact below its `exact_below`, else faiss IVF) over the
+`pool_index` is an `ItemIndex` (exact below its `exact_below`, else faiss IVF calibrated on
+the first queries it serves, or exact where it would scan too much of itself) over the
 unit vectors of a pool of items, e.g. LIGER's cold items; it is extended in place with the
 pool's new members when items are added.
 """
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sidrec.models.retrieval import ItemIndex
+from sidrec.models.item_index import ItemIndex
 
 CHUNK = 65_536  # items per projection call
 

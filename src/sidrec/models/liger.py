@@ -24,9 +24,10 @@ Inference (`LIGERInference.mode`):
   K lets fewer cold items, never pushed down as negatives, crowd out warm ones: more
   in-set hits, fewer cold ones; so the headline K is chosen on *overall* validation NDCG
   (`best_hybrid_k`). A cold pool of `cold_index_min` items or more is searched through a
-  faiss IVF index over the cold items' vectors (`ItemIndex`; exact up to its recall, 0.99
-  of the exact top-10 at 1 M items, 100k cold, `cold_probe` = 1/2: bench_scale.py), and
-  only the beam's K items are scored besides; smaller pools are scored whole.
+  faiss IVF index over the cold items' vectors (`ItemIndex`: the cells it scans are
+  calibrated on its first queries to find 0.99 of the exact top-10, else it stays exact;
+  `cold_probe` fixes a fraction instead), and only the beam's K items are scored besides;
+  smaller pools are scored whole.
 
 NOTE (the official code, as we read it; the defaults follow it): one `item_proj` projects
 the input text and the dense targets; the user state is not projected; LayerNorm and
@@ -117,9 +118,10 @@ class LIGERInference(TIGERInference):
     # Cold pools of at least this many items are searched with a faiss index (hybrid mode);
     # smaller ones are scored whole, every item for every user (see the module docstring).
     cold_index_min: int = 50_000
-    # Fraction of the cold index's cells a query scans: recall of the exact top-10 at 1 M
-    # items (100k cold, untrained weights) 0.96 at 1/4, 0.99 at 1/2 (docs/benchmarks.md).
-    cold_probe: float = 0.5
+    # Fraction of the cold index's cells a query scans; None: the index's own, calibrated
+    # on its first queries (models/item_index.py). With untrained weights' queries at 1 M
+    # items (100k cold) 1/4 found 0.96 of the exact top-10, 1/2 0.99 (docs/benchmarks.md).
+    cold_probe: float | None = None
 
 
 class ColdTop(NamedTuple):

@@ -16,9 +16,17 @@ subprocess (`driver.run_stage`), so the peak RSS it reports is its own.
   of the default path (an index over the cold pool from `cold_index_min` = 50k cold items
   on) and of exact scoring, and the recall of the exact top-10.
 - cobra: COBRA `cpu` sizes: the sparse-ID tables, BeamFusion with per-sparse-ID
-  neighbours, and with the global index (`ItemIndex`: IVF from 200k items), its recall.
+  neighbours, and with the global index (`ItemIndex.of`: from 200k items an IVF calibrated
+  on trained-like queries, or exact where that is not faster), what it chose, its recall
+  of the exact top-10 on trained-like queries and on the random weights' v̂.
 - dense: top-10 over all items for Dense (cosine) and SASRec-style (inner product)
-  vectors: exact chunked matmul vs a faiss IVF index, recall of the exact top-10.
+  vectors: exact chunked matmul vs `ItemIndex` left to choose at every size (IVF or
+  exact, by measuring both on calibration queries), what it chose, its recall.
+
+Random weights set the cost of decoding but not where an index's queries fall: the
+indexes calibrate and are measured on queries like a trained model's, the mean of the
+vectors of a user's last 5 items (`common.recent_mean`): calibrated on users that are not
+timed, measured on those that are.
 - add: `add_items` at N: text encoding (all-MiniLM-L6-v2, once; it does not depend on N)
   apart from SID assignment (tokenizer + collision token) + index update
   (`items_added`: SID trie, item vectors, cold-pool index), and `LiveCatalogue.add`
@@ -28,8 +36,9 @@ subprocess (`driver.run_stage`), so the peak RSS it reports is its own.
   one single-threaded process, timed in its CPU time (and wall time): on a shared machine
   the load varies by minutes, and other stages' users/s are wall-clock, 2 threads.
 
-The report's last two lines compare constrained decoding and the LIGER hybrid at the
-largest size with 10k (from the interleaved ratio stage). Results go to
+The report's last lines compare constrained decoding and the LIGER hybrid (from the
+interleaved ratio stage) and COBRA's per-sparse-ID retrieval at the largest size with 10k,
+and dense top-10 through the index with exact search at the largest size. Results go to
 `<work>/scale.json`.
 
 Modules: `common` (sizes, options, timing, random-weight models, recall), `data_stages`,

@@ -19,6 +19,7 @@ class Options:
     users: int = 256  # users decoded per measurement (after one warm-up batch)
     batch: int = 64  # users per recommend call
     repeats: int = 3  # a measurement is the fastest of this many passes (shared machine)
+    calibration_users: int = 512  # users whose queries calibrate the item indexes
     kmeans_iters: int = 25  # RQ-KMeans (the package defaults)
     balanced_iters: int = 10
     rqvae_epochs: int = 10
@@ -88,6 +89,17 @@ def users_per_s(model: Any, history: torch.Tensor, users: torch.Tensor, opt: Opt
         model.recommend(history[lo : lo + b], users[lo : lo + b], k, inference)[0]
         for lo in range(b, b + opt.users, b)], opt.repeats)
     return opt.users / seconds, out
+
+
+def recent_mean(vectors: torch.Tensor, history: torch.Tensor, last: int = 5) -> torch.Tensor:
+    """Queries like a trained model's, for indexes to calibrate on and be measured with: per
+    user, the mean of the vectors [n_items, d] of the last `last` items of history [B, L]
+    (-1 = padding) -> [B, d]. A trained user vector or v̂ lies near the items the user
+    takes next, and in the synthetic data those stay near the recent ones (`stay`); the
+    random weights' own queries lie far from every item, an inverted file's worst case."""
+    recent = history[:, -last:]
+    valid = (recent >= 0).float()[..., None]  # (B, last, 1)
+    return (vectors[recent.clamp_min(0)] * valid).sum(1) / valid.sum(1).clamp_min(1)
 
 
 def recall(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:

@@ -26,17 +26,22 @@ METRICS = [  # (stage, key, label, format)
     ("liger", "recall", "LIGER hybrid recall of exact top-10", "{:.4f}"),
     ("liger", "index_users_per_s", "LIGER hybrid, cold-pool index forced (users/s)", "{:.1f}"),
     ("liger", "index_recall", "  its recall of the exact top-10", "{:.4f}"),
+    ("liger", "index", "  what the cold-pool index chose", "{}"),
     ("cobra", "tables_seconds", "COBRA sparse-ID tables (s)", "{:.2f}"),
     ("cobra", "group_users_per_s", "COBRA per-sparse-ID (users/s)", "{:.1f}"),
     ("cobra", "global_index_seconds", "COBRA global index build (s)", "{:.1f}"),
+    ("cobra", "global_index", "  what the global index chose", "{}"),
     ("cobra", "global_users_per_s", "COBRA global index (users/s)", "{:.1f}"),
-    ("cobra", "global_recall", "COBRA global recall@10", "{:.4f}"),
+    ("cobra", "global_recall", "COBRA global recall@10 (trained-like v̂)", "{:.4f}"),
+    ("cobra", "global_recall_untrained", "  on the random weights' v̂", "{:.4f}"),
     ("dense", "dense.exact_users_per_s", "Dense top-10 exact (users/s)", "{:,.0f}"),
-    ("dense", "dense.index_users_per_s", "Dense top-10 IVF (users/s)", "{:,.0f}"),
-    ("dense", "dense.recall", "Dense IVF recall@10", "{:.4f}"),
+    ("dense", "dense.index_users_per_s", "Dense top-10 index (users/s)", "{:,.0f}"),
+    ("dense", "dense.recall", "Dense index recall@10", "{:.4f}"),
+    ("dense", "dense.index", "  what the index chose", "{}"),
     ("dense", "sasrec.exact_users_per_s", "SASRec-style top-10 exact (users/s)", "{:,.0f}"),
-    ("dense", "sasrec.index_users_per_s", "SASRec-style top-10 IVF (users/s)", "{:,.0f}"),
-    ("dense", "sasrec.recall", "SASRec-style IVF recall@10", "{:.4f}"),
+    ("dense", "sasrec.index_users_per_s", "SASRec-style top-10 index (users/s)", "{:,.0f}"),
+    ("dense", "sasrec.recall", "SASRec-style index recall@10", "{:.4f}"),
+    ("dense", "sasrec.index", "  what the index chose", "{}"),
     ("ratio", "tiger.users_per_s", "TIGER decode, 1 thread, CPU time (users/CPU-s)", "{:.1f}"),
     ("ratio", "tiger.small_users_per_s", "  10k interleaved with it (users/CPU-s)", "{:.1f}"),
     ("ratio", "tiger.ratio", "  ratio (CPU time)", "{:.2f}"),
@@ -82,19 +87,28 @@ def table(record: dict[str, Any]) -> str:
 
 def ratios(record: dict[str, Any]) -> list[str]:
     """The last lines: users/s at the largest size over users/s at the smallest, from the
-    interleaved `ratio` stage when it ran, else from the two sizes' own stages."""
+    interleaved `ratio` stage when it ran, else from the two sizes' own stages (COBRA's
+    per-sparse-ID retrieval: always the latter); then dense top-10 through the index over
+    exact search at the largest size, with the index's recall of the exact top-10."""
     sizes = sorted(record["sizes"], key=int)
     first, last = record["sizes"][sizes[0]], record["sizes"][sizes[-1]]
+    big, small = label(int(sizes[-1])), label(int(sizes[0]))
     out = []
-    for stage, model, what in (("decode", "tiger", "decode"), ("liger", "liger", "liger hybrid")):
-        paired = get(last, "ratio", f"{model}.ratio")
-        a, b = get(first, stage, "users_per_s"), get(last, stage, "users_per_s")
+    for stage, key, model, what in (("decode", "users_per_s", "tiger", "decode"),
+                                    ("liger", "users_per_s", "liger", "liger hybrid"),
+                                    ("cobra", "group_users_per_s", None, "cobra")):
+        paired = get(last, "ratio", f"{model}.ratio") if model else None
+        a, b = get(first, stage, key), get(last, stage, key)
         value = paired if paired is not None else (b / a if a and b else None)
         text = "n/a" if value is None else f"{value:.2f}"
         unpaired = paired is None and value is not None and len(sizes) > 1
-        out.append(f"{what} users/s at {label(int(sizes[-1]))} items = {text} x at "
-                   f"{label(int(sizes[0]))}" + (" (separate runs, not interleaved)"
-                                                if unpaired else ""))
+        out.append(f"{what} users/s at {big} items = {text} x at {small}"
+                   + (" (separate runs, not interleaved)" if unpaired else ""))
+    exact, index = (get(last, "dense", f"dense.{k}_users_per_s") for k in ("exact", "index"))
+    hit = get(last, "dense", "dense.recall")
+    out.append(f"dense top-10 users/s at {big} items = "
+               + (f"{index / exact:.2f} x exact (recall@10 {hit:.4f})" if exact and index
+                  else "n/a"))
     return out
 
 
@@ -130,7 +144,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
              ("COBRA per-sparse-ID (ms/user)", "cobra", "group_users_per_s", -1),
              ("COBRA global index (ms/user)", "cobra", "global_users_per_s", -1),
              ("Dense top-10 exact (ms/user)", "dense", "dense.exact_users_per_s", -1),
-             ("Dense top-10 IVF (ms/user)", "dense", "dense.index_users_per_s", -1),
+             ("Dense top-10 index (ms/user)", "dense", "dense.index_users_per_s", -1),
              ("add_items SID + index (ms/1k items)", "add", "sid_index_items_per_s", -2)]
     colours = [f"C{i}" for i in range(10)] + ["black", "olive"]
     for i, (name, stage, key, kind) in enumerate(costs):
