@@ -9,6 +9,7 @@ vectors given as a CSV (no text encoder is loaded): seconds on 2 cores.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -114,8 +115,12 @@ def test_a_profile_run_one_model_at_a_time_makes_one_table(bench_run: Path, cli:
                       tokenize=TINY_SIDS, run_dir=str(tmp_path / "run"), models=("pop",),
                       train={"max_epochs": 1})
     run_bench(cfg, progress=False, command="sidrec bench tiny.csv models=pop")
-    # The same settings, SASRec only: it joins Pop's record instead of replacing it.
-    run_bench(replace(cfg, models=("sasrec",)), progress=False,
+    # The same settings, SASRec only, the data named by another path: it joins Pop's
+    # record instead of replacing it.
+    other_path = tables(Path(os.path.relpath(folder / "interactions.csv")),
+                        Path(os.path.relpath(folder / "items.csv")))
+    assert other_path.source != cfg.prepare.source
+    run_bench(replace(cfg, models=("sasrec",), prepare=other_path), progress=False,
               command="sidrec bench tiny.csv models=sasrec")
     merged = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert list(merged["models"]) == ["pop", "sasrec"] == merged["config"]["models"]

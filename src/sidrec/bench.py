@@ -248,10 +248,16 @@ def split_dir(cfg: BenchConfig, run_dir: Path, seed: int) -> Path:
 
 def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Two bench records measured on the same data with the same settings, whatever
-    models each trained, wherever it kept its run and however many at once."""
+    models each trained, wherever it kept its run and however many at once. The data is
+    the same when the prepared datasets are (`dataset`: their fingerprint), however its
+    paths were spelled (`../shared/x` from one folder, `/work/shared/x` from another)."""
     def settings(record: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in record.get("config", {}).items()
-                if k not in ("models", "run_dir", "workers")}
+        config = {k: v for k, v in record.get("config", {}).items()
+                  if k not in ("models", "run_dir", "workers")}
+        if isinstance(config.get("prepare"), dict):
+            config["prepare"] = {k: v for k, v in config["prepare"].items()
+                                 if k not in ("source", "items")}
+        return config
 
     return settings(a) == settings(b) and a.get("dataset") == b.get("dataset")
 
