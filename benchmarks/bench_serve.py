@@ -16,10 +16,23 @@ Then the ratios, measured in this one run, for each batched server: at concurren
 batched / unbatched throughput (goal >= 5), batched / offline (goal >= 0.6), p99 / p50
 (goal <= 4).
 
-Every request loop is bounded in count (`--requests` per step) and time (`--seconds`),
-and only 127.0.0.1 is addressed. Server and client share the machine's cores. The
-server's model runs on `--threads` torch threads (default: its own, all cores but one);
-offline runs at 1 thread and at all cores, and the faster counts.
+With `--soak SECONDS` it measures one batched server over time instead, for each model:
+1. adds against recommendations: recommendations at a constant `--rate` for
+   `--probe-seconds` with nothing else (their idle p99), then the same rate while one
+   `POST /v1/items` adds `--add-items` (1,000) items of ~900 characters: p99 during the
+   add / idle p99 (goal <= 2);
+2. the soak: the constant rate for SECONDS with an add of 10 items every `--add-every`
+   (10) s mixed in,
+   and per `--window` (60 s) the server's resident memory (its own and its child
+   processes', from /proc: Linux), p50 / p99 and errors; RSS growth from the first window
+   (the warm-up) to the last (goal < 5 %) and the last window's p99 / the first's.
+A model that takes no new items (TIGER) is soaked without adds. The server works on a
+copy of the run directory, so the run itself gains no items.
+
+Every request loop is bounded in count (`--requests` per step, rate x seconds) and time
+(`--seconds`, the soak's), and only 127.0.0.1 is addressed. Server and client share the
+machine's cores. The server's model runs on `--threads` torch threads (default: its own,
+all cores but one); offline runs at 1 thread and at all cores, and the faster counts.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -199,6 +213,206 @@ def measure(server: Server, bodies: list[dict], n: dict[int, int], seconds: floa
     return rows
 
 
+SOAK_ADD_ITEMS = 10  # items in each of the soak's adds
+WORDS = ("quiet", "river", "engine", "winter", "garden", "signal", "harbour", "letter",
+         "mirror", "orbit", "lantern", "meadow", "cipher", "canyon", "violet", "ember")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` and its descendants (its encoder process, a model
+    process), in MiB, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the command name in parentheses may hold spaces: split after it
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    kib, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        kib += next((int(line.split()[1]) for line in status.splitlines()
+                     if line.startswith("VmRSS:")), 0)
+    return kib / 1024
+
+
+def new_items(n: int, first: int, chars: int = 900) -> list[dict]:
+    """`n` new items with ids `soak-FIRST`, ... and `chars` characters of text each."""
+    rng = np.random.default_rng(first)
+    items = []
+    for i in range(first, first + n):
+        words = " ".join(WORDS[w] for w in rng.integers(len(WORDS), size=chars // 5))
+        text = f"Title: Soak item {i}; Year: 2026; Genres: Drama; Plot: {words}"
+        items.append({"id": f"soak-{i}", "text": text[:chars]})
+    return items
+
+
+async def paced(client, bodies: list[dict], rate: float, seconds: float,
+                until=lambda: False) -> list[tuple[float, float | None]]:
+    """POST a recommendation every 1/`rate` s for `seconds` (or until `until()`), whether
+    or not the earlier ones were answered (open loop: a stalled server shows as latency,
+    not as fewer requests). Returns (when it was due, latency from then or None if it
+    failed) for each request."""
+    import aiohttp
+
+    payloads = [json.dumps(b).encode() for b in bodies]
+    results: list[tuple[float, float | None]] = []
+    start = time.perf_counter()
+
+    async def one(payload: bytes, due: float) -> None:
+        try:
+            async with client.post("/v1/recommend", data=payload,
+                                   headers={"content-type": "application/json"}) as r:
+                await r.read()
+                ok = r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        results.append((due - start, time.perf_counter() - due if ok else None))
+
+    tasks = []
+    for i in range(int(rate * seconds)):
+        if until():
+            break
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(payloads[i % len(payloads)], due)))
+    await asyncio.gather(*tasks)
+    return results
+
+
+def latency_row(sent: list[tuple[float, float | None]]) -> dict:
+    ms = np.asarray([lat for _, lat in sent if lat is not None]) * 1000
+    return {"requests": len(sent), "errors": sum(lat is None for _, lat in sent),
+            "p50": float(np.percentile(ms, 50)) if ms.size else float("nan"),
+            "p99": float(np.percentile(ms, 99)) if ms.size else float("nan")}
+
+
+async def post_items(client, items: list[dict]) -> int:
+    """The status of one POST /v1/items (0: no answer)."""
+    import aiohttp
+
+    try:
+        async with client.post("/v1/items", json=items,
+                               timeout=aiohttp.ClientTimeout(total=600)) as r:
+            await r.read()
+            return r.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
+
+
+async def add_until_done(client, items: list[dict]) -> tuple[int, float, int]:
+    """POST /v1/items, and again after each 504 (the server goes on with an add past its
+    timeout_s, and sending it again is safe: an add is idempotent by id), as a client
+    would, at most 20 times: (the last status, seconds in all, posts)."""
+    start, posts, status = time.perf_counter(), 0, 504
+    while status == 504 and posts < 20:
+        status = await post_items(client, items)
+        posts += 1
+    return status, time.perf_counter() - start, posts
+
+
+async def soak(server: Server, bodies: list[dict], args: argparse.Namespace,
+               adds: bool) -> tuple[dict, list[dict]]:
+    """The add probe, then the soak (module docstring); the probe's row and the windows'."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(server.url, timeout=timeout,
+                                     connector=aiohttp.TCPConnector(limit=256)) as client:
+        await paced(client, bodies, args.rate, min(5.0, args.probe_seconds))  # warm up
+        idle = latency_row(await paced(client, bodies, args.rate, args.probe_seconds))
+        probe = {"idle": idle, "add_status": None, "add_s": 0.0, "add_posts": 0,
+                 "during": idle}
+        if adds:
+            done = asyncio.Event()
+            load = asyncio.create_task(paced(client, bodies, args.rate, 600, done.is_set))
+            await asyncio.sleep(0.5)  # recommendations in flight when the add arrives
+            probe["add_status"], probe["add_s"], probe["add_posts"] = await add_until_done(
+                client, new_items(args.add_items, 0))
+            done.set()
+            probe["during"] = latency_row(await load)
+
+        start = time.perf_counter()
+        added: list[tuple[float, int]] = []
+
+        async def adder() -> None:
+            first = args.add_items
+            while time.perf_counter() - start + args.add_every < args.soak:
+                await asyncio.sleep(args.add_every)
+                status, _, _ = await add_until_done(client, new_items(SOAK_ADD_ITEMS, first))
+                added.append((time.perf_counter() - start, status))
+                first += SOAK_ADD_ITEMS
+
+        rss: list[float] = []
+
+        async def sampler() -> None:
+            for w in range(1, int(np.ceil(args.soak / args.window)) + 1):
+                await asyncio.sleep(max(0.0, start + min(w * args.window, args.soak)
+                                        - time.perf_counter()))
+                rss.append(rss_mb(server.process.pid))
+
+        jobs = [paced(client, bodies, args.rate, args.soak), sampler()]
+        sent, *_ = await asyncio.gather(*jobs, *([adder()] if adds else []))
+    windows = []
+    for w, mb in enumerate(rss):
+        lo, hi = w * args.window, (w + 1) * args.window
+        windows.append({"window": w + 1, "rss_mb": mb,
+                        **latency_row([r for r in sent if lo <= r[0] < hi]),
+                        "adds": sum(lo <= t < hi and s == 200 for t, s in added),
+                        "add_errors": sum(lo <= t < hi and s != 200 for t, s in added)})
+    return probe, windows
+
+
+def soak_model(run: Path, model: str, bodies: list[dict], args: argparse.Namespace,
+               logs: Path) -> str:
+    """Soak one model's batched server on a copy of the run; its report."""
+    copy = logs / f"run-{model}"
+    shutil.copytree(run, copy, ignore=lambda d, names: [
+        n for n in names if Path(d) == run / "models" and n != model])
+    server = Server(copy / "models" / model, args.threads, [], logs / f"{model}-soak.log")
+    try:
+        adds = httpx.get(f"{server.url}/v1/info", timeout=10).json()["supports_new_items"]
+        probe, windows = asyncio.run(soak(server, bodies, args, adds))
+    finally:
+        server.stop()
+    return soak_report(model, args, adds, probe, windows)
+
+
+def soak_report(model: str, args: argparse.Namespace, adds: bool, probe: dict,
+                windows: list[dict]) -> str:
+    idle, during = probe["idle"], probe["during"]
+    lines = [f"\n{model}: {args.rate:g} recommendations/s, batching on"]
+    if adds:
+        lines += ["", "| recommendations | requests | errors | p50 ms | p99 ms |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {label} | {r['requests']} | {r['errors']} | {r['p50']:.1f} | "
+                  f"{r['p99']:.1f} |" for label, r in
+                  (("idle", idle), (f"during a {args.add_items}-item add", during))]
+        retried = probe["add_posts"] - 1
+        lines.append(f"the add: HTTP {probe['add_status']} in {probe['add_s']:.1f} s"
+                     + (f" ({retried} more POST(s) of it after 504s)" if retried else "") + "; "
+                     f"p99 during the add / idle p99: {during['p99'] / idle['p99']:.2f} "
+                     "(goal <= 2)")
+    else:
+        lines.append("no adds: the model ranks only the items it was trained on")
+    lines += ["", f"| soak window ({args.window:g} s) | RSS MiB | requests | errors | p50 ms | "
+              "p99 ms | adds (10 items) | add errors |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {w['window']} | {w['rss_mb']:.1f} | {w['requests']} | {w['errors']} | "
+              f"{w['p50']:.1f} | {w['p99']:.1f} | {w['adds']} | {w['add_errors']} |"
+              for w in windows]
+    first, last = windows[0], windows[-1]
+    lines.append(f"RSS growth after warm-up (window 1 -> {last['window']}): "
+                 f"{100 * (last['rss_mb'] / first['rss_mb'] - 1):+.1f} % (goal < 5 %); "
+                 f"p99 last / first window: {last['p99'] / first['p99']:.2f}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "ml-100k-holdout"))
@@ -211,6 +425,16 @@ def main() -> int:
                         "cores, and the faster counts")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--soak", type=float, default=0, metavar="SECONDS",
+                        help="soak each model's batched server this long instead (see above)")
+    parser.add_argument("--rate", type=float, default=20, help="soak: recommendations/s")
+    parser.add_argument("--window", type=float, default=60, help="soak: seconds per row")
+    parser.add_argument("--probe-seconds", type=float, default=30,
+                        help="soak: seconds of idle recommendations before the large add")
+    parser.add_argument("--add-items", type=int, default=1000,
+                        help="soak: items in the large add")
+    parser.add_argument("--add-every", type=float, default=10,
+                        help=f"soak: seconds between adds of {SOAK_ADD_ITEMS} items")
     args = parser.parse_args()
     run = Path(args.run_dir)
     models = [m for m in args.models.split(",") if m]
@@ -224,6 +448,11 @@ def main() -> int:
     n = {64: args.requests, 8: max(1, args.requests // 2), 1: max(1, args.requests // 10)}
     bodies, catalogue = workload(run, max(n.values()), args.k)
     logs = Path(tempfile.mkdtemp(prefix="bench_serve."))
+    if args.soak:
+        for model in models:
+            print(soak_model(run, model, bodies, args, logs), flush=True)
+        shutil.rmtree(logs, ignore_errors=True)
+        return 0
     results = []
     for model in models:
         model_dir = run / "models" / model

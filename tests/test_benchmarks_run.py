@@ -71,3 +71,24 @@ def test_the_benchmark_runs_at_its_smallest_size(script: Path, tmp_path: Path,
     assert done.returncode == 0, done.stderr[-3000:]
     missing = [line for line in expected if line not in done.stdout]
     assert not missing, f"{missing} not in:\n{done.stdout[-3000:]}"
+
+
+def test_the_serve_soak_runs_at_its_smallest_size(served_run: Path, tmp_path: Path) -> None:
+    """`bench_serve.py --soak` on LIGER (it takes new items): the large add against idle
+    recommendations, then two windows with adds mixed in, every request answered."""
+    args = ["--run-dir", str(served_run), "--models", "liger", "--soak", "6", "--window", "3",
+            "--rate", "10", "--probe-seconds", "2", "--add-items", "50", "--add-every", "2"]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_serve.py"), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "| during a 50-item add |" in out and "the add: HTTP 200" in out, out
+    windows = [line.split("|")[1:-1] for line in out.splitlines()
+               if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(windows) == 2, out
+    # RSS, requests, errors, ..., adds, add errors
+    assert all(float(w[1]) > 0 and int(w[2]) > 0 and w[3].strip() == "0" for w in windows)
+    assert sum(int(w[6]) for w in windows) >= 1 and all(w[7].strip() == "0" for w in windows)
+    assert "RSS growth after warm-up (window 1 -> 2)" in out
+    assert not list(served_run.glob("added_items*")), "the soak added to the run itself"
