@@ -187,6 +187,31 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert not changed["resumed"] and len(read_log(tmp_path / "models/straight")) == 1
 
 
+def test_a_model_patience_stopped_goes_on_as_if_it_had_never_stopped(tmp_path):
+    """`early_stop=False` (`sidrec train --no-early-stop`) continues a model that patience
+    stopped to max_epochs: its weights, best epoch and log are those of a run that never
+    stopped, and its settings (config hash) are those it was trained with."""
+    ds = toy_dataset()
+    cfg = {**FAST, "lr": 0.05, "max_epochs": 8, "patience": 1}
+    stopped = train(tiny_sasrec(cfg), tmp_path, name="stopped", dataset=ds, progress=False)
+    assert stopped["stopped_early"] and stopped["epochs"] < 8
+    config = (tmp_path / "models/stopped/config.json").read_text()
+    went_on = train(tiny_sasrec(cfg), tmp_path, name="stopped", dataset=ds, progress=False,
+                    early_stop=False)
+    straight = train(tiny_sasrec(cfg), tmp_path, name="straight", dataset=ds,
+                     progress=False, early_stop=False)
+    assert went_on["resumed"] and not went_on["stopped_early"] and went_on["epochs"] == 8
+    assert (went_on["best_epoch"], went_on["best_valid"]) == (straight["best_epoch"],
+                                                              straight["best_valid"])
+    assert (tmp_path / "models/stopped/config.json").read_text() == config
+    for name in ("model.safetensors", "last.safetensors"):
+        a = load_file(tmp_path / "models/stopped" / name)
+        b = load_file(tmp_path / "models/straight" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    epochs = [e["epoch"] for e in read_log(tmp_path / "models/stopped")]
+    assert epochs == list(range(1, 9))
+
+
 def test_a_failed_retrain_keeps_the_trained_model(tmp_path):
     ds = toy_dataset()
     cfg = {**FAST, "max_epochs": 2}

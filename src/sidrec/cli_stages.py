@@ -170,6 +170,9 @@ def add_train(sub: Any) -> None:
     p.add_argument("--preset", default="cpu", help="cpu (default) or paper")
     p.add_argument("--name", help="model directory name (default: the model name)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                   help="train to max_epochs whatever patience says; a model that patience "
+                   "stopped goes on from its last epoch, as if it had never stopped")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_train)
 
@@ -183,7 +186,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                               inference_overrides=over["inference"],
                               runtime_overrides=over["runtime"],
                               tokenizer_overrides=over["tokenizer"])
-    summary = train(settings, args.run_dir, name=args.name, resume=not args.restart)
+    summary = train(settings, args.run_dir, name=args.name, resume=not args.restart,
+                    early_stop=args.early_stop)
     if _rank() == 0:  # under torchrun every process trains; one reports
         print(f"{summary['model_dir']}: best valid {summary['metric']} = "
               f"{summary['best_valid']:.4f} at epoch {summary['best_epoch']} "

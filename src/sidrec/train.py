@@ -83,6 +83,7 @@ def train(
     dataset: Dataset | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    early_stop: bool = True,
 ) -> dict[str, Any]:
     """Train the model of `settings` on `run_dir` into `run_dir/models/<name>/`.
 
@@ -90,18 +91,24 @@ def train(
     preset, model_overrides, train_overrides, ...)`. `name` defaults to the model's name.
     `resume=False` ignores an existing checkpoint. `dataset` replaces
     `Dataset.load(run_dir)` (tests, notebooks). `on_epoch_end` is called with each epoch's
-    log entry after its checkpoint is written. Under torchrun every process calls this
+    log entry after its checkpoint is written. `early_stop=False` trains to `max_epochs`
+    whatever `patience` says, and a model that patience stopped goes on from its last
+    epoch, as if it had never stopped (the settings, and so the model's identity, stay
+    those it was trained with): a curve still rising when it stopped is continued to
+    where it levels off. Under torchrun every process calls this
     (and `on_epoch_end`) and gets the same summary. Returns a summary: {"model_dir",
     "epochs", "best_epoch", "best_valid", "metric", "stopped_early", "resumed"}.
     """
     job = _setup(settings, RunDir(run_dir), name, dataset, progress)
     out, ck, have_weights = _open_workspace(job, resume)
+    if ck is not None and ck.state.stopped_early and not early_stop:
+        ck.state.done = ck.state.stopped_early = False
     if ck is not None and ck.state.done:  # a retrain stopped after its last epoch, before its move
         _write_settings(job, out, fresh=False)
         _publish(job, out)
         return _summary(job, ck.state, resumed=True)
     _write_settings(job, out, fresh=ck is None)
-    epochs = _Epochs(job, out, ck, have_weights)
+    epochs = _Epochs(job, out, ck, have_weights, early_stop)
     while epochs.running():
         entry = epochs.run_one()
         if on_epoch_end is not None:
@@ -231,9 +238,11 @@ class _Epochs:
     """The epochs of one run, from checkpoint `ck` when there is one: each trains on a
     fresh seeded draw of the examples, validates when due and writes a checkpoint."""
 
-    def __init__(self, job: _Job, out: ModelDir, ck: Checkpoint | None, have_weights: bool):
+    def __init__(self, job: _Job, out: ModelDir, ck: Checkpoint | None, have_weights: bool,
+                 early_stop: bool = True):
         cfg, ctx = job.settings.train, job.ctx
         self.job, self.out, self.have_weights = job, out, have_weights
+        self.patience = cfg.patience if early_stop else math.inf
         self.examples, self.lengths = _examples(job)
         n = len(self.examples["target"])
         self.per_epoch = min(n, cfg.examples_per_epoch) if cfg.examples_per_epoch > 0 else n
@@ -256,8 +265,7 @@ class _Epochs:
                         disable=not job.progress or not self.max_epochs or not ctx.main)
 
     def running(self) -> bool:
-        return (self.state.epoch < self.max_epochs
-                and self.state.bad_evals < self.job.settings.train.patience)
+        return self.state.epoch < self.max_epochs and self.state.bad_evals < self.patience
 
     def run_one(self) -> dict[str, Any]:
         """Train one epoch, validate if due, decide whether to stop, write the checkpoint;
@@ -268,7 +276,7 @@ class _Epochs:
             t0 = time.perf_counter()
             self._validate(entry)
             entry["valid_seconds"] = time.perf_counter() - t0
-        if state.epoch >= self.max_epochs or state.bad_evals >= cfg.patience:
+        if state.epoch >= self.max_epochs or state.bad_evals >= self.patience:
             state.done = True
             state.stopped_early = state.epoch < self.max_epochs
         self._record(entry)
