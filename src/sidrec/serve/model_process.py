@@ -2,12 +2,12 @@
 
 In one process the HTTP thread and the model's Python code between torch ops take turns
 on one interpreter lock: the server never used more than one core, and its model waited
-for work half of the time (benchmarks/bench_serve.py, docs/serving.md, "The GIL"). A
-`ModelProcess` is a child process with its own copy of the model; the inference thread
-sends it each batch and waits for the answers. The server process keeps its own
-`Service` for everything else (checks, item lookups, `add_items`); items it adds are
-persisted before the call returns, and the child reads them from the run directory
-(`LiveCatalogue.refresh`) before every batch, so the next request sees them.
+for work half of the time (benchmarks/bench_serve.py; docs/serving.md, "HTTP and the
+model share the interpreter"). A `ModelProcess` is a child process with its own copy of
+the model; the inference thread sends it each batch and waits for the answers. The server
+process keeps its own `Service` for everything else (checks, item lookups, `add_items`);
+items it adds are persisted before the call returns, and the child reads them from the
+run directory (`LiveCatalogue.refresh`) before every batch, so the next request sees them.
 
 A child that dies, or answers no batch within its deadline (`model_timeout_s`; it is
 then killed), is a `ModelStopped`; the inference worker then starts a new one
