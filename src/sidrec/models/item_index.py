@@ -103,11 +103,18 @@ def exact_topk(queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 
     return best_rows, best
 
 
-def recall_of(got: torch.Tensor, want: torch.Tensor) -> float:
-    """Share of the ids want [B, k] (-1 ignored) that got [B, k'] holds in the same row."""
+def hits_of(got: torch.Tensor, want: torch.Tensor) -> tuple[int, int]:
+    """(how many of the ids want [B, k] got [B, k'] holds in the same row, how many ids
+    want holds); -1 in want is no id."""
     valid = want >= 0
     hits = (want[:, :, None] == got[:, None, :]).any(2) & valid
-    return hits.sum().item() / max(valid.sum().item(), 1)
+    return int(hits.sum()), int(valid.sum())
+
+
+def recall_of(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Share of the ids want [B, k] (-1 ignored) that got [B, k'] holds in the same row."""
+    hits, total = hits_of(got, want)
+    return hits / max(total, 1)
 
 
 @dataclass(frozen=True)

@@ -103,11 +103,9 @@ def recent_mean(vectors: torch.Tensor, history: torch.Tensor, last: int = 5) -> 
 
 
 def recall(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
-    """Mean |got ∩ want| / |want| per row (want: the exact top-k, -1 ignored)."""
-    hits = total = 0
-    for a, b in zip(got, want, strict=True):
-        for x, y in zip(a.tolist(), b.tolist(), strict=True):
-            y = {i for i in y if i >= 0}
-            hits += len(y & set(x))
-            total += len(y)
-    return hits / max(total, 1)
+    """Share of the ids of want (batches of the exact top-k, -1 ignored) that got's batches
+    hold in the same row (`item_index.hits_of`, summed over the batches)."""
+    from sidrec.models.item_index import hits_of
+
+    counts = [hits_of(a.cpu(), b.cpu()) for a, b in zip(got, want, strict=True)]
+    return sum(h for h, _ in counts) / max(sum(n for _, n in counts), 1)
